@@ -1,0 +1,42 @@
+# RaftWallet. Quick start: `make run` and `make test`; both set everything up themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint check bench-core proto clean
+
+# Create the venv and install the project with its dev extras; redone when pyproject changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## run: the demonstration (for now the ledger core in one process; see README)
+run: setup
+	$(BIN)/python -m node.demo
+
+## test: the whole test suite (unit, property and determinism tests)
+test: setup
+	$(BIN)/python -m pytest
+
+## lint: ruff and mypy, both must be clean
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+check: lint test
+
+## bench-core: applies per second of the ledger core, writes bench/results/core_apply.json
+bench-core: setup
+	$(BIN)/python -m bench.core_apply
+
+## proto: regenerate the checked-in Python modules after editing proto/**/*.proto
+proto: setup
+	$(BIN)/python -m proto.generate
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -1,0 +1,368 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TransferStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_STATUS_UNSPECIFIED: _ClassVar[TransferStatus]
+    SUCCEEDED: _ClassVar[TransferStatus]
+    FAILED: _ClassVar[TransferStatus]
+    PENDING: _ClassVar[TransferStatus]
+
+class Consistency(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LINEARIZABLE: _ClassVar[Consistency]
+    STALE: _ClassVar[Consistency]
+
+class Order(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OLDEST_FIRST: _ClassVar[Order]
+    NEWEST_FIRST: _ClassVar[Order]
+TRANSFER_STATUS_UNSPECIFIED: TransferStatus
+SUCCEEDED: TransferStatus
+FAILED: TransferStatus
+PENDING: TransferStatus
+LINEARIZABLE: Consistency
+STALE: Consistency
+OLDEST_FIRST: Order
+NEWEST_FIRST: Order
+
+class CreateAccountRequest(_message.Message):
+    __slots__ = ("account_id", "currency", "request_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    currency: str
+    request_id: str
+    def __init__(self, account_id: _Optional[str] = ..., currency: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class CreateAccountResponse(_message.Message):
+    __slots__ = ("account_id", "currency", "position")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    currency: str
+    position: int
+    def __init__(self, account_id: _Optional[str] = ..., currency: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class DepositRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "currency", "transaction_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: str
+    currency: str
+    transaction_id: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+
+class WithdrawRequest(_message.Message):
+    __slots__ = ("account_id", "amount", "currency", "transaction_id")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    amount: str
+    currency: str
+    transaction_id: str
+    def __init__(self, account_id: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+
+class MoneyMovementResponse(_message.Message):
+    __slots__ = ("transaction_id", "status", "reason", "balance", "position")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    status: TransferStatus
+    reason: str
+    balance: str
+    position: int
+    def __init__(self, transaction_id: _Optional[str] = ..., status: _Optional[_Union[TransferStatus, str]] = ..., reason: _Optional[str] = ..., balance: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class TransferRequest(_message.Message):
+    __slots__ = ("from_account", "to_account", "amount", "currency", "transaction_id")
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    from_account: str
+    to_account: str
+    amount: str
+    currency: str
+    transaction_id: str
+    def __init__(self, from_account: _Optional[str] = ..., to_account: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+
+class TransferResponse(_message.Message):
+    __slots__ = ("status", "transaction_id", "reason", "message", "position")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    status: TransferStatus
+    transaction_id: str
+    reason: str
+    message: str
+    position: int
+    def __init__(self, status: _Optional[_Union[TransferStatus, str]] = ..., transaction_id: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
+class TransferBatchRequest(_message.Message):
+    __slots__ = ("transfers",)
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[TransferRequest]
+    def __init__(self, transfers: _Optional[_Iterable[_Union[TransferRequest, _Mapping]]] = ...) -> None: ...
+
+class TransferBatchResponse(_message.Message):
+    __slots__ = ("statuses", "reasons", "succeeded", "failed", "pending")
+    class ReasonsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: str
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[str] = ...) -> None: ...
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedScalarFieldContainer[TransferStatus]
+    reasons: _containers.ScalarMap[int, str]
+    succeeded: int
+    failed: int
+    pending: int
+    def __init__(self, statuses: _Optional[_Iterable[_Union[TransferStatus, str]]] = ..., reasons: _Optional[_Mapping[int, str]] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., pending: _Optional[int] = ...) -> None: ...
+
+class GetBalanceRequest(_message.Message):
+    __slots__ = ("account_id", "consistency", "min_position")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    MIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    consistency: Consistency
+    min_position: int
+    def __init__(self, account_id: _Optional[str] = ..., consistency: _Optional[_Union[Consistency, str]] = ..., min_position: _Optional[int] = ...) -> None: ...
+
+class GetBalanceResponse(_message.Message):
+    __slots__ = ("account_id", "balance", "currency", "position", "stale")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    balance: str
+    currency: str
+    position: int
+    stale: bool
+    def __init__(self, account_id: _Optional[str] = ..., balance: _Optional[str] = ..., currency: _Optional[str] = ..., position: _Optional[int] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class GetTransferRequest(_message.Message):
+    __slots__ = ("from_account", "transaction_id", "consistency")
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    from_account: str
+    transaction_id: str
+    consistency: Consistency
+    def __init__(self, from_account: _Optional[str] = ..., transaction_id: _Optional[str] = ..., consistency: _Optional[_Union[Consistency, str]] = ...) -> None: ...
+
+class TransferStep(_message.Message):
+    __slots__ = ("name", "at_ms", "position", "partition")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AT_MS_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    at_ms: int
+    position: int
+    partition: int
+    def __init__(self, name: _Optional[str] = ..., at_ms: _Optional[int] = ..., position: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
+
+class GetTransferResponse(_message.Message):
+    __slots__ = ("transaction_id", "from_account", "to_account", "amount", "currency", "status", "reason", "steps", "stale")
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    transaction_id: str
+    from_account: str
+    to_account: str
+    amount: str
+    currency: str
+    status: TransferStatus
+    reason: str
+    steps: _containers.RepeatedCompositeFieldContainer[TransferStep]
+    stale: bool
+    def __init__(self, transaction_id: _Optional[str] = ..., from_account: _Optional[str] = ..., to_account: _Optional[str] = ..., amount: _Optional[str] = ..., currency: _Optional[str] = ..., status: _Optional[_Union[TransferStatus, str]] = ..., reason: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[TransferStep, _Mapping]]] = ..., stale: _Optional[bool] = ...) -> None: ...
+
+class ListTransfersRequest(_message.Message):
+    __slots__ = ("account_id", "page_token", "limit", "order")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    page_token: str
+    limit: int
+    order: Order
+    def __init__(self, account_id: _Optional[str] = ..., page_token: _Optional[str] = ..., limit: _Optional[int] = ..., order: _Optional[_Union[Order, str]] = ...) -> None: ...
+
+class ListTransfersResponse(_message.Message):
+    __slots__ = ("transfers", "next_page_token")
+    TRANSFERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    transfers: _containers.RepeatedCompositeFieldContainer[GetTransferResponse]
+    next_page_token: str
+    def __init__(self, transfers: _Optional[_Iterable[_Union[GetTransferResponse, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetBalanceAtRequest(_message.Message):
+    __slots__ = ("account_id", "position", "time_ms")
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    account_id: str
+    position: int
+    time_ms: int
+    def __init__(self, account_id: _Optional[str] = ..., position: _Optional[int] = ..., time_ms: _Optional[int] = ...) -> None: ...
+
+class ClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("node_id", "match_index", "lag")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MATCH_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LAG_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    match_index: int
+    lag: int
+    def __init__(self, node_id: _Optional[str] = ..., match_index: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
+
+class PartitionStatus(_message.Message):
+    __slots__ = ("partition", "leader_node_id", "leader_address", "term", "commit_index", "applied_position", "replicas", "money_in_flight", "outbox_depth", "last_snapshot_position", "state_hash")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    LEADER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_POSITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    MONEY_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SNAPSHOT_POSITION_FIELD_NUMBER: _ClassVar[int]
+    STATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    leader_node_id: str
+    leader_address: str
+    term: int
+    commit_index: int
+    applied_position: int
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    money_in_flight: str
+    outbox_depth: int
+    last_snapshot_position: int
+    state_hash: str
+    def __init__(self, partition: _Optional[int] = ..., leader_node_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_position: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., money_in_flight: _Optional[str] = ..., outbox_depth: _Optional[int] = ..., last_snapshot_position: _Optional[int] = ..., state_hash: _Optional[str] = ...) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node_id", "address", "up", "partitions", "leader_of")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_OF_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    up: bool
+    partitions: _containers.RepeatedScalarFieldContainer[int]
+    leader_of: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., up: _Optional[bool] = ..., partitions: _Optional[_Iterable[int]] = ..., leader_of: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ClusterStatusResponse(_message.Message):
+    __slots__ = ("partition_count", "partitions", "nodes")
+    PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    partition_count: int
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionStatus]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    def __init__(self, partition_count: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+
+class AddReplicaRequest(_message.Message):
+    __slots__ = ("partition", "node_id")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    node_id: str
+    def __init__(self, partition: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class AddReplicaResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RemoveReplicaRequest(_message.Message):
+    __slots__ = ("partition", "node_id")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    node_id: str
+    def __init__(self, partition: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class RemoveReplicaResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    def __init__(self, partition: _Optional[int] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("position",)
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    def __init__(self, position: _Optional[int] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PartitionVerdict(_message.Message):
+    __slots__ = ("partition", "replicas_agree", "replay_matches", "detail")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_AGREE_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_MATCHES_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    replicas_agree: bool
+    replay_matches: bool
+    detail: str
+    def __init__(self, partition: _Optional[int] = ..., replicas_agree: _Optional[bool] = ..., replay_matches: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("ok", "partitions")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PARTITIONS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    partitions: _containers.RepeatedCompositeFieldContainer[PartitionVerdict]
+    def __init__(self, ok: _Optional[bool] = ..., partitions: _Optional[_Iterable[_Union[PartitionVerdict, _Mapping]]] = ...) -> None: ...
