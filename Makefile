@@ -19,9 +19,10 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python -m node.demo
 
-## test: the whole test suite (unit, property and determinism tests)
+## test: the whole test suite; the property tests run again under a second hash seed
 test: setup
-	$(BIN)/python -m pytest
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest
+	PYTHONHASHSEED=4242 $(BIN)/python -m pytest -q tests/test_ledger_properties.py tests/test_saga_properties.py
 
 ## lint: ruff and mypy, both must be clean
 lint: setup
