@@ -27,7 +27,7 @@ from ledger.replay import replay
 from ledger.results import Code, Result
 from ledger.saga import credits_for, resolutions
 from ledger.state import StateMachine
-from node.routing import partition_of
+from ledger.routing import partition_of
 
 
 @dataclass

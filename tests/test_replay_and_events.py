@@ -7,7 +7,7 @@ from ledger import events as ev
 from ledger.replay import balance_at, replay
 from ledger.results import Code, result
 from ledger.saga import credits_for, resolutions
-from node.routing import partition_of
+from ledger.routing import partition_of
 from tests.support import Ledger, tx
 
 
