@@ -25,9 +25,9 @@ from ledger.codec import decode_entry, encode_entry
 from ledger.money import currency, format_amount
 from ledger.replay import replay
 from ledger.results import Code, Result
+from ledger.routing import partition_of
 from ledger.saga import credits_for, resolutions
 from ledger.state import StateMachine
-from ledger.routing import partition_of
 
 
 @dataclass

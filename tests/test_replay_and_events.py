@@ -6,8 +6,8 @@ from ledger import commands as c
 from ledger import events as ev
 from ledger.replay import balance_at, replay
 from ledger.results import Code, result
-from ledger.saga import credits_for, resolutions
 from ledger.routing import partition_of
+from ledger.saga import credits_for, resolutions
 from tests.support import Ledger, tx
 
 

@@ -244,8 +244,10 @@ class GetBalanceAtRequest(_message.Message):
     def __init__(self, account_id: _Optional[str] = ..., position: _Optional[int] = ..., time_ms: _Optional[int] = ...) -> None: ...
 
 class ClusterStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("local_only",)
+    LOCAL_ONLY_FIELD_NUMBER: _ClassVar[int]
+    local_only: bool
+    def __init__(self, local_only: _Optional[bool] = ...) -> None: ...
 
 class ReplicaStatus(_message.Message):
     __slots__ = ("node_id", "match_index", "lag")
@@ -258,8 +260,10 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., match_index: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
 
 class PartitionStatus(_message.Message):
-    __slots__ = ("partition", "leader_node_id", "leader_address", "term", "commit_index", "applied_position", "replicas", "money_in_flight", "outbox_depth", "last_snapshot_position", "state_hash")
+    __slots__ = ("partition", "reported_by", "reporter_is_leader", "leader_node_id", "leader_address", "term", "commit_index", "applied_position", "replicas", "money_in_flight", "outbox_depth", "last_snapshot_position", "state_hash")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REPORTER_IS_LEADER_FIELD_NUMBER: _ClassVar[int]
     LEADER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +275,8 @@ class PartitionStatus(_message.Message):
     LAST_SNAPSHOT_POSITION_FIELD_NUMBER: _ClassVar[int]
     STATE_HASH_FIELD_NUMBER: _ClassVar[int]
     partition: int
+    reported_by: str
+    reporter_is_leader: bool
     leader_node_id: str
     leader_address: str
     term: int
@@ -281,7 +287,7 @@ class PartitionStatus(_message.Message):
     outbox_depth: int
     last_snapshot_position: int
     state_hash: str
-    def __init__(self, partition: _Optional[int] = ..., leader_node_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_position: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., money_in_flight: _Optional[str] = ..., outbox_depth: _Optional[int] = ..., last_snapshot_position: _Optional[int] = ..., state_hash: _Optional[str] = ...) -> None: ...
+    def __init__(self, partition: _Optional[int] = ..., reported_by: _Optional[str] = ..., reporter_is_leader: _Optional[bool] = ..., leader_node_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_position: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., money_in_flight: _Optional[str] = ..., outbox_depth: _Optional[int] = ..., last_snapshot_position: _Optional[int] = ..., state_hash: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node_id", "address", "up", "partitions", "leader_of")

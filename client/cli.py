@@ -1,0 +1,696 @@
+"""`walletctl`: the RaftWallet command line.
+
+    walletctl --config cluster-configs/local-3node.toml account create alice --currency USD
+    walletctl --target 127.0.0.1:7101 deposit alice 100.00 --currency USD
+    walletctl --target 127.0.0.1:7101 --json transfer alice bob 12.34 --currency USD
+    walletctl --config cluster-configs/local-3node.toml cluster status
+
+Global options (--target, --config, --json, --timeout) go before or after the
+command. With --json every command prints exactly one JSON object on stdout
+(an `{"error": {...}}` object when it fails); amounts are decimal strings next
+to their `currency`. Exit status: 0 done, 1 the cluster refused the request
+(or a transfer, deposit or withdrawal FAILED), 2 usage, configuration or
+connection problem (including an outcome that stayed unknown). Errors go to
+stderr as `walletctl: error: STATUS: message`, never as a traceback.
+
+`cluster up`, `cluster down` and `node start` are implemented by the node
+package (`node.launcher`, `node.server`), imported only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+from rich.console import Console
+from rich.table import Table
+
+from client.errors import OutcomeUnknown, Unavailable, WalletError
+from client.sdk import (
+    Account,
+    Balance,
+    ClusterStatus,
+    MovementResult,
+    Route,
+    TransferRecord,
+    TransferResult,
+    TransferStatus,
+    WalletClient,
+    normalize_targets,
+)
+
+PROG = "walletctl"
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+DEFAULT_TIMEOUT_S = 10.0
+"""--timeout: each command gives up after this long, retrying transient failures until then."""
+HISTORY_LIMIT_MAX = 10_000
+STATE_HASH_PREFIX_CHARS = 12
+TABLE_WIDTH_NOT_A_TTY = 160
+
+
+class UsageError(Exception):
+    """A problem with the command line or the cluster file (exit 2)."""
+
+
+# --- targets --------------------------------------------------------------------------
+
+
+def targets_from_config(path: Path) -> tuple[str, ...]:
+    """`host:grpc_port` of every `[[nodes]]` entry of a cluster TOML file."""
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except OSError as error:
+        raise UsageError(f"{path}: {error.strerror or error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path}: {error}") from None
+    nodes = data.get("nodes")
+    if not isinstance(nodes, list) or not nodes:
+        raise UsageError(f"{path}: no [[nodes]] entries")
+    targets: list[str] = []
+    for index, node in enumerate(nodes):
+        host = node.get("host") if isinstance(node, dict) else None
+        port = node.get("grpc_port") if isinstance(node, dict) else None
+        if not isinstance(host, str) or not host:
+            raise UsageError(f"{path}: nodes[{index}].host: missing or not a string")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise UsageError(f"{path}: nodes[{index}].grpc_port: missing or not a port number")
+        targets.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return normalize_targets(targets)
+
+
+def resolve_targets(target_args: Sequence[str], config: str | None) -> tuple[str, ...]:
+    """--target values win; else every node of --config; else a usage error."""
+    if target_args:
+        try:
+            return normalize_targets(target_args)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if config:
+        return targets_from_config(Path(config))
+    raise UsageError("no cluster to talk to: pass --target HOST:PORT or --config FILE")
+
+
+# --- JSON objects ---------------------------------------------------------------------
+
+
+def _with_reason(obj: dict[str, Any], status: TransferStatus, reason: str) -> dict[str, Any]:
+    if reason or status is TransferStatus.FAILED:
+        obj["reason"] = reason
+    return obj
+
+
+def account_json(a: Account) -> dict[str, Any]:
+    return {
+        "account": a.account_id,
+        "currency": a.currency,
+        "position": a.position,
+        "request_id": a.request_id,
+    }
+
+
+def balance_json(b: Balance) -> dict[str, Any]:
+    return {
+        "account": b.account_id,
+        "balance": b.balance,
+        "currency": b.currency,
+        "position": b.position,
+        "stale": b.stale,
+    }
+
+
+def movement_json(kind: str, m: MovementResult) -> dict[str, Any]:
+    obj: dict[str, Any] = {"transaction_id": m.transaction_id, "status": str(m.status)}
+    _with_reason(obj, m.status, m.reason)
+    obj.update(
+        kind=kind,
+        account=m.account_id,
+        amount=m.amount,
+        currency=m.currency,
+        balance=m.balance,
+        position=m.position,
+    )
+    return obj
+
+
+def transfer_json(t: TransferResult) -> dict[str, Any]:
+    obj: dict[str, Any] = {"transaction_id": t.transaction_id, "status": str(t.status)}
+    _with_reason(obj, t.status, t.reason)
+    obj.update(
+        from_account=t.from_account,
+        to_account=t.to_account,
+        amount=t.amount,
+        currency=t.currency,
+        position=t.position,
+    )
+    if t.message:
+        obj["message"] = t.message
+    return obj
+
+
+def record_json(r: TransferRecord) -> dict[str, Any]:
+    obj: dict[str, Any] = {"transaction_id": r.transaction_id, "status": str(r.status)}
+    _with_reason(obj, r.status, r.reason)
+    obj.update(
+        from_account=r.from_account,
+        to_account=r.to_account,
+        amount=r.amount,
+        currency=r.currency,
+        stale=r.stale,
+        steps=[dataclasses.asdict(step) for step in r.steps],
+    )
+    return obj
+
+
+def route_json(r: Route) -> dict[str, Any]:
+    return {
+        "account": r.account_id,
+        "partition": r.partition,
+        "partition_count": r.partition_count,
+        "leader_node_id": r.leader_node_id,
+        "leader_address": r.leader_address,
+    }
+
+
+def error_json(error: WalletError) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "status": error.status_name,
+        "reason": error.reason,
+        "message": error.message,
+    }
+    if isinstance(error, OutcomeUnknown):
+        obj["outcome_unknown"] = True
+        obj["transaction_id"] = error.transaction_id
+    return {"error": obj}
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+class Output:
+    """Where a command writes: one JSON object, or text for people."""
+
+    def __init__(self, as_json: bool, out: TextIO, err: TextIO) -> None:
+        self.as_json = as_json
+        self.out = out
+        self.err = err
+
+    def emit(self, obj: dict[str, Any], text: str) -> None:
+        if self.as_json:
+            self.out.write(json.dumps(obj) + "\n")
+        else:
+            self.out.write(text + "\n")
+
+    def error(self, message: str) -> None:
+        self.err.write(f"{PROG}: error: {message}\n")
+
+    def console(self) -> Console:
+        tty = self.out.isatty()
+        return Console(file=self.out, width=None if tty else TABLE_WIDTH_NOT_A_TTY)
+
+
+def _exit_of(status: TransferStatus) -> int:
+    return EXIT_REFUSED if status is TransferStatus.FAILED else EXIT_OK
+
+
+def _status_text(status: TransferStatus, reason: str) -> str:
+    return f"{status} ({reason})" if reason else str(status)
+
+
+# --- commands -------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, Output], int]
+
+
+def _client(args: argparse.Namespace) -> WalletClient:
+    targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
+                              args.config)
+    # One request per run: a ClusterStatus look-up for routing would only add a round trip.
+    return WalletClient(
+        targets, timeout_s=args.timeout, retry_deadline_s=args.timeout, learn_routes=False
+    )
+
+
+def cmd_account_create(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        account = wallet.create_account(args.account, args.currency, request_id=args.id)
+    out.emit(
+        account_json(account),
+        f"created account {account.account_id} ({account.currency}) at position "
+        f"{account.position}, request id {account.request_id}",
+    )
+    return EXIT_OK
+
+
+def _cmd_movement(kind: str, args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        move = wallet.deposit if kind == "deposit" else wallet.withdraw
+        result = move(args.account, args.amount, args.currency, transaction_id=args.id)
+    sign = "+" if kind == "deposit" else "-"
+    out.emit(
+        movement_json(kind, result),
+        f"{_status_text(result.status, result.reason)} {kind} {result.transaction_id}: "
+        f"{result.account_id} {sign}{result.amount} {result.currency}"
+        + (f", balance {result.balance} {result.currency}" if result.balance else ""),
+    )
+    return _exit_of(result.status)
+
+
+def cmd_deposit(args: argparse.Namespace, out: Output) -> int:
+    return _cmd_movement("deposit", args, out)
+
+
+def cmd_withdraw(args: argparse.Namespace, out: Output) -> int:
+    return _cmd_movement("withdraw", args, out)
+
+
+def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        result = wallet.transfer(
+            args.from_account, args.to_account, args.amount, args.currency, args.id
+        )
+    out.emit(
+        transfer_json(result),
+        f"{_status_text(result.status, result.reason)} transfer {result.transaction_id}: "
+        f"{result.from_account} -> {result.to_account} {result.amount} {result.currency}"
+        f" (position {result.position})",
+    )
+    return _exit_of(result.status)
+
+
+def cmd_balance(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        balance = wallet.balance(
+            args.account,
+            consistency="stale" if args.stale else "linearizable",
+            min_position=args.min_position,
+        )
+    out.emit(
+        balance_json(balance),
+        f"{balance.account_id}: {balance.balance} {balance.currency} "
+        f"(position {balance.position}{', stale' if balance.stale else ''})",
+    )
+    return EXIT_OK
+
+
+def _record_line(r: TransferRecord) -> str:
+    return (
+        f"{r.transaction_id}  {_status_text(r.status, r.reason)}  "
+        f"{r.from_account} -> {r.to_account}  {r.amount} {r.currency}"
+    )
+
+
+def cmd_get_transfer(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        record = wallet.get_transfer(args.from_account, args.transaction_id)
+    steps = "".join(
+        f"\n  {s.name} at position {s.position} of partition {s.partition}" for s in record.steps
+    )
+    out.emit(record_json(record), _record_line(record) + steps)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        page = wallet.list_transfers(
+            args.account, args.page_token, args.limit, newest_first=args.newest_first
+        )
+    lines = [_record_line(r) for r in page.transfers] or [f"no transfers of {args.account}"]
+    if page.next_page_token:
+        lines.append(f"more: --page-token {page.next_page_token}")
+    out.emit(
+        {
+            "account": args.account,
+            "transfers": [record_json(r) for r in page.transfers],
+            "next_page_token": page.next_page_token,
+        },
+        "\n".join(lines),
+    )
+    return EXIT_OK
+
+
+def cmd_route(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        route = wallet.route(args.account)
+    leader = (
+        f"leader {route.leader_node_id or '?'} at {route.leader_address}"
+        if route.leader_address
+        else "no leader known"
+    )
+    out.emit(
+        route_json(route),
+        f"{route.account_id}: partition {route.partition} of {route.partition_count}, {leader}",
+    )
+    return EXIT_OK
+
+
+def cluster_tables(status: ClusterStatus) -> tuple[Table, Table]:
+    partitions = Table(title=f"{status.partition_count} partitions")
+    for name in ("partition", "leader", "term", "commit", "applied", "replicas (match/lag)",
+                 "in flight", "outbox", "snapshot", "state hash"):
+        left = name.startswith(("leader", "replicas", "state"))
+        partitions.add_column(name, justify="left" if left else "right")
+    for p in status.partitions:
+        leader = f"{p.leader_node_id} {p.leader_address}".strip() or "[red]none[/red]"
+        replicas = " ".join(f"{r.node_id}:{r.match_index}/{r.lag}" for r in p.replicas)
+        partitions.add_row(
+            str(p.partition), leader, str(p.term), str(p.commit_index),
+            str(p.applied_position), replicas, p.money_in_flight or "0", str(p.outbox_depth),
+            str(p.last_snapshot_position), p.state_hash[:STATE_HASH_PREFIX_CHARS],
+        )
+    nodes = Table(title="nodes")
+    for name in ("node", "address", "up", "partitions", "leader of"):
+        nodes.add_column(name)
+    for n in status.nodes:
+        nodes.add_row(
+            n.node_id, n.address, "yes" if n.up else "[red]DOWN[/red]",
+            ",".join(map(str, n.partitions)), ",".join(map(str, n.leader_of)),
+        )
+    return partitions, nodes
+
+
+def cmd_cluster_status(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        status = wallet.cluster_status()
+    if out.as_json:
+        out.emit(dataclasses.asdict(status), "")
+        return EXIT_OK
+    console = out.console()
+    for table in cluster_tables(status):
+        console.print(table)
+    return EXIT_OK
+
+
+def _node_function(module: str, name: str, what: str, out: Output) -> Callable[..., Any] | None:
+    """Import node code only when a node command runs; None (reported) when it is missing."""
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        out.error(f"{what} is not available: cannot load {module}.{name} ({error})")
+        return None
+    return cast(Callable[..., Any], function)
+
+
+def _config_path(args: argparse.Namespace, command: str) -> Path:
+    if not args.config:
+        raise UsageError(f"{command} needs --config FILE (a cluster file)")
+    return Path(args.config)
+
+
+def _rc(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else EXIT_OK
+
+
+def cmd_cluster_up(args: argparse.Namespace, out: Output) -> int:
+    config_path = _config_path(args, "cluster up")
+    function = _node_function("node.launcher", "cluster_up", "cluster up", out)
+    if function is None:
+        return EXIT_USAGE
+    return _rc(function(config_path=config_path, data_dir=args.data_dir, as_json=out.as_json))
+
+
+def cmd_cluster_down(args: argparse.Namespace, out: Output) -> int:
+    function = _node_function("node.launcher", "cluster_down", "cluster down", out)
+    if function is None:
+        return EXIT_USAGE
+    return _rc(function(data_dir=args.data_dir, as_json=out.as_json))
+
+
+def cmd_node_start(args: argparse.Namespace, out: Output) -> int:
+    config_path = _config_path(args, "node start")
+    function = _node_function("node.server", "run_node", "node start", out)
+    if function is None:
+        return EXIT_USAGE
+    return _rc(
+        function(
+            config_path=config_path,
+            node_id=args.node_id,
+            data_dir=args.data_dir,
+            bootstrap=args.bootstrap,
+            insecure_dev_mode=args.insecure_dev_mode,
+        )
+    )
+
+
+# --- the parser -----------------------------------------------------------------------
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= HISTORY_LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {HISTORY_LIMIT_MAX}")
+    return value
+
+
+def _position(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+_TARGET_HELP = "a node's gRPC address; repeat it or separate with commas (default: --config)"
+_CONFIG_HELP = "cluster TOML file: without --target, talk to every [[nodes]] host:grpc_port"
+_JSON_HELP = "print exactly one JSON object on stdout"
+_TIMEOUT_HELP = (
+    f"give up after SECONDS, retrying transient failures until then (default {DEFAULT_TIMEOUT_S:g})"
+)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool, config: bool = True) -> None:
+    """The global options; on a command they may also follow it (top=False: no defaults)."""
+    default: Any = None if top else argparse.SUPPRESS
+    options = parser.add_argument_group("global options")
+    options.add_argument(
+        "--target", action="append", metavar="HOST:PORT", help=_TARGET_HELP,
+        dest="target" if top else "target_after", default=default,
+    )
+    if config:
+        options.add_argument("--config", metavar="FILE", help=_CONFIG_HELP, default=default)
+    options.add_argument(
+        "--json", action="store_true", help=_JSON_HELP, default=False if top else default
+    )
+    options.add_argument(
+        "--timeout", type=_positive_float, metavar="SECONDS", help=_TIMEOUT_HELP,
+        default=DEFAULT_TIMEOUT_S if top else default,
+    )
+
+
+def _command(
+    subparsers: Any, name: str, help_text: str, handler: Handler, description: str = ""
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help_text, description=description or help_text
+    )
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _id_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--id", metavar="UUID", default=None,
+        help=f"{what} (idempotency key); default: a new UUIDv7. Reuse it to retry safely",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Talk to a RaftWallet cluster: accounts, money movements, balances, "
+        "transfers and the cluster's state; start and stop local clusters.",
+        epilog="exit status: 0 done; 1 the cluster refused the request (or the transfer, "
+        "deposit or withdrawal FAILED); 2 usage, configuration or connection problem, "
+        "or an outcome that stayed unknown (retry with the same --id).",
+    )
+    _global_options(parser, top=True)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    account = commands.add_parser("account", help="manage accounts",
+                                  description="Manage accounts.")
+    account_commands = account.add_subparsers(title="commands", metavar="COMMAND",
+                                              required=True)
+    p = _command(account_commands, "create", "open an account holding one currency",
+                 cmd_account_create,
+                 "Open ACCOUNT holding CUR. Retrying with the same --id returns the same "
+                 "answer; another id for an existing account is refused (ALREADY_EXISTS).")
+    p.add_argument("account", metavar="ACCOUNT", help="account id")
+    p.add_argument("--currency", required=True, metavar="CUR",
+                   help="ISO 4217 code, upper case (USD, EUR, JPY...)")
+    _id_option(p, "request id")
+    _global_options(p, top=False)
+
+    for name, verb, handler in (("deposit", "put money into", cmd_deposit),
+                                ("withdraw", "take money out of", cmd_withdraw)):
+        p = _command(commands, name, f"{verb} an account from/to the outside world", handler,
+                     f"{verb.capitalize()} ACCOUNT: AMOUNT of CUR, exactly once per --id. "
+                     "Prints the outcome and the balance after it.")
+        p.add_argument("account", metavar="ACCOUNT", help="account id")
+        p.add_argument("amount", metavar="AMOUNT",
+                       help="decimal amount in major units, e.g. 12.34 (no sign, no exponent)")
+        p.add_argument("--currency", required=True, metavar="CUR",
+                       help="ISO 4217 code; must be the account's currency")
+        _id_option(p, "transaction id")
+        _global_options(p, top=False)
+
+    p = _command(commands, "transfer", "move money from one account to another",
+                 cmd_transfer,
+                 "Move AMOUNT of CUR from FROM to TO, exactly once per --id. Prints the "
+                 "outcome: SUCCEEDED, FAILED (with the reason; exit 1) or PENDING (the "
+                 "credit is in flight: ask get-transfer later).")
+    p.add_argument("from_account", metavar="FROM", help="account debited")
+    p.add_argument("to_account", metavar="TO", help="account credited")
+    p.add_argument("amount", metavar="AMOUNT", help="decimal amount in major units, e.g. 12.34")
+    p.add_argument("--currency", required=True, metavar="CUR",
+                   help="ISO 4217 code; both accounts must hold it")
+    _id_option(p, "transaction id")
+    _global_options(p, top=False)
+
+    p = _command(commands, "balance", "show an account's balance", cmd_balance,
+                 "Show ACCOUNT's balance. By default a linearizable read (sees every "
+                 "acknowledged write); --stale answers from any replica, labelled stale.")
+    p.add_argument("account", metavar="ACCOUNT", help="account id")
+    p.add_argument("--stale", action="store_true",
+                   help="read from any replica (faster, may lag; labelled stale)")
+    p.add_argument("--min-position", type=_position, default=0, metavar="N",
+                   help="answer only once the partition has applied log position N")
+    _global_options(p, top=False)
+
+    p = _command(commands, "get-transfer", "show one transfer and its steps", cmd_get_transfer,
+                 "Show the transfer ID debited from --from ACCOUNT: status, reason, steps.")
+    p.add_argument("transaction_id", metavar="ID", help="the transfer's transaction id")
+    p.add_argument("--from", dest="from_account", required=True, metavar="ACCOUNT",
+                   help="the debited account (transfers are keyed by it and the id)")
+    _global_options(p, top=False)
+
+    p = _command(commands, "history", "list an account's transfers, a page at a time",
+                 cmd_history,
+                 "List ACCOUNT's transfers (sent and received), oldest first, a page at a "
+                 "time; pass the printed page token back with --page-token for the next page.")
+    p.add_argument("account", metavar="ACCOUNT", help="account id")
+    p.add_argument("--limit", type=_limit, default=100, metavar="N",
+                   help="transfers per page (default 100)")
+    p.add_argument("--page-token", default="", metavar="T",
+                   help="continue after a previous page")
+    p.add_argument("--newest-first", action="store_true", help="newest transfers first")
+    _global_options(p, top=False)
+
+    p = _command(commands, "route", "show an account's partition and its leader", cmd_route,
+                 "Show which partition owns ACCOUNT (ledger.routing.partition_of over the "
+                 "cluster's partition count) and that partition's current leader.")
+    p.add_argument("account", metavar="ACCOUNT", help="account id")
+    _global_options(p, top=False)
+
+    cluster = commands.add_parser("cluster", help="inspect, start or stop a cluster",
+                                  description="Inspect, start or stop a cluster.")
+    cluster_commands = cluster.add_subparsers(title="commands", metavar="COMMAND",
+                                              required=True)
+    p = _command(cluster_commands, "status", "per partition: leader, term, indexes, replicas",
+                 cmd_cluster_status,
+                 "Show per partition the leader, term, commit index, applied position, each "
+                 "replica's match index and lag, money in flight, outbox depth, last snapshot "
+                 "and a state hash prefix; then every node and whether it answers.")
+    _global_options(p, top=False)
+
+    p = _command(cluster_commands, "up", "start every node of a cluster file locally",
+                 cmd_cluster_up,
+                 "Start one node process per [[nodes]] entry of the cluster file --config, "
+                 "with data under DIR/<node-id>, and wait until every partition has a leader "
+                 "(node.launcher).")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="cluster TOML file (required)")
+    p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
+                   help="where the nodes keep their data and the cluster's process ids")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+
+    p = _command(cluster_commands, "down", "stop the nodes started by cluster up",
+                 cmd_cluster_down,
+                 "Stop the node processes that `cluster up` started with this --data-dir "
+                 "(node.launcher).")
+    p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
+                   help="the --data-dir given to cluster up")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+
+    node = commands.add_parser("node", help="run one node",
+                               description="Run one RaftWallet node.")
+    node_commands = node.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    p = _command(node_commands, "start", "run one node in the foreground until SIGTERM",
+                 cmd_node_start,
+                 "Run node ID of the cluster file --config in the foreground, keeping its "
+                 "data in DIR, until SIGTERM (node.server).")
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                   help="cluster TOML file (required)")
+    p.add_argument("--node-id", required=True, metavar="ID", help="this node's id in the file")
+    p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
+                   help="this node's data directory")
+    p.add_argument("--bootstrap", action="store_true",
+                   help="initialise an empty data dir (first start of a new cluster)")
+    p.add_argument("--insecure-dev-mode", action="store_true",
+                   help="allow a cluster file without secret: unencrypted Raft, loopback only")
+    return parser
+
+
+def _exit_status(code: object) -> int:
+    if code is None:
+        return EXIT_OK
+    return code if isinstance(code, int) else EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run walletctl with `argv` (default sys.argv[1:]); returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse already printed
+        return _exit_status(exit_.code)
+    out = Output(bool(args.json), sys.stdout, sys.stderr)
+    handler: Handler = args.handler
+    try:
+        return handler(args, out)
+    except WalletError as error:
+        out.error(str(error))
+        if isinstance(error, OutcomeUnknown):
+            out.error(f"retry the same request with --id {error.transaction_id}")
+        if out.as_json:
+            out.emit(error_json(error), "")
+        return EXIT_USAGE if isinstance(error, (Unavailable, OutcomeUnknown)) else EXIT_REFUSED
+    except UsageError as error:
+        out.error(str(error))
+        if out.as_json:
+            out.emit({"error": {"status": "USAGE", "reason": "", "message": str(error)}}, "")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as error:  # never a traceback: report it as a problem of this run
+        out.error(f"unexpected {type(error).__name__}: {error}")
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

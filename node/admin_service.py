@@ -1,0 +1,134 @@
+"""AdminService: the cluster as this node (and, on request, its peers) sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+
+from ledger.money import format_amount
+from node import api
+from node.api import ApiError
+from node.host import NodeHost
+from node.wallet_service import _handler
+from proto.wallet.v1 import wallet_pb2 as pb
+from proto.wallet.v1 import wallet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+PEER_STATUS_TIMEOUT_S = 1.0
+
+
+def local_partition_status(host: NodeHost, partition: int) -> pb.PartitionStatus:
+    replica = host.replicas[partition]
+    status: dict[str, Any] = replica.status()
+    leader = status.get("leader")
+    leader_address = str(leader.id) if leader is not None else ""
+    leader_node = host.config.node_by_raft_address(leader_address) if leader_address else None
+    with replica.lock:
+        state = replica.state
+        in_flight = sum(t.in_flight_minor for t in state.totals.values())
+        outbox_depth = len(state.outbox)
+        position = state.position
+        state_hash = state.state_hash()
+    commit_index = int(status.get("commit_idx", 0))
+    replicas = []
+    for node_id in host.config.replicas_of(partition):
+        node = host.config.node(node_id)
+        address = node.raft_address(partition)
+        if node_id == host.node_id:
+            match_index = int(status.get("last_applied", 0))
+        else:
+            match_index = int(status.get(f"match_idx_server_{address}", 0))
+        replicas.append(pb.ReplicaStatus(node_id=node_id, match_index=match_index,
+                                         lag=max(0, commit_index - match_index)))
+    return pb.PartitionStatus(
+        partition=partition, reported_by=host.node_id,
+        reporter_is_leader=replica.is_leader(),
+        leader_node_id=leader_node.id if leader_node is not None else "",
+        leader_address=leader_node.grpc_address if leader_node is not None else "",
+        term=int(status.get("raft_term", 0)), commit_index=commit_index,
+        applied_position=position, replicas=replicas,
+        money_in_flight=format_amount(in_flight, 0), outbox_depth=outbox_depth,
+        last_snapshot_position=replica.last_snapshot_position, state_hash=state_hash)
+
+
+class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+
+    def _local(self) -> list[pb.PartitionStatus]:
+        return [local_partition_status(self.host, p) for p in sorted(self.host.replicas)]
+
+    async def _peer(self, node_id: str) -> pb.ClusterStatusResponse | None:
+        address = self.host.config.node(node_id).grpc_address
+        stub = wallet_pb2_grpc.AdminServiceStub(self.host.channel(address))
+        try:
+            response: pb.ClusterStatusResponse = await stub.ClusterStatus(
+                pb.ClusterStatusRequest(local_only=True), timeout=PEER_STATUS_TIMEOUT_S)
+            return response
+        except grpc.aio.AioRpcError:
+            return None
+
+    @_handler
+    async def ClusterStatus(self, request: pb.ClusterStatusRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
+        config = self.host.config
+        views: dict[str, list[pb.PartitionStatus] | None] = {self.host.node_id: self._local()}
+        if not request.local_only:
+            peers = [n.id for n in config.nodes if n.id != self.host.node_id]
+            answers = await asyncio.gather(*(self._peer(n) for n in peers))
+            for node_id, answer in zip(peers, answers, strict=True):
+                views[node_id] = list(answer.partitions) if answer is not None else None
+        best: dict[int, pb.PartitionStatus] = {}
+        for partitions in views.values():
+            for partition_view in partitions or ():
+                current = best.get(partition_view.partition)
+                if current is None or (partition_view.reporter_is_leader
+                                       and not current.reporter_is_leader):
+                    best[partition_view.partition] = partition_view
+        nodes = []
+        for node in config.nodes:
+            node_view = views.get(node.id)
+            hosted = sorted(config.partitions_of(node.id))
+            leader_of = sorted(p.partition for p in (node_view or ()) if p.reporter_is_leader)
+            nodes.append(pb.NodeStatus(node_id=node.id, address=node.grpc_address,
+                                       up=node_view is not None, partitions=hosted,
+                                       leader_of=leader_of))
+        return pb.ClusterStatusResponse(partition_count=config.partition_count,
+                                        partitions=[best[p] for p in sorted(best)], nodes=nodes)
+
+    @_handler
+    async def Snapshot(self, request: pb.SnapshotRequest,
+                       context: grpc.aio.ServicerContext) -> pb.SnapshotResponse:
+        replica = self.host.replicas.get(request.partition)
+        if replica is None:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, "PARTITION_NOT_HOSTED",
+                           f"partition: {request.partition} has no replica on this node")
+        replica.force_snapshot()
+        with replica.lock:
+            position = replica.state.position
+        return pb.SnapshotResponse(position=position)
+
+    @_handler
+    async def AddReplica(self, request: pb.AddReplicaRequest,
+                         context: grpc.aio.ServicerContext) -> pb.AddReplicaResponse:
+        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
+                       "membership changes arrive with the operators feature")
+
+    @_handler
+    async def RemoveReplica(self, request: pb.RemoveReplicaRequest,
+                            context: grpc.aio.ServicerContext) -> pb.RemoveReplicaResponse:
+        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
+                       "membership changes arrive with the operators feature")
+
+    @_handler
+    async def Verify(self, request: pb.VerifyRequest,
+                     context: grpc.aio.ServicerContext) -> pb.VerifyResponse:
+        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
+                       "Verify arrives with the event archive feature")
+
+
+__all__ = ["AdminService", "api", "local_partition_status"]

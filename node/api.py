@@ -1,0 +1,108 @@
+"""Request validation and the single mapping from ledger outcomes to gRPC statuses.
+
+Every refusal leaves the API as an `ApiError`: a gRPC status, a machine-readable
+reason (a ledger result code name, or one of the API's own reasons below), and
+a message that names the offending field. Servicers raise it; `abort_with`
+turns it into the call's status plus the `raftwallet-reason` trailing metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import grpc
+
+from ledger.money import Currency, MoneyError, currency, parse_amount
+from ledger.results import Code
+from ledger.state import ACCOUNT_ID_RE
+
+REASON_METADATA_KEY = "raftwallet-reason"
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}", re.ASCII
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError(Exception):
+    status: grpc.StatusCode
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.status.name} {self.reason}: {self.message}"
+
+
+def invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> ApiError:
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, f"{field}: {message}")
+
+
+def parse_uuid(text: str, field: str) -> bytes:
+    """A UUID in its canonical 8-4-4-4-12 hex form, as its 16 bytes."""
+    if not text:
+        raise invalid(field, "is required (a UUID)", Code.INVALID_TRANSACTION_ID.name)
+    if len(text) != 36 or _UUID_RE.fullmatch(text) is None:
+        raise invalid(field, f"{_show(text)} is not a UUID like "
+                      "'0f8fad5b-d9cb-469f-a165-70867728950e'", Code.INVALID_TRANSACTION_ID.name)
+    return bytes.fromhex(text.replace("-", ""))
+
+
+def format_uuid(raw: bytes) -> str:
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def check_account_id(text: str, field: str) -> str:
+    if not text:
+        raise invalid(field, "is required", Code.INVALID_ACCOUNT_ID.name)
+    if ACCOUNT_ID_RE.fullmatch(text) is None:
+        raise invalid(field, f"{_show(text)} is not an account id (1-64 ASCII letters, digits "
+                      "and ._:@-, starting with a letter or digit)", Code.INVALID_ACCOUNT_ID.name)
+    return text
+
+
+def check_currency(code: str, field: str = "currency") -> Currency:
+    try:
+        return currency(code)
+    except MoneyError as exc:
+        raise invalid(field, exc.message, Code.INVALID_CURRENCY.name) from None
+
+
+def check_amount(text: str, cur: Currency, field: str = "amount") -> int:
+    try:
+        return parse_amount(text, cur.code)
+    except MoneyError as exc:
+        raise invalid(field, exc.message, Code.INVALID_AMOUNT.name) from None
+
+
+def _show(text: str, limit: int = 80) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+_STATUS_BY_CODE = {
+    Code.ACCOUNT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Code.ACCOUNT_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Code.ID_CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
+    Code.CURRENCY_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.INSUFFICIENT_FUNDS: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.SAME_ACCOUNT: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.ACCOUNT_CLOSED: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.BALANCE_LIMIT: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.ABORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.ACCOUNT_NOT_EMPTY: grpc.StatusCode.FAILED_PRECONDITION,
+    Code.TRANSFER_IN_FLIGHT: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def status_of(code: Code) -> grpc.StatusCode:
+    """The gRPC status for a ledger refusal (INVALID_* codes are bad input)."""
+    return _STATUS_BY_CODE.get(code, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def ledger_error(code: Code, message: str) -> ApiError:
+    return ApiError(status_of(code), code.name, message)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: ApiError) -> None:
+    context.set_trailing_metadata(((REASON_METADATA_KEY, error.reason),))
+    await context.abort(error.status, error.message)

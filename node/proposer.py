@@ -1,0 +1,186 @@
+"""Group commit: concurrent requests for one partition become one Raft log entry.
+
+Requests (lists of ledger commands) queue up on the asyncio loop; a flusher
+takes up to `commands_per_entry_max` of them at a time, stamps them with this
+node's clock, proposes them as ONE entry, and hands every command its own
+result when the entry applies. At most `entries_in_flight_max` entries are
+proposed and not yet answered per partition: pysyncobj degrades into leader
+changes when flooded, so excess work waits here, bounded by
+`queued_commands_max` (beyond it, submit fails fast with Overloaded).
+
+Outcomes: a command either gets its ledger `Result` and the entry's position,
+or fails with `NotApplied` (pysyncobj said it was not appended: safe to retry)
+or `OutcomeUnknown` (it may have been applied: retry the SAME command, whose
+dedup key makes the retry safe). The callback from the tick thread only
+schedules work on the loop; it never raises into pysyncobj.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pysyncobj import FAIL_REASON
+
+from ledger import commands as c
+from ledger.codec import encode_entry
+from ledger.results import EntryResult, Result
+from node.replica import PartitionReplica
+
+log = logging.getLogger(__name__)
+
+_NOT_APPLIED = frozenset({
+    FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
+    FAIL_REASON.NOT_LEADER, FAIL_REASON.REQUEST_DENIED,
+})
+
+
+class ProposalError(Exception):
+    """A proposal that did not produce a result."""
+
+
+class NotApplied(ProposalError):
+    """Certainly not applied (no leader, queue full, discarded): safe to retry."""
+
+
+class OutcomeUnknown(ProposalError):
+    """Maybe applied (leader changed, timeout): retry the same command to learn the outcome."""
+
+
+class Overloaded(ProposalError):
+    """Too much work queued for this partition on this node."""
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    result: Result
+    position: int
+    stamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProposerSettings:
+    commands_per_entry_max: int = 4_000
+    entries_in_flight_max: int = 4
+    queued_commands_max: int = 200_000
+    entry_timeout_s: float = 10.0
+
+
+class Proposer:
+    """The group-commit queue of one partition on this node."""
+
+    def __init__(self, replica: PartitionReplica, settings: ProposerSettings,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.replica = replica
+        self.settings = settings
+        self._loop = loop
+        self._queue: collections.deque[tuple[c.Command, asyncio.Future[Applied]]] = (
+            collections.deque()
+        )
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.entries_proposed = 0
+        self.commands_proposed = 0
+
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._flush_forever(),
+                                            name=f"proposer-p{self.replica.partition}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            _, future = self._queue.popleft()
+            if not future.done():
+                future.set_exception(NotApplied("node is stopping"))
+
+    def submit(self, commands: Sequence[c.Command]) -> list[asyncio.Future[Applied]]:
+        """Queue commands; each future resolves to its Applied or a ProposalError."""
+        if len(self._queue) + len(commands) > self.settings.queued_commands_max:
+            raise Overloaded(f"more than {self.settings.queued_commands_max} commands queued "
+                             f"for partition {self.replica.partition}")
+        futures = []
+        for command in commands:
+            future: asyncio.Future[Applied] = self._loop.create_future()
+            self._queue.append((command, future))
+            futures.append(future)
+        self._wakeup.set()
+        return futures
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue and self._in_flight < self.settings.entries_in_flight_max:
+                self._propose_one()
+
+    def _propose_one(self) -> None:
+        batch: list[tuple[c.Command, asyncio.Future[Applied]]] = []
+        limit = self.settings.commands_per_entry_max
+        queue = self._queue
+        while queue and len(batch) < limit:
+            command, future = queue.popleft()
+            if not future.cancelled():
+                batch.append((command, future))
+        if not batch:
+            return
+        entry = c.Entry(int(time.time() * 1000), tuple(command for command, _ in batch))
+        blob = encode_entry(entry)
+        self._in_flight += 1
+        self.entries_proposed += 1
+        self.commands_proposed += len(batch)
+        finished = False
+
+        def finish(outcome: EntryResult | None, error: int | None) -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            timer.cancel()
+            self._in_flight -= 1
+            self._wakeup.set()
+            self._deliver(batch, outcome, error)
+
+        def on_result(outcome: EntryResult | None, error: int) -> None:
+            # On the tick thread: only hand over to the loop, never raise.
+            try:
+                self._loop.call_soon_threadsafe(finish, outcome, error)
+            except RuntimeError:
+                pass  # the loop is closed: the node is stopping
+
+        timer = self._loop.call_later(self.settings.entry_timeout_s, finish, None, None)
+        try:
+            self.replica.propose(blob, on_result)
+        except Exception as exc:
+            log.exception("propose failed", extra={"partition": self.replica.partition})
+            finish(None, FAIL_REASON.REQUEST_DENIED)
+            del exc
+
+    @staticmethod
+    def _deliver(batch: list[tuple[c.Command, asyncio.Future[Applied]]],
+                 outcome: EntryResult | None, error: int | None) -> None:
+        if error == FAIL_REASON.SUCCESS and outcome is not None:
+            assert len(outcome.results) == len(batch), "one result per command"
+            for (_, future), result in zip(batch, outcome.results, strict=True):
+                if not future.done():
+                    future.set_result(Applied(result, outcome.position, outcome.stamp_ms))
+            return
+        failure: ProposalError
+        if error in _NOT_APPLIED:
+            failure = NotApplied(f"not applied (pysyncobj reason {error})")
+        elif error is None:
+            failure = OutcomeUnknown("no answer from the Raft group before the entry timeout")
+        else:
+            failure = OutcomeUnknown(f"outcome unknown (pysyncobj reason {error})")
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(failure)

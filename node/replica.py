@@ -1,0 +1,300 @@
+"""One replica of one partition: a pysyncobj Raft group wrapping a ledger StateMachine.
+
+How the library is used (see ../shared/notes/pysyncobj.md and docs/cluster.md):
+- ONE replicated entry point, `apply_entry(blob)`, whose argument is an encoded
+  `ledger.commands.Entry`: pysyncobj numbers replicated methods by sorted name,
+  so adding a second one would renumber the first in old journals.
+- The journal is our `node.journal.DurableJournal` (checksums, fsync, crash-safe
+  compaction), fsynced in groups: before any Raft message leaves this replica,
+  pending journal records are made durable, so nothing is acknowledged (by a
+  follower's reply, or by the leader's own commit) before it is on disk.
+- Snapshots use our checksummed format (`node.snapshot_file`) through the
+  library's custom serializer hook; `_PartitionSyncObj` replaces the library's
+  dump loader, which cleared the journal (losing committed entries) after a
+  crash between writing a snapshot and trimming the journal, and silently ran
+  with empty state when the dump was damaged.
+- Apply is fail-stop: an exception inside apply ends the process (the library
+  would otherwise log it and re-run the entry on the next tick).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.node import TCPNode
+from pysyncobj.transport import TCPTransport
+
+from ledger.codec import decode_entry
+from ledger.results import EntryResult
+from ledger.state import StateMachine
+from node import failpoints, snapshot_file
+from node.journal import DurableJournal
+
+log = logging.getLogger(__name__)
+
+HALT_EXIT_CODE = 70
+"""Exit status of a node that stopped because a replica could not apply an entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RaftSettings:
+    """pysyncobj tuning; see docs/cluster.md for why each value is what it is."""
+
+    election_timeout_min_s: float = 1.0
+    election_timeout_max_s: float = 2.5
+    heartbeat_period_s: float = 0.1
+    tick_period_s: float = 0.005
+    leader_fallback_timeout_s: float = 5.0
+    connection_timeout_s: float = 3.5
+    connection_retry_s: float = 0.5
+    log_compaction_min_entries: int = 20_000
+    log_compaction_min_time_s: float = 600.0
+    fsync: bool = True
+    queue_size: int = 10_000
+    bind_retries: int = 50
+
+
+def halt(reason: str) -> None:
+    """Stop the whole process now: a replica that cannot apply must not go on."""
+    log.critical("replica halted", extra={"reason": reason})
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(HALT_EXIT_CODE)
+
+
+class _SyncingTransport(TCPTransport):  # type: ignore[misc]
+    """Makes pending journal records durable before any message leaves (group commit)."""
+
+    before_send: Callable[[], None] | None = None
+
+    def send(self, node: Any, message: Any) -> bool:
+        if self.before_send is not None:
+            self.before_send()
+        return bool(super().send(node, message))
+
+
+class _PartitionSyncObj(SyncObj):  # type: ignore[misc]
+    """SyncObj with a dump loader that keeps committed entries and fails loudly."""
+
+    def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        try:
+            data = self._SyncObj__serializer.deserialize()
+        except Exception as exc:  # a damaged snapshot must stop the node, never be skipped
+            halt(f"cannot load snapshot: {exc}")
+            return
+        last_entry, prev_entry, members = data[1], data[2], data[3]
+        journal = self._SyncObj__raftLog
+        keep_from = None if clearJournal else _position_of(journal, prev_entry, last_entry)
+        if keep_from is None:
+            # The journal does not continue from the snapshot (a snapshot received from
+            # the leader, or a journal behind it): restart the journal at the snapshot.
+            journal.clear()
+            journal.add(*prev_entry)
+            journal.add(*last_entry)
+        elif keep_from > 0:
+            # Crash between writing the snapshot and trimming the journal: trim now,
+            # keeping every entry after the snapshot (the library cleared them all).
+            journal.deleteEntriesTo(keep_from)
+        self._SyncObj__raftLastApplied = last_entry[1]
+        current = self._SyncObj__getCurrentLogIndex()
+        if getattr(self, "_SyncObj__raftCommitIndex") > current:  # noqa: B009
+            self._SyncObj__raftCommitIndex = current
+            journal.setRaftCommitIndex(current)
+        if self._SyncObj__conf.dynamicMembershipChange:
+            self_node = self._SyncObj__selfNode
+            self._SyncObj__updateClusterConfiguration(
+                [node for node in members if node != self_node]
+            )
+        self._SyncObj__onSetCodeVersion(0)
+
+
+def _position_of(journal: Any, prev_entry: Any, last_entry: Any) -> int | None:
+    """List position of `prev_entry` in the journal when `last_entry` follows it, else None."""
+    for position in range(len(journal) - 1):
+        entry = journal[position]
+        if entry[1] == prev_entry[1]:
+            following = journal[position + 1]
+            same = tuple(entry[1:]) == tuple(prev_entry[1:]) and tuple(following[1:]) == tuple(
+                last_entry[1:]
+            )
+            return position if same else None
+    return None
+
+
+class _LedgerConsumer(SyncObjConsumer):  # type: ignore[misc]
+    def __init__(self, replica: PartitionReplica) -> None:
+        super().__init__()
+        self._replica = replica
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply_entry(self, blob: bytes) -> EntryResult | None:
+        return self._replica._apply(blob)
+
+
+ProposeCallback = Callable[[EntryResult | None, int], None]
+
+
+class PartitionReplica:
+    """A partition's state machine, replicated through its own pysyncobj group.
+
+    `propose(blob, callback)` may be called from any thread; the callback runs
+    on the group's tick thread with (result, pysyncobj FAIL_REASON). Reads of
+    `state` from other threads must hold `lock` (apply holds it per entry).
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        self_address: str,
+        peer_addresses: list[str],
+        bind_address: str,
+        data_dir: str,
+        secret: str | None,
+        settings: RaftSettings,
+        on_applied: Callable[[PartitionReplica, EntryResult], None] | None = None,
+    ) -> None:
+        self.partition = partition
+        self.address = self_address
+        self.data_dir = data_dir
+        self.settings = settings
+        self.lock = threading.Lock()
+        self.state = StateMachine(partition)
+        self.last_snapshot_position = 0
+        self._on_applied = on_applied
+        os.makedirs(data_dir, exist_ok=True)
+        self.journal_path = os.path.join(data_dir, "journal")
+        self.snapshot_path = os.path.join(data_dir, "snapshot")
+        if os.path.exists(self.snapshot_path):
+            snapshot_file.read(self.snapshot_path)  # refuse to start on a damaged file
+        conf = SyncObjConf(
+            password=secret or None,
+            bindAddress=bind_address,
+            # Our own tick thread (see `start`), so that the first tick (which loads
+            # the snapshot) always runs before any journal entry is applied.
+            autoTick=False,
+            bindRetryTime=0.2,
+            maxBindRetries=settings.bind_retries,
+            appendEntriesUseBatch=False,
+            appendEntriesPeriod=settings.heartbeat_period_s,
+            raftMinTimeout=settings.election_timeout_min_s,
+            raftMaxTimeout=settings.election_timeout_max_s,
+            leaderFallbackTimeout=settings.leader_fallback_timeout_s,
+            connectionTimeout=settings.connection_timeout_s,
+            connectionRetryTime=settings.connection_retry_s,
+            commandsQueueSize=settings.queue_size,
+            commandsWaitLeader=False,
+            journalFile=self.journal_path,
+            fullDumpFile=self.snapshot_path,
+            serializer=self._save_snapshot,
+            deserializer=self._load_snapshot,
+            logCompactionMinEntries=settings.log_compaction_min_entries,
+            logCompactionMinTime=settings.log_compaction_min_time_s,
+            dynamicMembershipChange=True,
+            useFork=False,
+        )
+        self._consumer = _LedgerConsumer(self)
+        self.syncobj = _PartitionSyncObj(
+            self_address, peer_addresses, conf, consumers=[self._consumer],
+            transportClass=_SyncingTransport,
+        )
+        journal = self.syncobj._SyncObj__raftLog
+        if not isinstance(journal, DurableJournal):
+            raise RuntimeError("node.journal.install() must run before replicas are created")
+        self.journal: DurableJournal = journal
+        transport = self.syncobj._SyncObj__transport
+        transport.before_send = self.journal.sync
+        self.syncobj.addOnTickCallback(self.journal.sync)
+        self._stopping = threading.Event()
+        self._tick_thread = threading.Thread(
+            target=self._tick_loop, name=f"raft-p{partition}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._tick_thread.start()
+
+    def _tick_loop(self) -> None:
+        syncobj = self.syncobj
+        period_s = self.settings.tick_period_s
+        while not self._stopping.is_set():
+            try:
+                syncobj.doTick(period_s)
+            except Exception:
+                # The library's own tick thread logs and goes on; so do we. Apply
+                # errors never get here: they halt the process in _apply.
+                log.exception("tick failed", extra={"partition": self.partition})
+                self._stopping.wait(period_s)
+
+    # -- the tick thread ---------------------------------------------------------
+
+    def _apply(self, blob: bytes) -> EntryResult | None:
+        try:
+            log_index = self.syncobj.raftLastApplied + 1
+            entry = decode_entry(blob)
+            with self.lock:
+                failpoints.hit("apply.before", self.state.position + 1)
+                result = self.state.apply_entry(entry, log_index)
+        except BaseException as exc:  # fail-stop: never let the library re-run the entry
+            halt(f"partition {self.partition}: {type(exc).__name__}: {exc}")
+            raise
+        if result is not None and self._on_applied is not None:
+            try:
+                self._on_applied(self, result)
+            except Exception:
+                log.exception("on_applied hook failed", extra={"partition": self.partition})
+        return result
+
+    def _save_snapshot(self, path: str, raft_data: Any) -> None:
+        last_entry, prev_entry, members = raft_data
+        with self.lock:
+            ledger_snapshot = self.state.snapshot()
+            position = self.state.position
+        meta = snapshot_file.RaftMeta(
+            tuple(last_entry), tuple(prev_entry),
+            tuple(sorted(str(m.id) for m in members)),
+        )
+        snapshot_file.write(path, meta, ledger_snapshot, fsync=self.settings.fsync)
+        self.last_snapshot_position = position
+        log.info("snapshot written", extra={"partition": self.partition, "position": position})
+
+    def _load_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
+        meta, ledger_snapshot = snapshot_file.read(path)
+        restored = StateMachine.restore(ledger_snapshot)
+        if restored.partition != self.partition:
+            raise ValueError(f"snapshot of partition {restored.partition}, not {self.partition}")
+        with self.lock:
+            self.state = restored
+        self.last_snapshot_position = restored.position
+        log.info("snapshot loaded",
+                 extra={"partition": self.partition, "position": restored.position})
+        return meta.last_entry, meta.prev_entry, [TCPNode(m) for m in meta.members]
+
+    # -- any thread ----------------------------------------------------------------
+
+    def propose(self, blob: bytes, callback: ProposeCallback) -> None:
+        self._consumer.apply_entry(blob, callback=callback)
+
+    def is_leader(self) -> bool:
+        return bool(self.syncobj._isLeader())
+
+    def leader_address(self) -> str | None:
+        leader = self.syncobj._getLeader()
+        return None if leader is None else str(leader.id)
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.syncobj.getStatus())
+
+    def force_snapshot(self) -> None:
+        self.syncobj.forceLogCompaction()
+
+    def destroy(self) -> None:
+        """Stop ticking, close the Raft connections and the journal."""
+        self._stopping.set()
+        if self._tick_thread.is_alive():
+            self._tick_thread.join(timeout=5)
+        self.syncobj.destroy()

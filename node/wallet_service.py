@@ -1,0 +1,381 @@
+"""WalletService: the public API, a thin shell over the ledger's commands.
+
+RPC handler -> validate -> route to the account's partition -> group commit ->
+apply -> answer. Requests for a partition this node does not host are
+forwarded to a node that hosts it. Every refusal is an ApiError (node.api).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from ledger import commands as c
+from ledger.money import format_amount
+from ledger.results import Code
+from ledger.routing import partition_of
+from ledger.state import DedupRecord, RecordKind
+from node import api
+from node.api import ApiError
+from node.host import NodeHost, deadline_of
+from node.proposer import Applied
+from proto.wallet.v1 import wallet_pb2 as pb
+from proto.wallet.v1 import wallet_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TRANSFERS_PER_BATCH_MAX = 10_000
+"""Most transfers accepted in one TransferBatch call."""
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def _handler(
+    method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Turns ApiError into a status and any other exception into INTERNAL (no stack trace)."""
+
+    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except ApiError as error:
+            await api.abort_with(context, error)
+            raise AssertionError("unreachable") from None
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("request failed", extra={"method": method.__name__})
+            await api.abort_with(context, ApiError(grpc.StatusCode.INTERNAL, "INTERNAL",
+                                                   "internal error; see the node's log"))
+            raise AssertionError("unreachable") from None
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+async def forward(host: NodeHost, partition: int, method: str, request: Any,
+                  deadline: float) -> Any:  # the response type of `method`
+    """Send `request` to a node hosting `partition`; its status becomes ours."""
+    last: grpc.aio.AioRpcError | None = None
+    for stub in host.wallet_stub_for(partition):
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            break
+        try:
+            return await getattr(stub, method)(request, timeout=remaining_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNIMPLEMENTED):
+                reason = dict(exc.trailing_metadata() or ()).get(api.REASON_METADATA_KEY, "")
+                raise ApiError(exc.code(), str(reason), exc.details() or "") from None
+            last = exc
+    detail = last.details() if last is not None else "no node reachable"
+    raise ApiError(grpc.StatusCode.UNAVAILABLE, "NO_REPLICA_REACHABLE",
+                   f"no node hosting partition {partition} answered: {detail}")
+
+
+class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc]
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+        self.partition_count = host.config.partition_count
+
+    def _partition(self, account_id: str) -> int:
+        return partition_of(account_id, self.partition_count)
+
+    async def _one(self, partition: int, command: c.Command, deadline: float) -> Applied:
+        (outcome,) = await self.host.execute(partition, [command], deadline)
+        if isinstance(outcome, ApiError):
+            raise outcome
+        return outcome
+
+    # -- accounts and money in/out -------------------------------------------------
+
+    @_handler
+    async def CreateAccount(self, request: pb.CreateAccountRequest,
+                            context: grpc.aio.ServicerContext) -> pb.CreateAccountResponse:
+        account_id = api.check_account_id(request.account_id, "account_id")
+        cur = api.check_currency(request.currency)
+        request_id = (api.parse_uuid(request.request_id, "request_id") if request.request_id
+                      else uuid.uuid4().bytes)
+        partition = self._partition(account_id)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.CreateAccountResponse",
+                        await forward(self.host, partition, "CreateAccount", request, deadline))
+        applied = await self._one(partition, c.CreateAccount(account_id, cur.code, cur.exponent,
+                                                             request_id), deadline)
+        if applied.result.code is not Code.OK:
+            raise api.ledger_error(applied.result.code, _account_message(
+                applied.result.code, account_id, cur.code))
+        return pb.CreateAccountResponse(account_id=account_id, currency=cur.code,
+                                        position=applied.position)
+
+    async def _money(self, request: pb.DepositRequest | pb.WithdrawRequest,
+                     context: grpc.aio.ServicerContext, withdraw: bool) -> pb.MoneyMovementResponse:
+        account_id = api.check_account_id(request.account_id, "account_id")
+        cur = api.check_currency(request.currency)
+        amount_minor = api.check_amount(request.amount, cur)
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        partition = self._partition(account_id)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            method = "Withdraw" if withdraw else "Deposit"
+            return cast("pb.MoneyMovementResponse",
+                        await forward(self.host, partition, method, request, deadline))
+        kind = c.Withdraw if withdraw else c.Deposit
+        applied = await self._one(partition, kind(account_id, amount_minor, cur.code,
+                                                  transaction_id), deadline)
+        code = applied.result.code
+        if code is not Code.OK:
+            raise api.ledger_error(code, _money_message(code, account_id, cur.code,
+                                                        request.transaction_id))
+        balance = self._local_balance(partition, account_id)
+        return pb.MoneyMovementResponse(
+            transaction_id=request.transaction_id, status=pb.SUCCEEDED,
+            balance=format_amount(balance, cur.exponent) if balance is not None else "",
+            position=applied.position)
+
+    @_handler
+    async def Deposit(self, request: pb.DepositRequest,
+                      context: grpc.aio.ServicerContext) -> pb.MoneyMovementResponse:
+        return await self._money(request, context, withdraw=False)
+
+    @_handler
+    async def Withdraw(self, request: pb.WithdrawRequest,
+                       context: grpc.aio.ServicerContext) -> pb.MoneyMovementResponse:
+        return await self._money(request, context, withdraw=True)
+
+    def _local_balance(self, partition: int, account_id: str) -> int | None:
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            found = replica.state.balance(account_id)
+        return None if found is None else found.balance_minor
+
+    # -- transfers -------------------------------------------------------------------
+
+    def _transfer_command(self, request: pb.TransferRequest) -> tuple[int, c.Transfer]:
+        """Validate one transfer request; (its partition, the ledger command)."""
+        from_account = api.check_account_id(request.from_account, "from_account")
+        to_account = api.check_account_id(request.to_account, "to_account")
+        cur = api.check_currency(request.currency)
+        amount_minor = api.check_amount(request.amount, cur)
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        if from_account == to_account:
+            raise api.ledger_error(Code.SAME_ACCOUNT,
+                                   "to_account: must differ from from_account")
+        source, destination = self._partition(from_account), self._partition(to_account)
+        if source != destination:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "CROSS_PARTITION_UNSUPPORTED",
+                           f"to_account: {to_account} lives on partition {destination} and "
+                           f"from_account {from_account} on partition {source}; transfers "
+                           "across partitions are not supported yet (nothing was changed)")
+        return source, c.Transfer(from_account, to_account, amount_minor, cur.code,
+                                  transaction_id)
+
+    @_handler
+    async def Transfer(self, request: pb.TransferRequest,
+                       context: grpc.aio.ServicerContext) -> pb.TransferResponse:
+        partition, command = self._transfer_command(request)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.TransferResponse",
+                        await forward(self.host, partition, "Transfer", request, deadline))
+        applied = await self._one(partition, command, deadline)
+        code = applied.result.code
+        if code is not Code.OK:
+            raise api.ledger_error(code, self._transfer_message(partition, command, code))
+        return pb.TransferResponse(status=pb.SUCCEEDED, transaction_id=request.transaction_id,
+                                   position=applied.position)
+
+    def _transfer_message(self, partition: int, command: c.Transfer, code: Code) -> str:
+        if code is Code.ACCOUNT_NOT_FOUND:
+            missing = [f"{field} {name!r}" for field, name in
+                       (("from_account", command.from_account),
+                        ("to_account", command.to_account))
+                       if self._local_balance(partition, name) is None]
+            return f"{' and '.join(missing) or 'account'} does not exist"
+        messages = {
+            Code.INSUFFICIENT_FUNDS: f"from_account {command.from_account!r} has insufficient "
+                                     "funds (this outcome is recorded for the transaction_id)",
+            Code.CURRENCY_MISMATCH: f"currency {command.currency} does not match the currency "
+                                    "of from_account or to_account",
+            Code.ACCOUNT_CLOSED: "from_account or to_account is closed",
+            Code.ID_CONFLICT: "transaction_id was already used by from_account with other "
+                              "content (to_account, amount or currency)",
+            Code.ABORTED: "transaction_id was aborted earlier; use a new transaction_id",
+        }
+        return messages.get(code, code.name)
+
+    @_handler
+    async def TransferBatch(self, request: pb.TransferBatchRequest,
+                            context: grpc.aio.ServicerContext) -> pb.TransferBatchResponse:
+        transfers = request.transfers
+        if len(transfers) > TRANSFERS_PER_BATCH_MAX:
+            raise api.invalid("transfers", f"at most {TRANSFERS_PER_BATCH_MAX} per batch")
+        deadline = deadline_of(context)
+        statuses = [pb.TRANSFER_STATUS_UNSPECIFIED] * len(transfers)
+        reasons: dict[int, str] = {}
+        local: dict[int, list[tuple[int, c.Transfer]]] = {}
+        remote: dict[int, list[int]] = {}
+        for index, item in enumerate(transfers):
+            try:
+                partition, command = self._transfer_command(item)
+            except ApiError as error:
+                statuses[index] = pb.FAILED
+                reasons[index] = error.reason
+                continue
+            if self.host.hosts(partition):
+                local.setdefault(partition, []).append((index, command))
+            else:
+                remote.setdefault(partition, []).append(index)
+        for partition, items in local.items():
+            outcomes = await self.host.execute(partition, [cmd for _, cmd in items], deadline)
+            for (index, _), outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, ApiError):
+                    reasons[index] = outcome.reason
+                elif outcome.result.code is Code.OK:
+                    statuses[index] = pb.SUCCEEDED
+                else:
+                    statuses[index] = pb.FAILED
+                    reasons[index] = outcome.result.code.name
+        for partition, indexes in remote.items():
+            sub = pb.TransferBatchRequest(transfers=[transfers[i] for i in indexes])
+            try:
+                answer = await forward(self.host, partition, "TransferBatch", sub, deadline)
+            except ApiError as error:
+                for index in indexes:
+                    reasons[index] = error.reason
+                continue
+            for position, index in enumerate(indexes):
+                statuses[index] = answer.statuses[position]
+                if position in answer.reasons:
+                    reasons[index] = answer.reasons[position]
+        return pb.TransferBatchResponse(
+            statuses=statuses, reasons=reasons,
+            succeeded=sum(1 for s in statuses if s == pb.SUCCEEDED),
+            failed=sum(1 for s in statuses if s == pb.FAILED),
+            pending=sum(1 for s in statuses if s == pb.PENDING))
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def _read_barrier(self, partition: int, consistency: int, min_position: int,
+                            deadline: float) -> bool:
+        """Order a read: through the log when linearizable; returns whether it is stale."""
+        if consistency == pb.STALE:
+            if min_position:
+                await self.host.wait_for_position(partition, min_position, deadline)
+            return True
+        await self._one(partition, c.Barrier(), deadline)
+        if min_position:
+            await self.host.wait_for_position(partition, min_position, deadline)
+        return False
+
+    @_handler
+    async def GetBalance(self, request: pb.GetBalanceRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetBalanceResponse:
+        account_id = api.check_account_id(request.account_id, "account_id")
+        partition = self._partition(account_id)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.GetBalanceResponse",
+                        await forward(self.host, partition, "GetBalance", request, deadline))
+        stale = await self._read_barrier(partition, request.consistency, request.min_position,
+                                         deadline)
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            found = replica.state.balance(account_id)
+            position = replica.state.position
+        if found is None:
+            raise api.ledger_error(Code.ACCOUNT_NOT_FOUND,
+                                   f"account_id {account_id!r} does not exist")
+        return pb.GetBalanceResponse(account_id=account_id, currency=found.currency,
+                                     balance=format_amount(found.balance_minor, found.exponent),
+                                     position=position, stale=stale)
+
+    @_handler
+    async def GetTransfer(self, request: pb.GetTransferRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
+        from_account = api.check_account_id(request.from_account, "from_account")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        partition = self._partition(from_account)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.GetTransferResponse",
+                        await forward(self.host, partition, "GetTransfer", request, deadline))
+        stale = await self._read_barrier(partition, request.consistency, 0, deadline)
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            record = replica.state.transfer_record(from_account, transaction_id)
+            account = replica.state.accounts.get(from_account)
+            exponent = account.exponent if account is not None else 2
+        if record is None:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, "TRANSFER_NOT_FOUND",
+                           f"no transfer {request.transaction_id} from {from_account!r} has been "
+                           "applied. This is not final while the request may still be in flight:"
+                           " retry the transfer with the same transaction_id to settle it")
+        return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
+                              stale)
+
+    @_handler
+    async def ListTransfers(self, request: pb.ListTransfersRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListTransfersResponse:
+        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
+                       "ListTransfers arrives with the event archive (history) feature")
+
+    @_handler
+    async def GetBalanceAt(self, request: pb.GetBalanceAtRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetBalanceResponse:
+        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
+                       "GetBalanceAt arrives with the event archive (point-in-time) feature")
+
+
+def _transfer_view(transaction_id: str, from_account: str, record: DedupRecord, exponent: int,
+                   partition: int, stale: bool) -> pb.GetTransferResponse:
+    if record.code is Code.PENDING:
+        status = pb.PENDING
+    elif record.code is Code.OK:
+        status = pb.SUCCEEDED
+    else:
+        status = pb.FAILED
+    kind = {RecordKind.DEPOSIT: "deposit", RecordKind.WITHDRAW: "withdraw",
+            RecordKind.TRANSFER: "transfer", RecordKind.CROSS_TRANSFER: "debited",
+            RecordKind.ABORT: "aborted"}[record.kind]
+    steps = [pb.TransferStep(name=kind, at_ms=record.stamp_ms, position=record.position,
+                             partition=partition)]
+    if record.resolved_position:
+        steps.append(pb.TransferStep(
+            name="settled" if record.code is Code.OK else "compensated",
+            at_ms=record.resolved_stamp_ms, position=record.resolved_position,
+            partition=partition))
+    return pb.GetTransferResponse(
+        transaction_id=transaction_id, from_account=from_account,
+        to_account=record.counterparty,
+        amount=format_amount(record.amount_minor, exponent) if record.amount_minor else "",
+        currency=record.currency, status=status,
+        reason="" if record.code in (Code.OK, Code.PENDING) else record.code.name,
+        steps=steps, stale=stale)
+
+
+def _account_message(code: Code, account_id: str, currency: str) -> str:
+    if code is Code.ACCOUNT_EXISTS:
+        return f"account_id {account_id!r} already exists"
+    return f"account_id {account_id!r}: {code.name}"
+
+
+def _money_message(code: Code, account_id: str, currency: str, transaction_id: str) -> str:
+    return {
+        Code.ACCOUNT_NOT_FOUND: f"account_id {account_id!r} does not exist",
+        Code.CURRENCY_MISMATCH: f"currency {currency} does not match account {account_id!r}",
+        Code.INSUFFICIENT_FUNDS: f"account_id {account_id!r} has insufficient funds (recorded "
+                                 f"for transaction_id {transaction_id})",
+        Code.BALANCE_LIMIT: "amount: would push the partition's total past the int64 bound",
+        Code.ACCOUNT_CLOSED: f"account_id {account_id!r} is closed",
+        Code.ID_CONFLICT: f"transaction_id {transaction_id} was already used for "
+                          f"{account_id!r} with other content",
+        Code.ABORTED: f"transaction_id {transaction_id} was aborted; use a new one",
+    }.get(code, code.name)

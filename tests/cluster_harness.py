@@ -1,0 +1,176 @@
+"""Real node processes on 127.0.0.1 for integration tests.
+
+Every process a test starts is stopped by the test (the fixture kills whatever
+is left, even when the test fails). Waits are on conditions, each bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from node.config import ClusterConfig, dump_cluster_config, local_cluster_config
+from node.launcher import cluster_status, start_node
+from proto.wallet.v1 import wallet_pb2 as pb
+from proto.wallet.v1 import wallet_pb2_grpc
+
+WAIT_S = 60.0
+"""Upper bound of any wait in these tests: generous for a loaded 2-core machine."""
+
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def allocate_ports(count: int) -> int:
+    """First of `count` consecutive free ports on 127.0.0.1 (not handed out before)."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(20_000, 60_000 - count)
+        block = range(base, base + count)
+        if any(p in _handed_out for p in block):
+            continue
+        if all(_bindable(p) for p in block):
+            _handed_out.update(block)
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S,
+               period_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(period_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+class LocalCluster:
+    def __init__(self, root: Path, nodes: int = 3, partitions: int = 2,
+                 env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.config: ClusterConfig = local_cluster_config(
+            "test", nodes, partitions, allocate_ports, replication_factor=min(3, nodes))
+        self.config_path = root / "cluster.toml"
+        self.config_path.write_text(dump_cluster_config(self.config), encoding="utf-8")
+        self.env = dict(os.environ, **(env or {}))
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def node_dir(self, node_id: str) -> Path:
+        return self.root / "data" / node_id
+
+    def start(self, node_id: str, env: dict[str, str] | None = None,
+              bootstrap: bool = False) -> subprocess.Popen[bytes]:
+        process = start_node(self.config_path, node_id, self.node_dir(node_id), bootstrap,
+                             env=dict(self.env, **(env or {})))
+        self.processes[node_id] = process
+        return process
+
+    def start_all(self, bootstrap: bool = True) -> None:
+        for node in self.config.nodes:
+            self.start(node.id, bootstrap=bootstrap)
+        self.wait_for_leaders()
+
+    def log(self, node_id: str) -> str:
+        path = self.root / "data" / f"{node_id}.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def status(self) -> pb.ClusterStatusResponse | None:
+        return cluster_status(self.config, timeout_s=2.0)
+
+    def wait_for_leaders(self, timeout_s: float = WAIT_S) -> pb.ClusterStatusResponse:
+        found: list[pb.ClusterStatusResponse] = []  # the status that showed every leader
+
+        def all_led() -> bool:
+            for node_id, process in self.processes.items():
+                if process.poll() is not None:
+                    raise AssertionError(f"node {node_id} exited with {process.returncode}:\n"
+                                         + self.log(node_id)[-3000:])
+            status = self.status()
+            if status is None or len(status.partitions) != self.config.partition_count:
+                return False
+            if all(p.leader_node_id for p in status.partitions):
+                found.append(status)
+                return True
+            return False
+
+        wait_until(all_led, "every partition to have a leader", timeout_s)
+        return found[-1]
+
+    def leader_of(self, partition: int) -> str:
+        return self.wait_for_leaders().partitions[partition].leader_node_id
+
+    def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[node_id]
+        if process.poll() is None:
+            process.send_signal(sig)
+            process.wait(timeout=WAIT_S)
+
+    def stop_all(self) -> None:
+        for node_id in list(self.processes):
+            process = self.processes[node_id]
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=WAIT_S)
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+
+    def channel(self, node_id: str) -> grpc.Channel:
+        if node_id not in self._channels:
+            self._channels[node_id] = grpc.insecure_channel(self.config.node(node_id).grpc_address)
+        return self._channels[node_id]
+
+    def wallet(self, node_id: str = "n1") -> wallet_pb2_grpc.WalletServiceStub:
+        return wallet_pb2_grpc.WalletServiceStub(self.channel(node_id))
+
+    def admin(self, node_id: str = "n1") -> wallet_pb2_grpc.AdminServiceStub:
+        return wallet_pb2_grpc.AdminServiceStub(self.channel(node_id))
+
+    def local_views(self) -> dict[str, pb.ClusterStatusResponse]:
+        """Each running node's own view of its replicas."""
+        views = {}
+        for node_id, process in self.processes.items():
+            if process.poll() is None:
+                try:
+                    views[node_id] = self.admin(node_id).ClusterStatus(
+                        pb.ClusterStatusRequest(local_only=True), timeout=5)
+                except grpc.RpcError:
+                    continue  # not serving yet (starting) or going away
+        return views
+
+
+@contextmanager
+def running_cluster(root: Path, nodes: int = 3, partitions: int = 2,
+                    env: dict[str, str] | None = None) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(root, nodes, partitions, env)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()

@@ -1,0 +1,232 @@
+"""walletctl (client.cli.main) against the in-process fake node."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from client.cli import main
+from ledger.routing import partition_of
+from tests.fake_wallet_server import FakeWalletServer, running_fake
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeWalletServer]:
+    with running_fake() as server:
+        server.add_account("alice", "USD", "100.00")
+        server.add_account("bob", "USD")
+        yield server
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code = main(list(argv))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 1, out  # exactly one JSON object
+    obj = json.loads(lines[0])
+    assert isinstance(obj, dict)
+    return code, obj
+
+
+def test_balance_json(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, obj = run_json(capsys, "--target", fake.address, "--json", "balance", "alice")
+
+    assert code == 0
+    assert obj["account"] == "alice"
+    assert obj["balance"] == "100.00"
+    assert obj["currency"] == "USD"
+    assert obj["stale"] is False
+    assert isinstance(obj["position"], int)
+
+
+def test_json_may_follow_the_command(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, obj = run_json(capsys, "balance", "alice", "--stale", "--target", fake.address, "--json")
+
+    assert (code, obj["balance"], obj["stale"]) == (0, "100.00", True)
+
+
+def test_transfer_json(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
+    tid = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    code, obj = run_json(
+        capsys, "--target", fake.address, "--json",
+        "transfer", "alice", "bob", "12.34", "--currency", "USD", "--id", tid,
+    )
+
+    assert code == 0
+    assert obj["transaction_id"] == tid
+    assert obj["status"] == "SUCCEEDED"
+    assert "reason" not in obj
+    assert (obj["amount"], obj["currency"]) == ("12.34", "USD")
+    assert [r.transaction_id for r in fake.requests_of("Transfer")] == [tid]
+
+
+def test_account_create_json(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, obj = run_json(
+        capsys, "--target", fake.address, "--json", "account", "create", "carol",
+        "--currency", "EUR",
+    )
+
+    assert code == 0
+    assert (obj["account"], obj["currency"]) == ("carol", "EUR")
+    assert isinstance(obj["position"], int)
+    assert obj["request_id"] == fake.requests_of("CreateAccount")[0].request_id
+
+
+def test_refused_request_prints_the_status_on_stderr_and_exits_1(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--target", fake.address, "balance", "nobody"])
+
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "NOT_FOUND" in captured.err
+    assert "ACCOUNT_NOT_FOUND" in captured.err
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+
+
+def test_refused_request_with_json_prints_an_error_object(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, obj = run_json(
+        capsys, "--target", fake.address, "--json",
+        "withdraw", "bob", "5.00", "--currency", "USD",
+    )
+
+    assert code == 1
+    assert obj["error"]["status"] == "FAILED_PRECONDITION"
+    assert obj["error"]["reason"] == "INSUFFICIENT_FUNDS"
+
+
+def test_unreachable_cluster_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as closed:  # bound, not listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        code = main(["--target", address, "--timeout", "0.3", "balance", "alice"])
+
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "UNAVAILABLE" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_config_file_gives_the_targets(
+    fake: FakeWalletServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text(
+        '[cluster]\nname = "t"\npartitions = 4\n\n'
+        f'[[nodes]]\nid = "n1"\nhost = "127.0.0.1"\ngrpc_port = {fake.port}\n'
+    )
+
+    code, obj = run_json(capsys, "--config", str(config), "--json", "balance", "alice")
+
+    assert (code, obj["balance"]) == (0, "100.00")
+    assert len(fake.requests_of("GetBalance")) == 1
+
+
+def test_missing_config_file_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--config", str(tmp_path / "missing.toml"), "balance", "alice"])
+
+    assert code == 2
+    assert "missing.toml" in capsys.readouterr().err
+
+
+def test_no_target_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["balance", "alice"]) == 2
+    assert "--target" in capsys.readouterr().err
+
+
+def test_route_json_uses_partition_of(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, obj = run_json(capsys, "--target", fake.address, "--json", "route", "alice")
+
+    assert code == 0
+    assert obj["partition"] == partition_of("alice", fake.partition_count)
+    assert obj["leader_address"] == fake.address
+
+
+def test_cluster_status_table(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--target", fake.address, "cluster", "status"])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "fake-1" in out
+    assert "00" * 6 in out  # state hash prefix
+
+
+def test_cluster_status_json(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, obj = run_json(capsys, "--target", fake.address, "cluster", "status", "--json")
+
+    assert code == 0
+    assert obj["partition_count"] == 4
+    assert [p["partition"] for p in obj["partitions"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [], ["account", "create"], ["deposit"], ["withdraw"], ["transfer"], ["balance"],
+        ["get-transfer"], ["history"], ["route"], ["cluster", "status"], ["cluster", "up"],
+        ["cluster", "down"], ["node", "start"],
+    ],
+)
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command, "--help"]) == 0
+    assert "usage: walletctl" in capsys.readouterr().out
+
+
+def test_node_commands_report_a_missing_node_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "node.launcher", None)  # import fails
+
+    code = main(["cluster", "up", "--config", "c.toml", "--data-dir", str(tmp_path)])
+
+    assert code == 2
+    assert "node.launcher" in capsys.readouterr().err
+
+
+def test_node_commands_dispatch_to_the_node_package(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def cluster_down(**kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 0
+
+    launcher = types.ModuleType("node.launcher")
+    launcher.cluster_down = cluster_down  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "node.launcher", launcher)
+
+    code = main(["cluster", "down", "--data-dir", str(tmp_path), "--json"])
+
+    assert code == 0
+    assert calls == [{"data_dir": tmp_path, "as_json": True}]
+
+
+def test_injected_unavailable_is_retried_by_the_cli(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.fail("Deposit", grpc.StatusCode.UNAVAILABLE, times=1)
+
+    code, obj = run_json(
+        capsys, "--target", fake.address, "--json", "deposit", "bob", "3.00", "--currency", "USD"
+    )
+
+    assert (code, obj["status"], obj["balance"], obj["currency"]) == (0, "SUCCEEDED", "3.00", "USD")
+    assert len({r.transaction_id for r in fake.requests_of("Deposit")}) == 1

@@ -1,0 +1,305 @@
+"""A real 3-node cluster on 127.0.0.1: writes, reads, replicas agreeing, bad input refused."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ledger.routing import partition_of
+from proto.wallet.v1 import wallet_pb2 as pb
+from tests.cluster_harness import LocalCluster, running_cluster, wait_until
+
+PARTITIONS = 2
+
+
+def accounts_on(partition: int, count: int, prefix: str) -> list[str]:
+    found: list[str] = []
+    i = 0
+    while len(found) < count:
+        name = f"{prefix}-{i}"
+        if partition_of(name, PARTITIONS) == partition:
+            found.append(name)
+        i += 1
+    return found
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with running_cluster(tmp_path_factory.mktemp("cluster"), nodes=3,
+                         partitions=PARTITIONS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def funded(cluster: LocalCluster) -> tuple[str, str, str]:
+    """Two accounts on partition 0 (the first holding 100.00 USD) and one in JPY."""
+    alice, bob = accounts_on(0, 2, "funded")
+    (yen,) = accounts_on(0, 1, "yen")
+    wallet = cluster.wallet("n1")
+    for account, currency in ((alice, "USD"), (bob, "USD"), (yen, "JPY")):
+        wallet.CreateAccount(pb.CreateAccountRequest(account_id=account, currency=currency,
+                                                     request_id=new_id()), timeout=30)
+    wallet.Deposit(pb.DepositRequest(account_id=alice, amount="100.00", currency="USD",
+                                     transaction_id=new_id()), timeout=30)
+    return alice, bob, yen
+
+
+def balance(cluster: LocalCluster, account: str, node_id: str = "n1") -> str:
+    response = cluster.wallet(node_id).GetBalance(pb.GetBalanceRequest(account_id=account),
+                                                  timeout=30)
+    return str(response.balance)
+
+
+def replicas_converged(cluster: LocalCluster) -> bool:
+    """Every replica of every partition at the same position with the same state hash."""
+    views = cluster.local_views()
+    for partition in range(cluster.config.partition_count):
+        seen = {(p.applied_position, p.state_hash) for view in views.values()
+                for p in view.partitions if p.partition == partition}
+        if len(seen) != 1:
+            return False
+    return True
+
+
+# -- the happy path ------------------------------------------------------------------------
+
+
+def test_transfer_moves_money_and_reads_see_it_on_every_node(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    before_alice, before_bob = balance(cluster, alice), balance(cluster, bob)
+    response = cluster.wallet("n2").Transfer(pb.TransferRequest(
+        from_account=alice, to_account=bob, amount="2.50", currency="USD",
+        transaction_id=new_id()), timeout=30)
+    assert response.status == pb.SUCCEEDED
+    for node_id in ("n1", "n2", "n3"):
+        assert float(balance(cluster, alice, node_id)) == float(before_alice) - 2.5
+        assert float(balance(cluster, bob, node_id)) == float(before_bob) + 2.5
+
+
+def test_every_replica_reaches_the_same_state_hash(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    cluster.wallet("n3").Transfer(pb.TransferRequest(
+        from_account=alice, to_account=bob, amount="0.01", currency="USD",
+        transaction_id=new_id()), timeout=30)
+    wait_until(lambda: replicas_converged(cluster), "replicas to converge")
+
+
+def test_a_repeated_transfer_is_applied_once(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    request = pb.TransferRequest(from_account=alice, to_account=bob, amount="1.00",
+                                 currency="USD", transaction_id=new_id())
+    before = float(balance(cluster, bob))
+    for node_id in ("n1", "n2", "n1"):
+        assert cluster.wallet(node_id).Transfer(request, timeout=30).status == pb.SUCCEEDED
+    assert float(balance(cluster, bob)) == before + 1.0
+
+
+def test_get_transfer_reports_the_outcome(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    transaction_id = new_id()
+    cluster.wallet("n1").Transfer(pb.TransferRequest(
+        from_account=alice, to_account=bob, amount="0.10", currency="USD",
+        transaction_id=transaction_id), timeout=30)
+    found = cluster.wallet("n3").GetTransfer(pb.GetTransferRequest(
+        from_account=alice, transaction_id=transaction_id), timeout=30)
+    assert (found.status, found.to_account, found.amount, found.currency) == (
+        pb.SUCCEEDED, bob, "0.10", "USD")
+
+
+def test_stale_reads_are_labelled_stale(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    response = cluster.wallet("n2").GetBalance(
+        pb.GetBalanceRequest(account_id=alice, consistency=pb.STALE), timeout=30)
+    assert response.stale
+
+
+def test_transfer_batch_answers_each_transfer(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    batch = pb.TransferBatchRequest(transfers=[
+        pb.TransferRequest(from_account=alice, to_account=bob, amount="0.01", currency="USD",
+                           transaction_id=new_id()),
+        pb.TransferRequest(from_account=bob, to_account=alice, amount="99999.00",
+                           currency="USD", transaction_id=new_id()),
+        pb.TransferRequest(from_account=alice, to_account=bob, amount="1.001", currency="USD",
+                           transaction_id=new_id()),
+    ])
+    response = cluster.wallet("n2").TransferBatch(batch, timeout=30)
+    assert list(response.statuses) == [pb.SUCCEEDED, pb.FAILED, pb.FAILED]
+    assert dict(response.reasons) == {1: "INSUFFICIENT_FUNDS", 2: "INVALID_AMOUNT"}
+    assert (response.succeeded, response.failed) == (1, 2)
+
+
+def test_cluster_status_names_a_leader_for_every_partition(cluster: LocalCluster) -> None:
+    status = cluster.admin("n3").ClusterStatus(pb.ClusterStatusRequest(), timeout=30)
+    assert status.partition_count == PARTITIONS
+    assert all(p.leader_node_id in {"n1", "n2", "n3"} for p in status.partitions)
+    assert [n.up for n in status.nodes] == [True, True, True]
+
+
+def test_health_and_reflection_are_served(cluster: LocalCluster) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = cluster.channel("n1")
+    health = health_pb2_grpc.HealthStub(channel)
+
+    def serving() -> bool:
+        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+        return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+    wait_until(serving, "the health check to say SERVING")
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    answers = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30)
+    names = {s.name for answer in answers for s in answer.list_services_response.service}
+    assert "raftwallet.wallet.v1.WalletService" in names
+
+
+# -- bad input: a precise status, and nothing changes -----------------------------------
+
+
+def assert_refused(cluster: LocalCluster, call: str, request: object, status: grpc.StatusCode,
+                   field: str, watched: list[str]) -> None:
+    before = [balance(cluster, account) for account in watched]
+    with pytest.raises(grpc.RpcError) as excinfo:
+        getattr(cluster.wallet("n2"), call)(request, timeout=30)
+    error = excinfo.value
+    assert error.code() == status, error.details()
+    assert field in error.details()
+    assert "Traceback" not in error.details()
+    assert [balance(cluster, account) for account in watched] == before
+
+
+def transfer(alice: str, bob: str, **changes: str) -> pb.TransferRequest:
+    fields = {"from_account": alice, "to_account": bob, "amount": "1.00", "currency": "USD",
+              "transaction_id": new_id()} | changes
+    return pb.TransferRequest(**fields)
+
+
+@pytest.mark.parametrize(("changes", "status", "field"), [
+    ({"amount": "-1.00"}, grpc.StatusCode.INVALID_ARGUMENT, "amount"),
+    ({"amount": "1.001"}, grpc.StatusCode.INVALID_ARGUMENT, "amount"),
+    ({"amount": "1e3"}, grpc.StatusCode.INVALID_ARGUMENT, "amount"),
+    ({"currency": "usd"}, grpc.StatusCode.INVALID_ARGUMENT, "currency"),
+    ({"currency": "XYZ"}, grpc.StatusCode.INVALID_ARGUMENT, "currency"),
+    ({"transaction_id": "not-a-uuid"}, grpc.StatusCode.INVALID_ARGUMENT, "transaction_id"),
+    ({"transaction_id": ""}, grpc.StatusCode.INVALID_ARGUMENT, "transaction_id"),
+    ({"to_account": "no such"}, grpc.StatusCode.INVALID_ARGUMENT, "to_account"),
+    ({"amount": "5000.00"}, grpc.StatusCode.FAILED_PRECONDITION, "from_account"),
+    ({"currency": "EUR"}, grpc.StatusCode.FAILED_PRECONDITION, "currency"),
+])
+def test_a_malformed_or_impossible_transfer_is_refused_and_changes_nothing(
+    cluster: LocalCluster, funded: tuple[str, str, str], changes: dict[str, str],
+    status: grpc.StatusCode, field: str,
+) -> None:
+    alice, bob, _ = funded
+    assert_refused(cluster, "Transfer", transfer(alice, bob, **changes), status, field,
+                   [alice, bob])
+
+
+def test_transfer_to_an_unknown_account_is_not_found(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    (ghost,) = accounts_on(0, 1, "ghost")
+    assert_refused(cluster, "Transfer", transfer(alice, ghost), grpc.StatusCode.NOT_FOUND,
+                   "to_account", [alice, bob])
+
+
+def test_transfer_to_the_same_account_is_a_failed_precondition(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    assert_refused(cluster, "Transfer", transfer(alice, alice),
+                   grpc.StatusCode.FAILED_PRECONDITION, "to_account", [alice, bob])
+
+
+def test_transfer_in_the_wrong_currency_is_a_failed_precondition(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, yen = funded
+    assert_refused(cluster, "Transfer", transfer(alice, yen, amount="1"),
+                   grpc.StatusCode.FAILED_PRECONDITION, "currency", [alice, yen])
+
+
+def test_reused_transaction_id_with_other_content_is_already_exists(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    transaction_id = new_id()
+    cluster.wallet("n1").Transfer(transfer(alice, bob, transaction_id=transaction_id,
+                                           amount="0.01"), timeout=30)
+    assert_refused(cluster, "Transfer", transfer(alice, bob, transaction_id=transaction_id,
+                                                 amount="0.02"),
+                   grpc.StatusCode.ALREADY_EXISTS, "transaction_id", [alice, bob])
+
+
+def test_cross_partition_transfer_is_refused_until_the_saga_exists(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    (far,) = accounts_on(1, 1, "far")
+    cluster.wallet("n1").CreateAccount(pb.CreateAccountRequest(
+        account_id=far, currency="USD", request_id=new_id()), timeout=30)
+    assert_refused(cluster, "Transfer", transfer(alice, far),
+                   grpc.StatusCode.FAILED_PRECONDITION, "partition", [alice, bob, far])
+
+
+def test_deposit_to_an_unknown_account_is_not_found(cluster: LocalCluster) -> None:
+    (ghost,) = accounts_on(1, 1, "nobody")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n1").Deposit(pb.DepositRequest(
+            account_id=ghost, amount="1.00", currency="USD", transaction_id=new_id()),
+            timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "account_id" in excinfo.value.details()
+
+
+def test_creating_an_existing_account_is_already_exists(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n1").CreateAccount(pb.CreateAccountRequest(
+            account_id=alice, currency="USD", request_id=new_id()), timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_refusals_carry_a_machine_readable_reason(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n1").Transfer(transfer(alice, bob, amount="9999.00"), timeout=30)
+    metadata = dict(excinfo.value.trailing_metadata() or ())
+    assert metadata["raftwallet-reason"] == "INSUFFICIENT_FUNDS"
+
+
+def test_the_node_refuses_to_start_without_identity_in_its_data_dir(tmp_path: Path) -> None:
+    spare = LocalCluster(tmp_path, nodes=1, partitions=1)
+    try:
+        process = spare.start("n1", bootstrap=False)
+        assert process.wait(timeout=60) == 3
+        assert "no RaftWallet identity" in spare.log("n1")
+    finally:
+        spare.stop_all()
