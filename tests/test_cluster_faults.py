@@ -27,16 +27,25 @@ def pair_on(partition: int, prefix: str) -> tuple[str, str]:
     return names[0], names[1]
 
 
+class Abandoned(Exception):
+    """The caller gave up on a request whose outcome it never learnt."""
+
+
 def call_until_done(cluster: LocalCluster, method: str, request: object,
-                    timeout_s: float = WAIT_S) -> object:
+                    timeout_s: float = WAIT_S, stop: threading.Event | None = None) -> object:
     """A client that retries the SAME request over every node until it gets an answer."""
     deadline = time.monotonic() + timeout_s
     nodes = [n.id for n in cluster.config.nodes]
     attempt = 0
     while True:
+        if stop is not None and stop.is_set():
+            raise Abandoned(method)
         node_id = nodes[attempt % len(nodes)]
         attempt += 1
         if cluster.processes[node_id].poll() is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{method}: no live node answered")
+            time.sleep(0.01)
             continue
         try:
             return getattr(cluster.wallet(node_id), method)(request, timeout=5)
@@ -72,10 +81,12 @@ class TransferStream:
                 transaction_id = str(uuid.uuid4())
                 response = call_until_done(self.cluster, "Transfer", pb.TransferRequest(
                     from_account=self.payer, to_account=self.payee, amount="1.00",
-                    currency="USD", transaction_id=transaction_id))
+                    currency="USD", transaction_id=transaction_id), stop=self._stop)
                 assert response.status == pb.SUCCEEDED  # type: ignore[attr-defined]
                 self.acknowledged.append(transaction_id)
-        except BaseException as exc:  # surfaced by stop()
+        except Abandoned:
+            pass  # stopped with a transfer in flight: it was never acknowledged
+        except BaseException as exc:  # surfaced by __exit__
             self.error = exc
 
     def __enter__(self) -> TransferStream:

@@ -1,0 +1,540 @@
+"""The load generator of `bench.tps`: worker processes, each a lean asyncio client on grpc.aio.
+
+Each worker is a process of its own, started with the "spawn" method (a fresh
+interpreter: it inherits no gRPC state from the parent), owning its own
+channels, one per node. The parent drives it over a pipe with the jobs below;
+a worker exits on `Stop` or when the pipe closes (the parent died).
+
+The hot path is kept lean (see ../shared/notes/grpc-python.md): requests are
+serialized by hand from templates built before the clock starts (from, to,
+amount and currency already encoded; only the 36-character transaction id is
+appended per transfer), sent as raw bytes (no protobuf object per call), and
+unary answers are not parsed (a SUCCEEDED answer begins with the bytes 08 01).
+Each worker reports the CPU time it used, so the parent can tell whether the
+load generator, rather than the cluster, is the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import secrets
+import signal
+import time
+import traceback
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from proto.wallet.v1 import wallet_pb2 as pb
+from proto.wallet.v1 import wallet_pb2_grpc
+
+SERVICE = "/raftwallet.wallet.v1.WalletService"
+REASON_METADATA_KEY = "raftwallet-reason"
+RECORDED_REASONS = frozenset({"INSUFFICIENT_FUNDS", "BALANCE_LIMIT"})
+"""Refusals that are executed and recorded under the transaction id: committed outcomes."""
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                       grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
+SUCCEEDED_PREFIX = bytes([0x08, pb.SUCCEEDED])
+"""A serialized TransferResponse whose first field is `status = SUCCEEDED`."""
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", 64 * 2**20),
+    ("grpc.max_receive_message_length", 64 * 2**20),
+)
+TEMPLATES_PER_PARTITION = 4096
+SETUP_RETRY_S = 60.0
+ERROR_PAUSE_S = 0.01
+"""A caller whose call failed waits this long, so a refusing node is not hammered in a loop."""
+
+
+# --- jobs and answers (picklable: they cross the pipe) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetupJob:
+    """Create `accounts` and deposit `deposit` into each (ids fixed, so retries are safe)."""
+
+    accounts: list[str]
+    partition_of: list[int]
+    leaders: list[str]
+    currency: str
+    deposit: str
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class BalancesJob:
+    """Read the balances of `accounts` (linearizable reads, from each partition's leader)."""
+
+    accounts: list[str]
+    partition_of: list[int]
+    leaders: list[str]
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """Prepare one workload; the worker answers Ready, then runs on Go."""
+
+    workload: str
+    batch_size: int
+    """1 for unary Transfer calls, else the transfers per TransferBatch call."""
+    callers: int
+    accounts_by_partition: list[list[str]]
+    targets: list[str]
+    """The address each partition's calls go to (its leader, or a node to spread over)."""
+    currency: str
+    seed: int
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Go:
+    start_at: float
+    """time.monotonic() (CLOCK_MONOTONIC: the same clock in every process) to start at."""
+    measure_from: float
+    end_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    prepare_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetupDone:
+    created: int
+    deposited: int
+    errors: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BalancesDone:
+    total_minor: int
+    found: int
+    missing: list[str]
+    errors: dict[str, int]
+
+
+@dataclass(slots=True)
+class RunStats:
+    """One worker's figures for one run; transfers are counted by the call's completion time."""
+
+    calls: int = 0
+    """Calls completed inside the measured window."""
+    committed: int = 0
+    """Transfers SUCCEEDED, or refused with an outcome recorded under their id, in the window."""
+    succeeded: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    """Transfers that did not succeed in the window, by reason (recorded ones included)."""
+    latencies_s: array[float] = field(default_factory=lambda: array("d"))
+    """One latency per call completed in the window."""
+    calls_total: int = 0
+    """Every call completed since Go, warm-up and stragglers included (for CPU per call)."""
+    transfers_total: int = 0
+    cpu_s: float = 0.0
+    """CPU time of this worker process (all threads) from Go until its last call ended."""
+    wall_s: float = 0.0
+    prepare_s: float = 0.0
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        bits = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(bits | 0x80)
+        else:
+            out.append(bits)
+            return bytes(out)
+
+
+def _string_field(number: int, text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
+
+
+UUID_CHARS = 36
+TRANSACTION_ID_KEY = _varint(5 << 3 | 2) + _varint(UUID_CHARS)
+
+
+def transfer_prefix(from_account: str, to_account: str, amount: str, currency: str) -> bytes:
+    """A serialized TransferRequest without its transaction id, ending with that field's key.
+
+    Appending the 36 ASCII characters of a UUID makes it a complete message.
+    """
+    return (_string_field(1, from_account) + _string_field(2, to_account)
+            + _string_field(3, amount) + _string_field(4, currency) + TRANSACTION_ID_KEY)
+
+
+def batch_item_prefix(prefix: bytes) -> bytes:
+    """`transfers` (field 1 of TransferBatchRequest) holding the transfer of `prefix` + an id."""
+    return _varint(1 << 3 | 2) + _varint(len(prefix) + UUID_CHARS) + prefix
+
+
+class IdSource:
+    """Unique UUID-shaped ids (version 4 layout): a random 72-bit prefix, then a counter.
+
+    Random enough to never repeat across workers, runs and invocations; one format
+    call per id instead of ~1-2 us for uuid.uuid4().
+    """
+
+    def __init__(self) -> None:
+        r = secrets.token_hex(9)
+        variant = "89ab"[secrets.randbelow(4)]
+        self.prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-{variant}{r[15:18]}-"
+        self._counter = itertools.count()
+
+    def next(self) -> bytes:
+        return f"{self.prefix}{next(self._counter):012x}".encode("ascii")
+
+
+def _amounts(rng: random.Random, count: int) -> list[str]:
+    return [f"{rng.randint(0, 9)}.{rng.randint(1, 99):02d}" for _ in range(count)]
+
+
+def build_templates(accounts_by_partition: Sequence[Sequence[str]], currency: str,
+                    seed: int, per_partition: int = TEMPLATES_PER_PARTITION) -> list[list[bytes]]:
+    """Per partition, `per_partition` transfer prefixes between two of its own accounts."""
+    rng = random.Random(seed)
+    amounts = _amounts(rng, 64)
+    templates: list[list[bytes]] = []
+    for accounts in accounts_by_partition:
+        if len(accounts) < 2:
+            templates.append([])
+            continue
+        items = []
+        for _ in range(per_partition):
+            a, b = rng.sample(accounts, 2)
+            items.append(transfer_prefix(a, b, rng.choice(amounts), currency))
+        templates.append(items)
+    return templates
+
+
+def check_encoding() -> None:
+    """The hand-made bytes parse back into the intended messages (run once per worker)."""
+    ids = IdSource()
+    transaction_id = ids.next()
+    prefix = transfer_prefix("alice", "bob", "1.05", "USD")
+    parsed = pb.TransferRequest.FromString(prefix + transaction_id)
+    expected = pb.TransferRequest(from_account="alice", to_account="bob", amount="1.05",
+                                  currency="USD", transaction_id=transaction_id.decode())
+    if parsed != expected or expected.SerializeToString() != prefix + transaction_id:
+        raise AssertionError("hand-encoded TransferRequest differs from protobuf's")
+    uuid.UUID(transaction_id.decode())
+    item = batch_item_prefix(prefix) + transaction_id
+    batch = pb.TransferBatchRequest.FromString(item + item)
+    if list(batch.transfers) != [expected, expected]:
+        raise AssertionError("hand-encoded TransferBatchRequest differs from protobuf's")
+    if pb.TransferResponse(status=pb.SUCCEEDED, position=7).SerializeToString()[:2] != (
+            SUCCEEDED_PREFIX):
+        raise AssertionError("a SUCCEEDED TransferResponse does not start with 08 01")
+
+
+def minor_units(balance: str, exponent: int = 2) -> int:
+    """'1234.05' -> 123405 (a balance as the API formats it: exactly `exponent` decimals)."""
+    whole, _, fraction = balance.partition(".")
+    if len(fraction) > exponent:
+        raise ValueError(f"balance {balance!r} has more than {exponent} decimals")
+    sign = -1 if whole.startswith("-") else 1
+    return sign * (abs(int(whole)) * 10**exponent + int(fraction.ljust(exponent, "0") or "0"))
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if str(key).lower() == REASON_METADATA_KEY:
+            return str(value)
+    return str(error.code().name)
+
+
+# --- the worker -------------------------------------------------------------------------------
+
+
+def worker_main(conn: Connection, index: int, progress: Any) -> None:
+    """Entry point of a worker process (multiprocessing "spawn" target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+    try:
+        asyncio.run(_Worker(conn, index, progress).serve())
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent went away
+
+
+class _Worker:
+    def __init__(self, conn: Connection, index: int, progress: Any) -> None:
+        self.conn = conn
+        self.index = index
+        self.progress = progress
+        self.channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        found = self.channels.get(address)
+        if found is None:
+            found = self.channels[address] = grpc.aio.insecure_channel(
+                address, options=CHANNEL_OPTIONS)
+        return found
+
+    async def receive(self) -> object:
+        return await asyncio.get_running_loop().run_in_executor(None, self.conn.recv)
+
+    async def serve(self) -> None:
+        check_encoding()
+        try:
+            while True:
+                job = await self.receive()
+                if isinstance(job, Stop):
+                    return
+                try:
+                    answer = await self.handle(job)
+                except Exception:
+                    answer = WorkerFailed(f"worker {self.index}: {traceback.format_exc()}")
+                self.conn.send(answer)
+        finally:
+            for channel in self.channels.values():
+                await channel.close()
+
+    async def handle(self, job: object) -> object:
+        if isinstance(job, SetupJob):
+            return await self.setup(job)
+        if isinstance(job, BalancesJob):
+            return await self.balances(job)
+        if isinstance(job, RunJob):
+            return await self.run(job)
+        raise TypeError(f"unknown job {job!r}")
+
+    # -- setup and balances ------------------------------------------------------------------
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]], errors: Counter[str],
+                        done_if: Callable[[grpc.aio.AioRpcError], bool] | None = None,
+                        ) -> bool:
+        """Call until it succeeds; True if it did. Retryable statuses are retried, same ids."""
+        deadline = time.monotonic() + SETUP_RETRY_S
+        while True:
+            try:
+                await call()
+                return True
+            except grpc.aio.AioRpcError as error:
+                if done_if is not None and done_if(error):
+                    return True
+                errors[reason_of(error)] += 1
+                if error.code() not in RETRYABLE or time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+
+    async def setup(self, job: SetupJob) -> SetupDone:
+        errors: Counter[str] = Counter()
+        created = deposited = 0
+        semaphore = asyncio.Semaphore(job.concurrency)
+
+        async def one(account: str, partition: int) -> None:
+            nonlocal created, deposited
+            stub = wallet_pb2_grpc.WalletServiceStub(self.channel(job.leaders[partition]))
+            create = pb.CreateAccountRequest(account_id=account, currency=job.currency,
+                                             request_id=str(uuid.uuid4()))
+            deposit = pb.DepositRequest(account_id=account, amount=job.deposit,
+                                        currency=job.currency, transaction_id=str(uuid.uuid4()))
+            async with semaphore:
+                if not await self._retrying(lambda: stub.CreateAccount(create, timeout=10),
+                                            errors):
+                    return
+                created += 1
+                if await self._retrying(lambda: stub.Deposit(deposit, timeout=10), errors):
+                    deposited += 1
+
+        await asyncio.gather(*(one(a, p) for a, p in zip(job.accounts, job.partition_of,
+                                                          strict=True)))
+        return SetupDone(created, deposited, dict(errors))
+
+    async def balances(self, job: BalancesJob) -> BalancesDone:
+        errors: Counter[str] = Counter()
+        total = 0
+        found = 0
+        missing: list[str] = []
+        semaphore = asyncio.Semaphore(job.concurrency)
+
+        async def one(account: str, partition: int) -> None:
+            nonlocal total, found
+            stub = wallet_pb2_grpc.WalletServiceStub(self.channel(job.leaders[partition]))
+            request = pb.GetBalanceRequest(account_id=account, consistency=pb.LINEARIZABLE)
+            answers: list[pb.GetBalanceResponse] = []
+
+            async def read() -> None:
+                answers.append(await stub.GetBalance(request, timeout=10))
+
+            async with semaphore:
+                if await self._retrying(read, errors):
+                    total += minor_units(answers[-1].balance)
+                    found += 1
+                else:
+                    missing.append(account)
+
+        await asyncio.gather(*(one(a, p) for a, p in zip(job.accounts, job.partition_of,
+                                                          strict=True)))
+        return BalancesDone(total, found, missing, dict(errors))
+
+    # -- the measured workloads --------------------------------------------------------------
+
+    async def run(self, job: RunJob) -> RunStats | WorkerFailed:
+        started = time.monotonic()
+        templates = build_templates(job.accounts_by_partition, job.currency,
+                                    job.seed * 1009 + self.index)
+        partitions = [p for p, items in enumerate(templates) if items]
+        if not partitions:
+            return WorkerFailed("no partition has two accounts to transfer between")
+        path = f"{SERVICE}/{'Transfer' if job.batch_size == 1 else 'TransferBatch'}"
+        calls = [self.channel(address).unary_unary(path) for address in job.targets]
+        # Unary: one list of (call, prefix), partitions interleaved. Batches: per partition,
+        # the prefixes of batch items; every caller walks them from its own offset.
+        flat = [(calls[p], templates[p][i]) for i in range(TEMPLATES_PER_PARTITION)
+                for p in partitions]
+        items = [[batch_item_prefix(prefix) for prefix in templates[p]]
+                 for p in range(len(templates))]
+        rng = random.Random(job.seed * 7919 + self.index)
+        stats = RunStats(prepare_s=time.monotonic() - started)
+        self.conn.send(Ready(stats.prepare_s))
+        go = await self.receive()
+        if not isinstance(go, Go):
+            return WorkerFailed(f"expected Go, got {go!r}")
+        await asyncio.sleep(max(0.0, go.start_at - time.monotonic()))
+        cpu_started = time.process_time()
+        wall_started = time.monotonic()
+        ids = IdSource()
+        failures: Counter[str] = Counter()
+        ticker = asyncio.create_task(self._report_progress(stats))
+        try:
+            if job.batch_size == 1:
+                await asyncio.gather(*(
+                    self._unary_caller(flat, rng.randrange(1 << 30), ids, go, stats, failures,
+                                       job.timeout_s)
+                    for _ in range(job.callers)))
+            else:
+                await asyncio.gather(*(
+                    self._batch_caller(calls, items, partitions, rng.randrange(1 << 30),
+                                       job.batch_size, ids, go, stats, failures, job.timeout_s)
+                    for _ in range(job.callers)))
+        finally:
+            ticker.cancel()
+        stats.cpu_s = time.process_time() - cpu_started
+        stats.wall_s = time.monotonic() - wall_started
+        stats.failures = dict(failures)
+        self.progress[self.index] = stats.transfers_total
+        return stats
+
+    async def _report_progress(self, stats: RunStats) -> None:
+        while True:
+            self.progress[self.index] = stats.transfers_total
+            await asyncio.sleep(0.2)
+
+    @staticmethod
+    async def _unary_caller(flat: list[tuple[Any, bytes]], start: int, ids: IdSource, go: Go,
+                            stats: RunStats, failures: Counter[str], timeout_s: float) -> None:
+        n = len(flat)
+        position = start % n
+        monotonic = time.monotonic
+        latencies = stats.latencies_s
+        measure_from, end_at = go.measure_from, go.end_at
+        while True:
+            began = monotonic()
+            if began >= end_at:
+                return
+            call, prefix = flat[position]
+            position += 1
+            if position == n:
+                position = 0
+            reason = ""
+            try:
+                answer = await call(prefix + ids.next(), timeout=timeout_s)
+                if answer[:2] != SUCCEEDED_PREFIX:
+                    reason = "UNEXPECTED_ANSWER"
+            except grpc.aio.AioRpcError as error:
+                reason = reason_of(error)
+            ended = monotonic()
+            stats.calls_total += 1
+            stats.transfers_total += 1
+            if measure_from <= ended <= end_at:
+                stats.calls += 1
+                latencies.append(ended - began)
+                if not reason:
+                    stats.succeeded += 1
+                    stats.committed += 1
+                else:
+                    failures[reason] += 1
+                    if reason in RECORDED_REASONS:
+                        stats.committed += 1
+            if reason and reason not in RECORDED_REASONS:
+                await asyncio.sleep(ERROR_PAUSE_S)
+
+    @staticmethod
+    async def _batch_caller(calls: list[Any], items: list[list[bytes]], partitions: list[int],
+                            start: int, batch_size: int, ids: IdSource, go: Go, stats: RunStats,
+                            failures: Counter[str], timeout_s: float) -> None:
+        turn = start % len(partitions)
+        offsets = [start % max(1, len(items[p])) for p in range(len(items))]
+        monotonic = time.monotonic
+        latencies = stats.latencies_s
+        measure_from, end_at = go.measure_from, go.end_at
+        while True:
+            began = monotonic()
+            if began >= end_at:
+                return
+            partition = partitions[turn]
+            turn = (turn + 1) % len(partitions)
+            pool = items[partition]
+            offset = offsets[partition]
+            parts: list[bytes] = []
+            for k in range(batch_size):
+                parts.append(pool[(offset + k) % len(pool)])
+                parts.append(ids.next())
+            offsets[partition] = (offset + batch_size) % len(pool)
+            failed: Counter[str] = Counter()
+            succeeded = 0
+            try:
+                raw = await calls[partition](b"".join(parts), timeout=timeout_s)
+                answer = pb.TransferBatchResponse.FromString(raw)
+                succeeded = answer.succeeded
+                for reason in answer.reasons.values():
+                    failed[reason] += 1
+                unexplained = batch_size - succeeded - sum(failed.values())
+                if unexplained:
+                    failed["NO_STATUS"] += unexplained
+            except grpc.aio.AioRpcError as error:
+                failed[reason_of(error)] += batch_size
+            ended = monotonic()
+            stats.calls_total += 1
+            stats.transfers_total += batch_size
+            if measure_from <= ended <= end_at:
+                stats.calls += 1
+                latencies.append(ended - began)
+                stats.succeeded += succeeded
+                stats.committed += succeeded + sum(
+                    count for reason, count in failed.items() if reason in RECORDED_REASONS)
+                failures.update(failed)
+            if any(reason not in RECORDED_REASONS for reason in failed):
+                await asyncio.sleep(ERROR_PAUSE_S)
+
+
+def default_procs() -> int:
+    """Load generator processes: one per core, at most 2 (the cluster shares the machine)."""
+    return max(1, min(2, os.cpu_count() or 1))
