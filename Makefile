@@ -35,6 +35,16 @@ check: lint test
 bench-core: setup
 	$(BIN)/python -m bench.core_apply
 
+.PHONY: bench bench-quick
+
+## bench: committed transfers/s of a local 3-node cluster, 3 runs per workload; writes bench/results/tps.json
+bench: setup
+	$(BIN)/python -m bench.tps
+
+## bench-quick: the same, 1 run of 3 s per workload; writes bench/results/tps-quick.json
+bench-quick: setup
+	$(BIN)/python -m bench.tps --quick
+
 ## proto: regenerate the checked-in Python modules after editing proto/**/*.proto
 proto: setup
 	$(BIN)/python -m proto.generate

@@ -260,7 +260,8 @@ def minor_units(balance: str, exponent: int = 2) -> int:
     if len(fraction) > exponent:
         raise ValueError(f"balance {balance!r} has more than {exponent} decimals")
     sign = -1 if whole.startswith("-") else 1
-    return sign * (abs(int(whole)) * 10**exponent + int(fraction.ljust(exponent, "0") or "0"))
+    scale = int("1" + "0" * exponent)
+    return sign * (abs(int(whole)) * scale + int(fraction.ljust(exponent, "0") or "0"))
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:

@@ -252,6 +252,16 @@ class BenchCluster:
             time.sleep(0.2)
         raise BenchFailed("no leader known for every partition")
 
+    def commit_indexes(self) -> list[int]:
+        """Per partition, the Raft commit index (0 where no status came back)."""
+        from node.launcher import cluster_status
+
+        status = cluster_status(self.config, timeout_s=5.0)
+        found = [0] * self.config.partition_count
+        for partition in status.partitions if status is not None else ():
+            found[partition.partition] = int(partition.commit_index)
+        return found
+
     def replicas_agree(self) -> tuple[bool, dict[int, set[tuple[int, str]]]]:
         """Every replica of each partition at the same position with the same state hash."""
         import grpc
@@ -520,6 +530,7 @@ class Bench:
         pids = list(self.cluster.pids().values())
         node_cpu_from: dict[int, float] = {}
         machine_from = (0.0, 0.0)
+        commits_from: list[int] = []
         last_total, last_time, rate = self.workers.progress_total(), time.monotonic(), 0.0
         measuring = False
         while time.monotonic() < go.end_at:
@@ -529,6 +540,7 @@ class Bench:
                 measuring = True
                 node_cpu_from = {pid: process_cpu_s(pid) for pid in pids}
                 machine_from = machine_cpu()
+                commits_from = self.cluster.commit_indexes()
             total = self.workers.progress_total()
             if now - last_time >= 0.5:
                 rate = (total - last_total) / (now - last_time)
@@ -537,14 +549,20 @@ class Bench:
             self.cluster.check_alive()
         node_cpu_to = {pid: process_cpu_s(pid) for pid in pids}
         machine_to = machine_cpu()
+        commits_to = self.cluster.commit_indexes()
         window_s = time.monotonic() - go.measure_from if measuring else 0.0
+        entries = sum(commits_to) - sum(commits_from) if measuring else 0
         stats = [s for s in (self.workers.receive(i) for i in active)
                  if isinstance(s, loadgen.RunStats)]
         _, leader_ids_after = self.cluster.leaders()
         books = self.check_books()
-        return self._run_record(workload, stats, window_s, node_cpu_from, node_cpu_to,
-                                machine_from, machine_to, leader_ids, leader_ids_after,
-                                books, label)
+        record = self._run_record(workload, stats, window_s, node_cpu_from, node_cpu_to,
+                                  machine_from, machine_to, leader_ids, leader_ids_after,
+                                  books, label)
+        record["raft_entries_per_s"] = entries / window_s if window_s else 0.0
+        record["transfers_per_entry"] = (record["transfers_per_s"] * window_s / entries
+                                         if entries else 0.0)
+        return record
 
     def _run_record(self, workload: str, stats: list[loadgen.RunStats], window_s: float,
                     node_cpu_from: dict[int, float], node_cpu_to: dict[int, float],
@@ -633,6 +651,8 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         "client_cpu_cores": median("client_cpu_cores"),
         "nodes_cpu_cores": median("nodes_cpu_cores"),
         "nodes_cpu_us_per_transfer": median("nodes_cpu_us_per_transfer"),
+        "raft_entries_per_s": median("raft_entries_per_s"),
+        "transfers_per_entry": median("transfers_per_entry"),
         "machine_cpu_busy_pct": median("machine_cpu_busy_pct"),
         "conservation_passed": all(r["books"]["passed"] for r in runs),
         "environment": environment,
@@ -643,11 +663,12 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
 
 def print_table(records: list[dict[str, Any]]) -> None:
     headers = ("workload", "transfers/s", "p50 ms", "p99 ms", "failed", "client us/call",
-               "client cores", "nodes cores", "node us/transfer")
+               "client cores", "nodes cores", "node us/transfer", "entries/s", "transfers/entry")
     rows = [(r["workload"], f"{r['transfers_per_s']:,}", f"{r['p50_ms']:.1f}",
              f"{r['p99_ms']:.1f}", f"{sum(r['failures_total'].values()):,}",
              f"{r['client_cpu_us_per_call']:.0f}", f"{r['client_cpu_cores']:.2f}",
-             f"{r['nodes_cpu_cores']:.2f}", f"{r['nodes_cpu_us_per_transfer']:.1f}")
+             f"{r['nodes_cpu_cores']:.2f}", f"{r['nodes_cpu_us_per_transfer']:.1f}",
+             f"{r['raft_entries_per_s']:,.0f}", f"{r['transfers_per_entry']:.1f}")
             for r in records]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     print()

@@ -47,6 +47,38 @@ def parse_uuid(text: str, field: str) -> bytes:
     return bytes.fromhex(text.replace("-", ""))
 
 
+DEDUP_WINDOW_S = 7 * 24 * 3600
+"""How long a transaction id is remembered; see docs/ledger.md, "Retention"."""
+
+_UUID_V1_EPOCH_OFFSET_100NS = 0x01B21DD213814000  # from 1582-10-15 to 1970-01-01
+
+
+def uuid_time_ms(raw: bytes) -> int | None:
+    """Creation time of a time-bearing UUID (v1, v6, v7) in Unix ms, else None."""
+    version = raw[6] >> 4
+    if version == 7:
+        return int.from_bytes(raw[:6], "big")
+    if version in (1, 6):
+        if version == 1:
+            ticks = ((int.from_bytes(raw[6:8], "big") & 0x0FFF) << 48
+                     | int.from_bytes(raw[4:6], "big") << 32 | int.from_bytes(raw[0:4], "big"))
+        else:
+            ticks = (int.from_bytes(raw[0:6], "big") << 12
+                     | (int.from_bytes(raw[6:8], "big") & 0x0FFF))
+        return (ticks - _UUID_V1_EPOCH_OFFSET_100NS) // 10_000
+    return None
+
+
+def check_not_expired(raw: bytes, now_ms: int, field: str = "transaction_id",
+                      window_s: int = DEDUP_WINDOW_S) -> None:
+    """Refuse time-bearing ids older than the dedup window: their outcome may be forgotten."""
+    created_ms = uuid_time_ms(raw)
+    if created_ms is not None and created_ms < now_ms - window_s * 1000:
+        raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "TRANSACTION_ID_EXPIRED",
+                       f"{field}: created more than {window_s // 86400} days ago, beyond the "
+                       "deduplication window; its outcome is in the history, use a new id")
+
+
 def format_uuid(raw: bytes) -> str:
     text = raw.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

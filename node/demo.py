@@ -1,146 +1,158 @@
-"""`make run` (for now): the ledger core moving money between partitions in one process.
+"""`make run`: a real local cluster moving money, then a summary that proves the books.
 
-There is no Raft here yet: each partition is a bare `ledger.StateMachine` fed
-by an in-memory log, and the saga steps are driven inline. The demo creates
-accounts, runs transfers (most of them cross-partition), drives every saga
-to its end, and proves the books: conservation over all partitions, and a
-replay of every log reaching the live state hash.
+Starts the nodes of a cluster file (default cluster-configs/local-3node.toml)
+in a temporary data dir, opens wallets, deposits, runs a few thousand
+transfers through the client SDK from concurrent callers, prints a summary
+(transfers by outcome, throughput, the leader of each partition, conservation,
+replicas agreeing), and stops every node it started.
+
+Until cross-partition transfers land, the demo pairs wallets that live on the
+same partition.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
+import sys
+import tempfile
 import time
-import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
 
+import grpc
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ledger import commands as c
-from ledger.codec import decode_entry, encode_entry
-from ledger.money import currency, format_amount
-from ledger.replay import replay
-from ledger.results import Code, Result
+from client.errors import WalletError
+from client.sdk import WalletClient
 from ledger.routing import partition_of
-from ledger.saga import credits_for, resolutions
-from ledger.state import StateMachine
+from node.config import ClusterConfig, load_cluster_config
+from node.launcher import cluster_down, cluster_up
+from proto.wallet.v1 import wallet_pb2 as pb
+from proto.wallet.v1 import wallet_pb2_grpc
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "cluster-configs" / "local-3node.toml"
+DEPOSIT = "1000.00"
 
 
-@dataclass
-class InMemoryPartition:
-    """One partition: a state machine and its log of encoded entries."""
-
-    state: StateMachine
-    log: list[tuple[int, bytes]] = field(default_factory=list)
-
-    def propose(self, commands: list[c.Command]) -> tuple[Result, ...]:
-        blob = encode_entry(c.Entry(int(time.time() * 1000), tuple(commands)))
-        log_index = len(self.log) + 1
-        self.log.append((log_index, blob))
-        applied = self.state.apply_entry(decode_entry(blob), log_index)
-        assert applied is not None
-        return applied.results
+def replica_views(config: ClusterConfig) -> dict[str, pb.ClusterStatusResponse]:
+    views = {}
+    for node in config.nodes:
+        with grpc.insecure_channel(node.grpc_address) as channel:
+            views[node.id] = wallet_pb2_grpc.AdminServiceStub(channel).ClusterStatus(
+                pb.ClusterStatusRequest(local_only=True), timeout=10)
+    return views
 
 
-def drive_sagas(partitions: list[InMemoryPartition]) -> None:
-    """Deliver every pending credit and settle or compensate, until all outboxes are empty."""
-    while any(p.state.outbox for p in partitions):
-        for source in partitions:
-            for destination in sorted(source.state.outgoing):
-                credits = credits_for(source.state, destination)
-                if not credits:
-                    continue
-                results = partitions[destination].propose(list(credits))
-                outcomes = {cr.sequence: r.code for cr, r in zip(credits, results, strict=True)}
-                source.propose(list(resolutions(source.state, destination, outcomes)))
+def replicas_agree(config: ClusterConfig, timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        views = replica_views(config)
+        agree = all(
+            len({(p.applied_position, p.state_hash) for v in views.values()
+                 for p in v.partitions if p.partition == partition}) == 1
+            for partition in range(config.partition_count))
+        if agree:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def run_demo(config_path: Path, data_dir: Path, wallets: int, transfers: int, callers: int,
+             console: Console) -> bool:
+    config = load_cluster_config(config_path)
+    console.print(f"[bold]Starting {len(config.nodes)} nodes[/] of {config_path.name} "
+                  f"({config.partition_count} partitions, {config.replication_factor} replicas "
+                  f"each) in {data_dir}")
+    if cluster_up(config_path, data_dir) != 0:
+        return False
+    targets = [node.grpc_address for node in config.nodes]
+    rng = random.Random(7)
+    names = [f"wallet-{i:04d}" for i in range(wallets)]
+    by_partition: dict[int, list[str]] = {}
+    for name in names:
+        by_partition.setdefault(partition_of(name, config.partition_count), []).append(name)
+    outcomes: Counter[str] = Counter()
+    with WalletClient(targets) as client:
+        with ThreadPoolExecutor(callers) as pool:
+            list(pool.map(lambda n: client.create_account(n, "USD"), names))
+            list(pool.map(lambda n: client.deposit(n, DEPOSIT, "USD"), names))
+        console.print(f"opened {wallets} wallets with {DEPOSIT} USD each")
+        pairs = []
+        for _ in range(transfers):
+            group = rng.choice([g for g in by_partition.values() if len(g) >= 2])
+            source, target = rng.sample(group, 2)
+            pairs.append((source, target, f"{rng.randint(1, 500) / 100:.2f}"))
+
+        def one(pair: tuple[str, str, str]) -> str:
+            try:
+                return client.transfer(pair[0], pair[1], pair[2], "USD").status.value
+            except WalletError as exc:
+                return exc.reason or exc.status_name
+
+        started = time.perf_counter()
+        columns = (TextColumn("transfers"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress, ThreadPoolExecutor(callers) as pool:
+            task = progress.add_task("transfers", total=transfers)
+            for outcome in pool.map(one, pairs):
+                outcomes[outcome] += 1
+                progress.advance(task)
+        elapsed_s = time.perf_counter() - started
+        status = client.cluster_status()
+        balances = [Decimal(client.balance(name).balance) for name in names]
+    agree = replicas_agree(config)
+    table = Table(title="partitions")
+    for column in ("partition", "leader", "term", "applied position", "state hash"):
+        table.add_column(column)
+    for partition in status.partitions:
+        table.add_row(str(partition.partition), partition.leader_node_id, str(partition.term),
+                      str(partition.applied_position), partition.state_hash[:16])
+    console.print(table)
+    total, expected = sum(balances), Decimal(DEPOSIT) * wallets
+    conserved = total == expected
+    console.print(f"transfers: {transfers} in {elapsed_s:.1f} s = "
+                  f"{transfers / elapsed_s:,.0f} transfers/s ({callers} concurrent callers, "
+                  "unary calls, all replicas on this machine)")
+    console.print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
+    console.print(f"conservation: sum of balances {total} == deposits {expected}: "
+                  + ("[green]OK[/]" if conserved else "[red]BROKEN[/]"))
+    console.print("replicas agree (same position and state hash on every node): "
+                  + ("[green]yes[/]" if agree else "[red]NO[/]"))
+    return conserved and agree and outcomes["SUCCEEDED"] > 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--accounts", type=int, default=200)
-    parser.add_argument("--transfers", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=500, help="transfers per log entry")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--wallets", type=int, default=200)
+    parser.add_argument("--transfers", type=int, default=3_000)
+    parser.add_argument("--callers", type=int, default=16)
+    parser.add_argument("--keep-data", action="store_true",
+                        help="keep the temporary data dir (its path is printed)")
     args = parser.parse_args(argv)
     console = Console()
-    rng = random.Random(args.seed)
-    usd = currency("USD")
-    partitions = [InMemoryPartition(StateMachine(p)) for p in range(args.partitions)]
-    names = [f"wallet-{i:04d}" for i in range(args.accounts)]
-    home = {name: partition_of(name, args.partitions) for name in names}
-
-    for name in names:
-        partitions[home[name]].propose([
-            c.CreateAccount(name, usd.code, usd.exponent, uuid.uuid4().bytes),
-            c.Deposit(name, rng.randint(1_000, 100_000), usd.code, uuid.uuid4().bytes),
-        ])
-
-    outcomes: Counter[str] = Counter()
-    started = time.perf_counter()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("transfers", total=args.transfers)
-        done = 0
-        while done < args.transfers:
-            size = min(args.batch, args.transfers - done)
-            by_partition: dict[int, list[c.Command]] = {}
-            for _ in range(size):
-                source, target = rng.sample(names, 2)
-                amount = rng.randint(1, 5_000)
-                p, q = home[source], home[target]
-                command: c.Command = (
-                    c.Transfer(source, target, amount, usd.code, uuid.uuid4().bytes) if p == q
-                    else c.DebitForTransfer(source, target, amount, usd.code,
-                                            uuid.uuid4().bytes, q)
-                )
-                by_partition.setdefault(p, []).append(command)
-            for p, commands in sorted(by_partition.items()):
-                for result in partitions[p].propose(commands):
-                    outcomes[result.code.name] += 1
-            drive_sagas(partitions)
-            done += size
-            progress.update(task, advance=size)
-    elapsed_s = time.perf_counter() - started
-
-    table = Table(title="RaftWallet core demo (in-process, no Raft yet)")
-    table.add_column("partition", justify="right")
-    table.add_column("accounts", justify="right")
-    table.add_column("balance (USD)", justify="right")
-    table.add_column("log entries", justify="right")
-    table.add_column("state hash", overflow="fold")
-    table.add_column("replay == live")
-    all_ok = True
-    for part in partitions:
-        live = part.state.state_hash()
-        replayed = replay(part.log, part.state.partition).state_hash()
-        all_ok &= replayed == live
-        part.state.check_invariants()
-        totals = part.state.totals.get(usd.code)
-        table.add_row(str(part.state.partition), str(len(part.state.accounts)),
-                      format_amount(totals.balance_minor if totals else 0, usd.exponent),
-                      str(len(part.log)), live[:16], "yes" if replayed == live else "NO")
-    console.print(table)
-
-    balances = sum(a.balance_minor for p in partitions for a in p.state.accounts.values())
-    deposited = sum(t.deposited_minor for p in partitions for t in p.state.totals.values())
-    withdrawn = sum(t.withdrawn_minor for p in partitions for t in p.state.totals.values())
-    in_flight = sum(t.in_flight_minor for p in partitions for t in p.state.totals.values())
-    conserved = balances == deposited - withdrawn and in_flight == 0
-    console.print(f"transfers: {args.transfers} in {elapsed_s:.2f} s "
-                  f"({args.transfers / elapsed_s:,.0f}/s, one process, saga driven inline)")
-    console.print("outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())))
-    console.print(f"conservation: balances {format_amount(balances, usd.exponent)} == deposits "
-                  f"{format_amount(deposited, usd.exponent)} - withdrawals "
-                  f"{format_amount(withdrawn, usd.exponent)}, in flight "
-                  f"{format_amount(in_flight, usd.exponent)}: {'OK' if conserved else 'BROKEN'}")
-    ok = conserved and all_ok and outcomes[Code.OK.name] + outcomes[Code.PENDING.name] > 0
-    console.print("[bold green]books balance[/]" if ok else "[bold red]books do not balance[/]")
+    data_dir = Path(tempfile.mkdtemp(prefix="raftwallet-demo-"))
+    ok = False
+    try:
+        ok = run_demo(args.config, data_dir, args.wallets, args.transfers, args.callers, console)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+    finally:
+        if (data_dir / "cluster.json").exists():
+            cluster_down(data_dir)
+        if args.keep_data or not ok:
+            console.print(f"data and node logs kept in {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    console.print("[bold green]books balance[/]" if ok else "[bold red]demo failed[/]")
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

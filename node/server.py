@@ -14,6 +14,7 @@ transfers. The cure for a lost disk is to add a node under a new id.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -25,9 +26,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ledger import commands as c
 from node import journal as journal_patch
 from node import logs, snapshot_file
 from node.admin_service import AdminService
+from node.api import DEDUP_WINDOW_S
 from node.config import ClusterConfig, ConfigError, load_cluster_config
 from node.host import CHANNEL_OPTIONS, NodeHost
 from node.journal import JournalCorrupt
@@ -41,6 +44,9 @@ log = logging.getLogger("node")
 IDENTITY_FILE = "raftwallet-node.json"
 EXIT_REFUSED = 3
 HEALTH_PERIOD_S = 0.5
+PRUNE_PERIOD_S = 3600.0
+PRUNE_MARGIN_S = 24 * 3600
+"""Records are kept a day longer than the API's window, to cover clock skew."""
 GRACE_S = 2.0
 
 
@@ -74,8 +80,7 @@ def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstra
 
 
 def build_replicas(config: ClusterConfig, node_id: str, data_dir: Path,
-                   settings: RaftSettings, host: NodeHost | None = None,
-                   ) -> dict[int, PartitionReplica]:
+                   settings: RaftSettings) -> dict[int, PartitionReplica]:
     node = config.node(node_id)
     replicas: dict[int, PartitionReplica] = {}
     for partition in sorted(config.partitions_of(node_id)):
@@ -125,7 +130,14 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     leaders: dict[int, tuple[str | None, int]] = {}
+    # Python's cyclic GC pauses every thread, and a long pause on a Raft tick thread
+    # causes elections: move everything loaded at start out of its reach.
+    gc.freeze()
+    last_prune = time.monotonic()
     while not stop.is_set():
+        if time.monotonic() - last_prune > PRUNE_PERIOD_S:
+            last_prune = time.monotonic()
+            _propose_prune(host)
         serving = True
         for partition, replica in replicas.items():
             status = replica.status()
@@ -149,6 +161,17 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     log.info("stopping")
     await server.stop(GRACE_S)
     await host.stop()
+
+
+def _propose_prune(host: NodeHost) -> None:
+    """Leaders forget resolved dedup records older than the window (through the log)."""
+    before_ms = int((time.time() - DEDUP_WINDOW_S - PRUNE_MARGIN_S) * 1000)
+    for partition, replica in host.replicas.items():
+        if replica.is_leader():
+            try:
+                host.proposers[partition].submit([c.PruneDedup(before_ms)])
+            except Exception:
+                log.exception("prune proposal failed", extra={"partition": partition})
 
 
 def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = False,

@@ -121,6 +121,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         cur = api.check_currency(request.currency)
         amount_minor = api.check_amount(request.amount, cur)
         transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        api.check_not_expired(transaction_id, int(time.time() * 1000))
         partition = self._partition(account_id)
         deadline = deadline_of(context)
         if not self.host.hosts(partition):
@@ -165,6 +166,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         cur = api.check_currency(request.currency)
         amount_minor = api.check_amount(request.amount, cur)
         transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        api.check_not_expired(transaction_id, int(time.time() * 1000))
         if from_account == to_account:
             raise api.ledger_error(Code.SAME_ACCOUNT,
                                    "to_account: must differ from from_account")
@@ -320,6 +322,30 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                            " retry the transfer with the same transaction_id to settle it")
         return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
                               stale)
+
+    @_handler
+    async def AbortTransfer(self, request: pb.AbortTransferRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
+        from_account = api.check_account_id(request.from_account, "from_account")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        partition = self._partition(from_account)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.GetTransferResponse",
+                        await forward(self.host, partition, "AbortTransfer", request, deadline))
+        applied = await self._one(partition, c.Abort(from_account, transaction_id), deadline)
+        if applied.result.code not in (Code.ABORTED, Code.OK, Code.PENDING) and (
+                not applied.result.replayed):
+            raise api.ledger_error(applied.result.code,
+                                   f"from_account {from_account!r} does not exist")
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            record = replica.state.transfer_record(from_account, transaction_id)
+            account = replica.state.accounts.get(from_account)
+            exponent = account.exponent if account is not None else 2
+        assert record is not None, "an applied abort leaves a record"
+        return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
+                              stale=False)
 
     @_handler
     async def ListTransfers(self, request: pb.ListTransfersRequest,

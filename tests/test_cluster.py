@@ -303,3 +303,27 @@ def test_the_node_refuses_to_start_without_identity_in_its_data_dir(tmp_path: Pa
         assert "no RaftWallet identity" in spare.log("n1")
     finally:
         spare.stop_all()
+
+
+def test_aborting_an_unknown_transfer_refuses_it_for_good(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    transaction_id = new_id()
+    aborted = cluster.wallet("n2").AbortTransfer(pb.AbortTransferRequest(
+        from_account=alice, transaction_id=transaction_id), timeout=30)
+    assert (aborted.status, aborted.reason) == (pb.FAILED, "ABORTED")
+    assert_refused(cluster, "Transfer", transfer(alice, bob, transaction_id=transaction_id),
+                   grpc.StatusCode.FAILED_PRECONDITION, "aborted", [alice, bob])
+
+
+def test_aborting_an_applied_transfer_returns_its_outcome(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, bob, _ = funded
+    transaction_id = new_id()
+    cluster.wallet("n1").Transfer(transfer(alice, bob, transaction_id=transaction_id,
+                                           amount="0.05"), timeout=30)
+    answer = cluster.wallet("n3").AbortTransfer(pb.AbortTransferRequest(
+        from_account=alice, transaction_id=transaction_id), timeout=30)
+    assert (answer.status, answer.amount) == (pb.SUCCEEDED, "0.05")

@@ -191,6 +191,14 @@ class TransferStep(_message.Message):
     partition: int
     def __init__(self, name: _Optional[str] = ..., at_ms: _Optional[int] = ..., position: _Optional[int] = ..., partition: _Optional[int] = ...) -> None: ...
 
+class AbortTransferRequest(_message.Message):
+    __slots__ = ("from_account", "transaction_id")
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    from_account: str
+    transaction_id: str
+    def __init__(self, from_account: _Optional[str] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+
 class GetTransferResponse(_message.Message):
     __slots__ = ("transaction_id", "from_account", "to_account", "amount", "currency", "status", "reason", "steps", "stale")
     TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]

@@ -79,6 +79,11 @@ class WalletServiceStub:
                 request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetBalanceAtRequest.SerializeToString,
                 response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetBalanceResponse.FromString,
                 _registered_method=True)
+        self.AbortTransfer = channel.unary_unary(
+                '/raftwallet.wallet.v1.WalletService/AbortTransfer',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.AbortTransferRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetTransferResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -138,6 +143,16 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AbortTransfer(self, request, context):
+        """Closes an unknown outcome for good: commits an abort for the key
+        (from_account, transaction_id) through the log. If the transfer was applied
+        first, its outcome is returned; otherwise it ends FAILED with reason ABORTED
+        and the original request, should it still arrive, is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +200,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.GetBalanceAt,
                     request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetBalanceAtRequest.FromString,
                     response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetBalanceResponse.SerializeToString,
+            ),
+            'AbortTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortTransfer,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.AbortTransferRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +450,33 @@ class WalletService:
             '/raftwallet.wallet.v1.WalletService/GetBalanceAt',
             proto_dot_wallet_dot_v1_dot_wallet__pb2.GetBalanceAtRequest.SerializeToString,
             proto_dot_wallet_dot_v1_dot_wallet__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.WalletService/AbortTransfer',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.AbortTransferRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.GetTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
