@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -57,6 +57,8 @@ class NodeHost:
         self.proposers = {p: Proposer(r, proposer_settings, loop) for p, r in replicas.items()}
         self._position_waiters = {p: _PositionWaiters() for p in replicas}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.applied_listeners: list[Callable[[int], None]] = []
+        """Called on the loop with the partition after each applied entry."""
 
     def start(self) -> None:
         for proposer in self.proposers.values():
@@ -79,6 +81,8 @@ class NodeHost:
             pass  # loop closed: stopping
 
     def _release_waiters(self, partition: int, position: int) -> None:
+        for listener in self.applied_listeners:
+            listener(partition)
         box = self._position_waiters[partition]
         still = []
         for wanted, future in box.waiters:

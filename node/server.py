@@ -36,6 +36,7 @@ from node.host import CHANNEL_OPTIONS, NodeHost
 from node.journal import JournalCorrupt
 from node.proposer import ProposerSettings
 from node.replica import PartitionReplica, RaftSettings
+from node.saga_driver import PeerService, SagaDriver
 from node.wallet_service import WalletService
 from proto.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -106,11 +107,15 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
         replica._on_applied = host.on_applied
         replica.start()
     host.start()
+    driver = SagaDriver(host)
+    host.applied_listeners.append(lambda partition: driver.wake())
+    driver.start()
     server = grpc.aio.server(options=(*CHANNEL_OPTIONS,
                                       ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                                       ("grpc.max_concurrent_streams", 1000)))
     wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletService(host), server)
     wallet_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(host), server)
+    wallet_pb2_grpc.add_PeerServiceServicer_to_server(PeerService(host), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (
@@ -160,6 +165,7 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
             pass
     log.info("stopping")
     await server.stop(GRACE_S)
+    await driver.stop()
     await host.stop()
 
 

@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 TRANSFERS_PER_BATCH_MAX = 10_000
 """Most transfers accepted in one TransferBatch call."""
 
+WAITING_TRANSFERS_MAX = 50_000
+"""Cross-partition transfers whose callers may wait for the final outcome at once;
+beyond it, calls answer PENDING at once and the client asks GetTransfer later."""
+
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 
@@ -83,6 +87,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     def __init__(self, host: NodeHost) -> None:
         self.host = host
         self.partition_count = host.config.partition_count
+        self.waiting = 0
 
     def _partition(self, account_id: str) -> int:
         return partition_of(account_id, self.partition_count)
@@ -159,8 +164,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
 
     # -- transfers -------------------------------------------------------------------
 
-    def _transfer_command(self, request: pb.TransferRequest) -> tuple[int, c.Transfer]:
-        """Validate one transfer request; (its partition, the ledger command)."""
+    def _transfer_command(
+        self, request: pb.TransferRequest,
+    ) -> tuple[int, c.Transfer | c.DebitForTransfer]:
+        """Validate one transfer request; (source partition, the ledger command).
+
+        A transfer within one partition is one atomic `Transfer`; across partitions
+        it starts the saga with `DebitForTransfer` on the source partition.
+        """
         from_account = api.check_account_id(request.from_account, "from_account")
         to_account = api.check_account_id(request.to_account, "to_account")
         cur = api.check_currency(request.currency)
@@ -172,12 +183,31 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                                    "to_account: must differ from from_account")
         source, destination = self._partition(from_account), self._partition(to_account)
         if source != destination:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "CROSS_PARTITION_UNSUPPORTED",
-                           f"to_account: {to_account} lives on partition {destination} and "
-                           f"from_account {from_account} on partition {source}; transfers "
-                           "across partitions are not supported yet (nothing was changed)")
+            return source, c.DebitForTransfer(from_account, to_account, amount_minor, cur.code,
+                                              transaction_id, destination)
         return source, c.Transfer(from_account, to_account, amount_minor, cur.code,
                                   transaction_id)
+
+    async def _final_codes(self, partition: int, keys: list[tuple[str, bytes]],
+                           deadline: float) -> list[Code]:
+        """Wait until each cross-partition transfer is final, or the deadline; PENDING stays."""
+        replica = self.host.replicas[partition]
+        self.waiting += len(keys)
+        try:
+            while True:
+                with replica.lock:
+                    records = [replica.state.transfer_record(*key) for key in keys]
+                    position = replica.state.position
+                codes = [Code.PENDING if r is None else r.code for r in records]
+                if (Code.PENDING not in codes or self.waiting > WAITING_TRANSFERS_MAX
+                        or time.monotonic() >= deadline):
+                    return codes
+                try:
+                    await self.host.wait_for_position(partition, position + 1, deadline)
+                except ApiError:
+                    return codes
+        finally:
+            self.waiting -= len(keys)
 
     @_handler
     async def Transfer(self, request: pb.TransferRequest,
@@ -189,12 +219,27 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                         await forward(self.host, partition, "Transfer", request, deadline))
         applied = await self._one(partition, command, deadline)
         code = applied.result.code
+        if code is Code.PENDING:
+            key = (command.from_account, command.transaction_id)
+            (code,) = await self._final_codes(partition, [key], deadline)
+            if code is Code.PENDING:
+                return pb.TransferResponse(status=pb.PENDING,
+                                           transaction_id=request.transaction_id,
+                                           position=applied.position)
         if code is not Code.OK:
             raise api.ledger_error(code, self._transfer_message(partition, command, code))
         return pb.TransferResponse(status=pb.SUCCEEDED, transaction_id=request.transaction_id,
                                    position=applied.position)
 
-    def _transfer_message(self, partition: int, command: c.Transfer, code: Code) -> str:
+    def _transfer_message(self, partition: int, command: c.Transfer | c.DebitForTransfer,
+                          code: Code) -> str:
+        if isinstance(command, c.DebitForTransfer) and code in (
+                Code.ACCOUNT_NOT_FOUND, Code.CURRENCY_MISMATCH, Code.ACCOUNT_CLOSED,
+                Code.BALANCE_LIMIT, Code.INVALID_ACCOUNT_ID) and self._local_balance(
+                    partition, command.from_account) is not None:
+            return (f"to_account {command.to_account!r} on partition "
+                    f"{command.destination_partition} refused the credit ({code.name}); the "
+                    "debit was compensated, the transfer is FAILED and nothing moved")
         if code is Code.ACCOUNT_NOT_FOUND:
             missing = [f"{field} {name!r}" for field, name in
                        (("from_account", command.from_account),
@@ -222,7 +267,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         deadline = deadline_of(context)
         statuses = [pb.TRANSFER_STATUS_UNSPECIFIED] * len(transfers)
         reasons: dict[int, str] = {}
-        local: dict[int, list[tuple[int, c.Transfer]]] = {}
+        local: dict[int, list[tuple[int, c.Transfer | c.DebitForTransfer]]] = {}
         remote: dict[int, list[int]] = {}
         for index, item in enumerate(transfers):
             try:
@@ -237,14 +282,19 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                 remote.setdefault(partition, []).append(index)
         for partition, items in local.items():
             outcomes = await self.host.execute(partition, [cmd for _, cmd in items], deadline)
-            for (index, _), outcome in zip(items, outcomes, strict=True):
+            pending: list[tuple[int, tuple[str, bytes]]] = []
+            for (index, command), outcome in zip(items, outcomes, strict=True):
                 if isinstance(outcome, ApiError):
                     reasons[index] = outcome.reason
-                elif outcome.result.code is Code.OK:
-                    statuses[index] = pb.SUCCEEDED
+                elif outcome.result.code is Code.PENDING:
+                    pending.append((index, (command.from_account, command.transaction_id)))
                 else:
-                    statuses[index] = pb.FAILED
-                    reasons[index] = outcome.result.code.name
+                    self._set_outcome(statuses, reasons, index, outcome.result.code)
+            if pending:
+                finals = await self._final_codes(partition, [key for _, key in pending],
+                                                 deadline)
+                for (index, _), code in zip(pending, finals, strict=True):
+                    self._set_outcome(statuses, reasons, index, code)
         for partition, indexes in remote.items():
             sub = pb.TransferBatchRequest(transfers=[transfers[i] for i in indexes])
             try:
@@ -262,6 +312,17 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             succeeded=sum(1 for s in statuses if s == pb.SUCCEEDED),
             failed=sum(1 for s in statuses if s == pb.FAILED),
             pending=sum(1 for s in statuses if s == pb.PENDING))
+
+    @staticmethod
+    def _set_outcome(statuses: list[pb.TransferStatus], reasons: dict[int, str], index: int,
+                     code: Code) -> None:
+        if code is Code.OK:
+            statuses[index] = pb.SUCCEEDED
+        elif code is Code.PENDING:
+            statuses[index] = pb.PENDING
+        else:
+            statuses[index] = pb.FAILED
+            reasons[index] = code.name
 
     # -- reads -------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ from node.config import ClusterConfig, dump_cluster_config, local_cluster_config
 from node.launcher import cluster_status, start_node
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
+
+RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 WAIT_S = 60.0
 """Upper bound of any wait in these tests: generous for a loaded 2-core machine."""
@@ -73,6 +77,8 @@ class LocalCluster:
         self.config_path.write_text(dump_cluster_config(self.config), encoding="utf-8")
         self.env = dict(os.environ, **(env or {}))
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.killed: set[str] = set()
+        """Nodes stopped on purpose: their exit is not a failure."""
         self._channels: dict[str, grpc.Channel] = {}
 
     def node_dir(self, node_id: str) -> Path:
@@ -82,6 +88,7 @@ class LocalCluster:
               bootstrap: bool = False) -> subprocess.Popen[bytes]:
         process = start_node(self.config_path, node_id, self.node_dir(node_id), bootstrap,
                              env=dict(self.env, **(env or {})))
+        self.killed.discard(node_id)
         self.processes[node_id] = process
         return process
 
@@ -102,7 +109,7 @@ class LocalCluster:
 
         def all_led() -> bool:
             for node_id, process in self.processes.items():
-                if process.poll() is not None:
+                if process.poll() is not None and node_id not in self.killed:
                     raise AssertionError(f"node {node_id} exited with {process.returncode}:\n"
                                          + self.log(node_id)[-3000:])
             status = self.status()
@@ -120,6 +127,7 @@ class LocalCluster:
         return self.wait_for_leaders().partitions[partition].leader_node_id
 
     def kill(self, node_id: str, sig: int = signal.SIGKILL) -> None:
+        self.killed.add(node_id)
         process = self.processes[node_id]
         if process.poll() is None:
             process.send_signal(sig)
@@ -174,3 +182,43 @@ def running_cluster(root: Path, nodes: int = 3, partitions: int = 2,
         yield cluster
     finally:
         cluster.stop_all()
+
+
+class Abandoned(Exception):
+    """The caller gave up on a request whose outcome it never learnt."""
+
+
+def call_until_done(cluster: LocalCluster, method: str, request: object,
+                    timeout_s: float = WAIT_S, stop: threading.Event | None = None) -> object:
+    """A client that retries the SAME request over every node until it gets an answer."""
+    deadline = time.monotonic() + timeout_s
+    nodes = [n.id for n in cluster.config.nodes]
+    attempt = 0
+    while True:
+        if stop is not None and stop.is_set():
+            raise Abandoned(method)
+        node_id = nodes[attempt % len(nodes)]
+        attempt += 1
+        if cluster.processes[node_id].poll() is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{method}: no live node answered")
+            time.sleep(0.01)
+            continue
+        try:
+            return getattr(cluster.wallet(node_id), method)(request, timeout=5)
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def converged(cluster: LocalCluster) -> bool:
+    views = cluster.local_views()
+    if len(views) != len(cluster.config.nodes):
+        return False
+    for partition in range(cluster.config.partition_count):
+        seen = {(p.applied_position, p.state_hash) for view in views.values()
+                for p in view.partitions if p.partition == partition}
+        if len(seen) != 1:
+            return False
+    return True

@@ -4,55 +4,30 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from ledger.routing import partition_of
 from proto.wallet.v1 import wallet_pb2 as pb
-from tests.cluster_harness import WAIT_S, LocalCluster, wait_until
+from tests.cluster_harness import (
+    WAIT_S,
+    Abandoned,
+    LocalCluster,
+    call_until_done,
+    converged,
+    wait_until,
+)
 
 PARTITIONS = 2
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-             grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def pair_on(partition: int, prefix: str) -> tuple[str, str]:
     names = [f"{prefix}-{i}" for i in range(200) if partition_of(f"{prefix}-{i}", PARTITIONS)
              == partition]
     return names[0], names[1]
-
-
-class Abandoned(Exception):
-    """The caller gave up on a request whose outcome it never learnt."""
-
-
-def call_until_done(cluster: LocalCluster, method: str, request: object,
-                    timeout_s: float = WAIT_S, stop: threading.Event | None = None) -> object:
-    """A client that retries the SAME request over every node until it gets an answer."""
-    deadline = time.monotonic() + timeout_s
-    nodes = [n.id for n in cluster.config.nodes]
-    attempt = 0
-    while True:
-        if stop is not None and stop.is_set():
-            raise Abandoned(method)
-        node_id = nodes[attempt % len(nodes)]
-        attempt += 1
-        if cluster.processes[node_id].poll() is not None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{method}: no live node answered")
-            time.sleep(0.01)
-            continue
-        try:
-            return getattr(cluster.wallet(node_id), method)(request, timeout=5)
-        except grpc.RpcError as exc:
-            if exc.code() not in RETRYABLE or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def open_funded_pair(cluster: LocalCluster, partition: int, prefix: str) -> tuple[str, str]:
@@ -115,18 +90,6 @@ def assert_each_applied_once(cluster: LocalCluster, payer: str, payee: str,
     # every acknowledged id is applied; only unacknowledged in-flight ones may add more.
     applied = float(balance.balance)  # type: ignore[attr-defined]
     assert len(acknowledged) <= applied <= len(acknowledged) + 1
-
-
-def converged(cluster: LocalCluster) -> bool:
-    views = cluster.local_views()
-    if len(views) != len(cluster.config.nodes):
-        return False
-    for partition in range(cluster.config.partition_count):
-        seen = {(p.applied_position, p.state_hash) for view in views.values()
-                for p in view.partitions if p.partition == partition}
-        if len(seen) != 1:
-            return False
-    return True
 
 
 @pytest.fixture

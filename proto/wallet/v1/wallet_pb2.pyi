@@ -380,3 +380,37 @@ class VerifyResponse(_message.Message):
     ok: bool
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionVerdict]
     def __init__(self, ok: _Optional[bool] = ..., partitions: _Optional[_Iterable[_Union[PartitionVerdict, _Mapping]]] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("sequence", "from_account", "to_account", "amount_minor", "currency", "transaction_id")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TO_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    from_account: str
+    to_account: str
+    amount_minor: int
+    currency: str
+    transaction_id: bytes
+    def __init__(self, sequence: _Optional[int] = ..., from_account: _Optional[str] = ..., to_account: _Optional[str] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., transaction_id: _Optional[bytes] = ...) -> None: ...
+
+class ApplyCreditsRequest(_message.Message):
+    __slots__ = ("source_partition", "destination_partition", "source_resolved_through", "credits")
+    SOURCE_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RESOLVED_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
+    source_partition: int
+    destination_partition: int
+    source_resolved_through: int
+    credits: _containers.RepeatedCompositeFieldContainer[Credit]
+    def __init__(self, source_partition: _Optional[int] = ..., destination_partition: _Optional[int] = ..., source_resolved_through: _Optional[int] = ..., credits: _Optional[_Iterable[_Union[Credit, _Mapping]]] = ...) -> None: ...
+
+class ApplyCreditsResponse(_message.Message):
+    __slots__ = ("codes",)
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    codes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, codes: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -730,3 +730,84 @@ class AdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PeerServiceStub:
+    """Node to node, not for clients: the saga driver of a source partition asks a
+    node hosting the destination partition to apply credits. Calls carry the
+    cluster's peer token (derived from the cluster secret) in metadata.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyCredits = channel.unary_unary(
+                '/raftwallet.wallet.v1.PeerService/ApplyCredits',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsResponse.FromString,
+                _registered_method=True)
+
+
+class PeerServiceServicer:
+    """Node to node, not for clients: the saga driver of a source partition asks a
+    node hosting the destination partition to apply credits. Calls carry the
+    cluster's peer token (derived from the cluster secret) in metadata.
+    """
+
+    def ApplyCredits(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PeerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyCredits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyCredits,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'raftwallet.wallet.v1.PeerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('raftwallet.wallet.v1.PeerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PeerService:
+    """Node to node, not for clients: the saga driver of a source partition asks a
+    node hosting the destination partition to apply credits. Calls carry the
+    cluster's peer token (derived from the cluster secret) in metadata.
+    """
+
+    @staticmethod
+    def ApplyCredits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.PeerService/ApplyCredits',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
