@@ -74,6 +74,8 @@ WORKER_TIMEOUT_S = 120.0
 CONVERGE_TIMEOUT_S = 60.0
 STOP_GRACE_S = 10.0
 SETUP_CONCURRENCY = 64
+OTHER_LOAD_WARN_CORES = 0.25
+"""A run during which other processes used more CPU than this is flagged as disturbed."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -368,14 +370,22 @@ class Workers:
     def pids(self) -> list[int]:
         return [w.process.pid for w in self.workers if w.process.pid is not None]
 
-    def close(self) -> None:
+    def close(self, hurry: bool = False) -> None:
+        """Stop every worker: politely when idle, at once (SIGTERM) when `hurry`.
+
+        A worker in the middle of a run reads no job until the run ends, so after an
+        interrupt or a failure it is terminated rather than asked.
+        """
         for worker in self.workers:
+            if hurry:
+                worker.process.terminate()
+                continue
             try:
                 worker.conn.send(loadgen.Stop())
             except (OSError, ValueError):
                 pass
         for worker in self.workers:
-            worker.process.join(timeout=5)
+            worker.process.join(timeout=2 if hurry else 10)
             if worker.process.is_alive():
                 worker.process.terminate()
                 worker.process.join(timeout=5)
@@ -587,7 +597,10 @@ class Bench:
                          for p in node_cpu_to)
         busy = machine_to[0] - machine_from[0]
         total_jiffies = machine_to[1] - machine_from[1]
-        record = {
+        cores = os.cpu_count() or 1
+        machine_busy_cores = cores * busy / total_jiffies if total_jiffies else 0.0
+        led = Counter(leader_ids)
+        record: dict[str, Any] = {
             "transfers_per_s": committed / duration,
             "succeeded_per_s": succeeded / duration,
             "calls_per_s": calls / duration,
@@ -603,7 +616,13 @@ class Bench:
             "nodes_cpu_us_per_transfer": (node_cpu_s / (committed * window_s / duration) * 1e6
                                           if committed and window_s else 0.0),
             "machine_cpu_busy_pct": 100 * busy / total_jiffies if total_jiffies else 0.0,
+            # CPU of everything else on the machine (this process, other users' work):
+            # a large figure means the run was disturbed.
+            "other_cpu_cores": max(0.0, machine_busy_cores - node_cpu_s / window_s
+                                   - client_cpu_s / client_wall_s)
+            if window_s and client_wall_s else 0.0,
             "leaders": leader_ids,
+            "most_partitions_led_by_one_node": max(led.values()) if led else 0,
             "leader_changed": leader_ids != leader_ids_after,
             "books": books,
         }
@@ -612,7 +631,10 @@ class Bench:
             f"{label}: {record['transfers_per_s']:>9,.0f} transfers/s  p50 "
             f"{record['p50_ms']:7.1f} ms  p99 {record['p99_ms']:7.1f} ms  "
             f"client {record['client_cpu_us_per_call']:6.0f} us/call  "
-            f"books ok" + (f"  failures {dict(failures)}" if failed else "")
+            f"leaders {'/'.join(leader_ids)}  books ok"
+            + (f"  failures {dict(failures)}" if failed else "")
+            + (f"  OTHER LOAD {record['other_cpu_cores']:.2f} cores"
+               if record["other_cpu_cores"] > OTHER_LOAD_WARN_CORES else "")
             + ("  LEADER CHANGED" if record["leader_changed"] else ""))
         return record
 
@@ -654,6 +676,7 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         "raft_entries_per_s": median("raft_entries_per_s"),
         "transfers_per_entry": median("transfers_per_entry"),
         "machine_cpu_busy_pct": median("machine_cpu_busy_pct"),
+        "other_cpu_cores": median("other_cpu_cores"),
         "conservation_passed": all(r["books"]["passed"] for r in runs),
         "environment": environment,
         "raw": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
@@ -744,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
             try:
                 if workers is not None:
-                    workers.close()
+                    workers.close(hurry=status != 0)
                 if cluster is not None:
                     cluster.stop()
             finally:

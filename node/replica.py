@@ -19,6 +19,7 @@ How the library is used (see ../shared/notes/pysyncobj.md and docs/cluster.md):
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -211,6 +212,7 @@ class PartitionReplica:
         transport.before_send = self.journal.sync
         self.syncobj.addOnTickCallback(self.journal.sync)
         self._stopping = threading.Event()
+        self._on_tick_calls: collections.deque[Callable[[], None]] = collections.deque()
         self._tick_thread = threading.Thread(
             target=self._tick_loop, name=f"raft-p{partition}", daemon=True
         )
@@ -223,6 +225,8 @@ class PartitionReplica:
         period_s = self.settings.tick_period_s
         while not self._stopping.is_set():
             try:
+                while self._on_tick_calls:
+                    self._on_tick_calls.popleft()()
                 syncobj.doTick(period_s)
             except Exception:
                 # The library's own tick thread logs and goes on; so do we. Apply
@@ -288,6 +292,14 @@ class PartitionReplica:
 
     def status(self) -> dict[str, Any]:
         return dict(self.syncobj.getStatus())
+
+    def call_on_tick(self, call: Callable[[], None]) -> None:
+        """Run `call` on the tick thread: pysyncobj's internals are not thread-safe."""
+        self._on_tick_calls.append(call)
+
+    def transfer_leadership(self, to_address: str) -> None:
+        """Ask the group to elect `to_address` (denied unless it is fully caught up)."""
+        self.call_on_tick(lambda: self.syncobj.transferLeadership(to_address))
 
     def force_snapshot(self) -> None:
         self.syncobj.forceLogCompaction()

@@ -45,6 +45,9 @@ log = logging.getLogger("node")
 IDENTITY_FILE = "raftwallet-node.json"
 EXIT_REFUSED = 3
 HEALTH_PERIOD_S = 0.5
+LEADER_STABLE_S = 3.0
+LEADER_MOVE_PERIOD_S = 30.0
+"""A partition's leadership is moved to its preferred node at most this often."""
 PRUNE_PERIOD_S = 3600.0
 PRUNE_MARGIN_S = 24 * 3600
 """Records are kept a day longer than the API's window, to cover clock skew."""
@@ -135,6 +138,8 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     leaders: dict[int, tuple[str | None, int]] = {}
+    leader_since: dict[int, float] = {}
+    moved_at: dict[int, float] = {}
     # Python's cyclic GC pauses every thread, and a long pause on a Raft tick thread
     # causes elections: move everything loaded at start out of its reach.
     gc.freeze()
@@ -152,10 +157,12 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
                 serving = False
             if leaders.get(partition) != (leader, term):
                 leaders[partition] = (leader, term)
+                leader_since[partition] = time.monotonic()
                 leader_node = config.node_by_raft_address(leader) if leader else None
                 log.info("leader changed", extra={
                     "partition": partition, "term": term,
                     "leader": leader_node.id if leader_node else "none"})
+        _move_to_preferred_leaders(config, node_id, replicas, leader_since, moved_at)
         await health_servicer.set(
             "", health_pb2.HealthCheckResponse.SERVING if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -167,6 +174,28 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     await server.stop(GRACE_S)
     await driver.stop()
     await host.stop()
+
+
+def _move_to_preferred_leaders(config: ClusterConfig, node_id: str,
+                               replicas: dict[int, PartitionReplica],
+                               leader_since: dict[int, float], moved_at: dict[int, float]) -> None:
+    """Spread leaders as the cluster file says: hand a led partition to its preferred node.
+
+    The preferred node is the first replica in the placement. Only a leadership
+    stable for a while is moved, at most every LEADER_MOVE_PERIOD_S per
+    partition, and pysyncobj refuses unless the target is fully caught up.
+    """
+    now = time.monotonic()
+    for partition, replica in replicas.items():
+        preferred = config.replicas_of(partition)[0]
+        if (preferred == node_id or not replica.is_leader()
+                or now - leader_since.get(partition, now) < LEADER_STABLE_S
+                or now - moved_at.get(partition, -LEADER_MOVE_PERIOD_S) < LEADER_MOVE_PERIOD_S):
+            continue
+        moved_at[partition] = now
+        log.info("moving leadership to the preferred node",
+                 extra={"partition": partition, "to": preferred})
+        replica.transfer_leadership(config.node(preferred).raft_address(partition))
 
 
 def _propose_prune(host: NodeHost) -> None:

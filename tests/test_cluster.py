@@ -329,3 +329,16 @@ def test_aborting_an_applied_transfer_returns_its_outcome(
     answer = cluster.wallet("n3").AbortTransfer(pb.AbortTransferRequest(
         from_account=alice, transaction_id=transaction_id), timeout=30)
     assert (answer.status, answer.amount) == (pb.SUCCEEDED, "0.05")
+
+
+def test_leaders_settle_on_the_preferred_nodes_of_the_cluster_file(
+    cluster: LocalCluster,
+) -> None:
+    preferred = {p: cluster.config.replicas_of(p)[0] for p in range(PARTITIONS)}
+
+    def spread() -> bool:
+        status = cluster.status()
+        return status is not None and {
+            p.partition: p.leader_node_id for p in status.partitions} == preferred
+
+    wait_until(spread, "every partition to be led by its preferred node")
