@@ -33,6 +33,18 @@ def local_partition_status(host: NodeHost, partition: int) -> pb.PartitionStatus
         outbox_depth = len(state.outbox)
         position = state.position
         state_hash = state.state_hash()
+        totals = [pb.CurrencyTotals(
+            currency=currency, balance_minor=str(t.balance_minor),
+            in_flight_minor=str(t.in_flight_minor), deposited_minor=str(t.deposited_minor),
+            withdrawn_minor=str(t.withdrawn_minor), credited_in_minor=str(t.credited_in_minor),
+            settled_out_minor=str(t.settled_out_minor))
+            for currency, t in sorted(state.totals.items())]
+        settled_to = [pb.PairTotal(partition=q, currency=cur, amount_minor=str(amount))
+                      for q, outgoing in sorted(state.outgoing.items())
+                      for cur, amount in sorted(outgoing.settled_minor.items())]
+        credited_from = [pb.PairTotal(partition=p, currency=cur, amount_minor=str(amount))
+                         for p, incoming in sorted(state.incoming.items())
+                         for cur, amount in sorted(incoming.credited_minor.items())]
     commit_index = int(status.get("commit_idx", 0))
     replicas = []
     for node_id in host.config.replicas_of(partition):
@@ -52,7 +64,8 @@ def local_partition_status(host: NodeHost, partition: int) -> pb.PartitionStatus
         term=int(status.get("raft_term", 0)), commit_index=commit_index,
         applied_position=position, replicas=replicas,
         money_in_flight=format_amount(in_flight, 0), outbox_depth=outbox_depth,
-        last_snapshot_position=replica.last_snapshot_position, state_hash=state_hash)
+        last_snapshot_position=replica.last_snapshot_position, state_hash=state_hash,
+        totals=totals, settled_to=settled_to, credited_from=credited_from)
 
 
 class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]

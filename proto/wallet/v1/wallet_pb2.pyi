@@ -268,10 +268,13 @@ class ReplicaStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., match_index: _Optional[int] = ..., lag: _Optional[int] = ...) -> None: ...
 
 class PartitionStatus(_message.Message):
-    __slots__ = ("partition", "reported_by", "reporter_is_leader", "leader_node_id", "leader_address", "term", "commit_index", "applied_position", "replicas", "money_in_flight", "outbox_depth", "last_snapshot_position", "state_hash")
+    __slots__ = ("partition", "reported_by", "reporter_is_leader", "totals", "settled_to", "credited_from", "leader_node_id", "leader_address", "term", "commit_index", "applied_position", "replicas", "money_in_flight", "outbox_depth", "last_snapshot_position", "state_hash")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     REPORTED_BY_FIELD_NUMBER: _ClassVar[int]
     REPORTER_IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_TO_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_FROM_FIELD_NUMBER: _ClassVar[int]
     LEADER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TERM_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +288,9 @@ class PartitionStatus(_message.Message):
     partition: int
     reported_by: str
     reporter_is_leader: bool
+    totals: _containers.RepeatedCompositeFieldContainer[CurrencyTotals]
+    settled_to: _containers.RepeatedCompositeFieldContainer[PairTotal]
+    credited_from: _containers.RepeatedCompositeFieldContainer[PairTotal]
     leader_node_id: str
     leader_address: str
     term: int
@@ -295,7 +301,35 @@ class PartitionStatus(_message.Message):
     outbox_depth: int
     last_snapshot_position: int
     state_hash: str
-    def __init__(self, partition: _Optional[int] = ..., reported_by: _Optional[str] = ..., reporter_is_leader: _Optional[bool] = ..., leader_node_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_position: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., money_in_flight: _Optional[str] = ..., outbox_depth: _Optional[int] = ..., last_snapshot_position: _Optional[int] = ..., state_hash: _Optional[str] = ...) -> None: ...
+    def __init__(self, partition: _Optional[int] = ..., reported_by: _Optional[str] = ..., reporter_is_leader: _Optional[bool] = ..., totals: _Optional[_Iterable[_Union[CurrencyTotals, _Mapping]]] = ..., settled_to: _Optional[_Iterable[_Union[PairTotal, _Mapping]]] = ..., credited_from: _Optional[_Iterable[_Union[PairTotal, _Mapping]]] = ..., leader_node_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., term: _Optional[int] = ..., commit_index: _Optional[int] = ..., applied_position: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ..., money_in_flight: _Optional[str] = ..., outbox_depth: _Optional[int] = ..., last_snapshot_position: _Optional[int] = ..., state_hash: _Optional[str] = ...) -> None: ...
+
+class CurrencyTotals(_message.Message):
+    __slots__ = ("currency", "balance_minor", "in_flight_minor", "deposited_minor", "withdrawn_minor", "credited_in_minor", "settled_out_minor")
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    BALANCE_MINOR_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    DEPOSITED_MINOR_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_MINOR_FIELD_NUMBER: _ClassVar[int]
+    CREDITED_IN_MINOR_FIELD_NUMBER: _ClassVar[int]
+    SETTLED_OUT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    currency: str
+    balance_minor: str
+    in_flight_minor: str
+    deposited_minor: str
+    withdrawn_minor: str
+    credited_in_minor: str
+    settled_out_minor: str
+    def __init__(self, currency: _Optional[str] = ..., balance_minor: _Optional[str] = ..., in_flight_minor: _Optional[str] = ..., deposited_minor: _Optional[str] = ..., withdrawn_minor: _Optional[str] = ..., credited_in_minor: _Optional[str] = ..., settled_out_minor: _Optional[str] = ...) -> None: ...
+
+class PairTotal(_message.Message):
+    __slots__ = ("partition", "currency", "amount_minor")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    currency: str
+    amount_minor: str
+    def __init__(self, partition: _Optional[int] = ..., currency: _Optional[str] = ..., amount_minor: _Optional[str] = ...) -> None: ...
 
 class NodeStatus(_message.Message):
     __slots__ = ("node_id", "address", "up", "partitions", "leader_of")
