@@ -8,10 +8,13 @@ from typing import Any
 
 import grpc
 
+from ledger import commands as c
 from ledger.money import format_amount
+from ledger.results import Code
+from ledger.routing import partition_of
 from node import api
 from node.api import ApiError
-from node.host import NodeHost
+from node.host import NodeHost, deadline_of
 from node.wallet_service import _handler
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -124,6 +127,44 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         with replica.lock:
             position = replica.state.position
         return pb.SnapshotResponse(position=position)
+
+    @_handler
+    async def ForceFailTransfer(self, request: pb.ForceFailTransferRequest,
+                                context: grpc.aio.ServicerContext,
+                                ) -> pb.ForceFailTransferResponse:
+        from_account = api.check_account_id(request.from_account, "from_account")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        config = self.host.config
+        source = partition_of(from_account, config.partition_count)
+        if not self.host.hosts(source):
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "PARTITION_NOT_HOSTED",
+                           f"from_account: partition {source} has no replica on this node; "
+                           f"ask one of {', '.join(config.replicas_of(source))}")
+        replica = self.host.replicas[source]
+        with replica.lock:
+            entry = replica.state.outbox.get((from_account, transaction_id))
+        if entry is None:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "NOT_IN_FLIGHT",
+                           f"transaction_id: transfer {request.transaction_id} from "
+                           f"{from_account!r} is not in flight (unknown, or already final)")
+        destination = entry.destination_partition
+        if not self.host.hosts(destination):
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "PARTITION_NOT_HOSTED",
+                           f"the destination partition {destination} has no replica on this "
+                           f"node; ask one of {', '.join(config.replicas_of(destination))}")
+        (outcome,) = await self.host.execute(destination, [c.AbortCredit(source, entry.sequence)],
+                                             deadline_of(context))
+        if isinstance(outcome, ApiError):
+            raise outcome
+        code = outcome.result.code
+        if code is Code.STALE_CREDIT:
+            code = Code.OK  # resolved at the source meanwhile: the credit had happened
+        log.warning("transfer force-failed by an operator", extra={
+            "partition": source, "destination": destination, "sequence": entry.sequence,
+            "destination_outcome": code.name})
+        return pb.ForceFailTransferResponse(destination_outcome=code.name,
+                                            destination_partition=destination,
+                                            sequence=entry.sequence)
 
     @_handler
     async def AddReplica(self, request: pb.AddReplicaRequest,

@@ -358,3 +358,35 @@ def test_killing_a_node_mid_saga_is_harmless(cluster: LocalCluster) -> None:
         transaction_id=str(uuid.uuid4())))
     assert answer.status in (pb.SUCCEEDED, pb.PENDING)  # type: ignore[attr-defined]
     wait_until(lambda: balance_of(cluster, target) == Decimal("30.00"), "the credit")
+
+
+def test_an_operator_force_fails_a_stuck_transfer_and_it_is_compensated(
+    tmp_path: Path,
+) -> None:
+    # The fail point makes every driver give up before sending credits: stuck PENDING.
+    cluster = LocalCluster(tmp_path, nodes=3, partitions=PARTITIONS,
+                           env={"RAFTWALLET_FAILPOINTS": "saga.before_credit=raise"})
+    try:
+        cluster.start_all()
+        source, target = account_on(0, "stuck"), account_on(1, "stuck-dst")
+        open_account(cluster, source, "8.00")
+        open_account(cluster, target)
+        request = pb.TransferRequest(from_account=source, to_account=target, amount="8.00",
+                                     currency="USD", transaction_id=str(uuid.uuid4()))
+        answer = cluster.wallet("n1").Transfer(request, timeout=3)
+        assert answer.status == pb.PENDING
+        forced = cluster.admin("n2").ForceFailTransfer(pb.ForceFailTransferRequest(
+            from_account=source, transaction_id=request.transaction_id), timeout=30)
+        assert (forced.destination_outcome, forced.destination_partition) == ("ABORTED", 1)
+        for node in cluster.config.nodes:  # heal: drivers work again
+            cluster.kill(node.id, signal.SIGTERM)
+        cluster.env["RAFTWALLET_FAILPOINTS"] = ""
+        cluster.start_all(bootstrap=False)
+        wait_until(lambda: drained(cluster), "the compensation")
+        found = call_until_done(cluster, "GetTransfer", pb.GetTransferRequest(
+            from_account=source, transaction_id=request.transaction_id))
+        assert (found.status, found.reason) == (pb.FAILED, "ABORTED")  # type: ignore[attr-defined]
+        assert (balance_of(cluster, source), balance_of(cluster, target)) == (
+            Decimal("8.00"), Decimal("0.00"))
+    finally:
+        cluster.stop_all()

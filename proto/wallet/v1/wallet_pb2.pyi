@@ -391,6 +391,24 @@ class SnapshotResponse(_message.Message):
     position: int
     def __init__(self, position: _Optional[int] = ...) -> None: ...
 
+class ForceFailTransferRequest(_message.Message):
+    __slots__ = ("from_account", "transaction_id")
+    FROM_ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    from_account: str
+    transaction_id: str
+    def __init__(self, from_account: _Optional[str] = ..., transaction_id: _Optional[str] = ...) -> None: ...
+
+class ForceFailTransferResponse(_message.Message):
+    __slots__ = ("destination_outcome", "destination_partition", "sequence")
+    DESTINATION_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_PARTITION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    destination_outcome: str
+    destination_partition: int
+    sequence: int
+    def __init__(self, destination_outcome: _Optional[str] = ..., destination_partition: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
 class VerifyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -522,6 +522,11 @@ class AdminServiceStub:
                 request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.VerifyRequest.SerializeToString,
                 response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.VerifyResponse.FromString,
                 _registered_method=True)
+        self.ForceFailTransfer = channel.unary_unary(
+                '/raftwallet.wallet.v1.AdminService/ForceFailTransfer',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -557,6 +562,15 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForceFailTransfer(self, request, context):
+        """Operator force-fail of a stuck cross-partition transfer: commits an abort
+        of its credit on the destination partition first; the saga then
+        compensates. If the destination already decided, that outcome stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -584,6 +598,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Verify,
                     request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.VerifyRequest.FromString,
                     response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.VerifyResponse.SerializeToString,
+            ),
+            'ForceFailTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForceFailTransfer,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -721,6 +740,33 @@ class AdminService:
             '/raftwallet.wallet.v1.AdminService/Verify',
             proto_dot_wallet_dot_v1_dot_wallet__pb2.VerifyRequest.SerializeToString,
             proto_dot_wallet_dot_v1_dot_wallet__pb2.VerifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForceFailTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.AdminService/ForceFailTransfer',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
