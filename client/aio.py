@@ -40,6 +40,7 @@ from client.sdk import (
     _ClientBase,
     _cluster_status,
     _Op,
+    _op_abort_transfer,
     _op_balance,
     _op_cluster_status,
     _op_create_account,
@@ -115,6 +116,9 @@ class AsyncWalletClient(_ClientBase):
         self, from_account: str, transaction_id: str, consistency: Consistency = "linearizable"
     ) -> TransferRecord:
         return await self._run(_op_get_transfer(from_account, transaction_id, consistency))
+
+    async def abort_transfer(self, from_account: str, transaction_id: str) -> TransferRecord:
+        return await self._run(_op_abort_transfer(from_account, transaction_id))
 
     async def list_transfers(
         self, account_id: str, page_token: str = "", limit: int = 100, newest_first: bool = False

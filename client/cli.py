@@ -320,6 +320,13 @@ def cmd_get_transfer(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_abort_transfer(args: argparse.Namespace, out: Output) -> int:
+    with _client(args) as wallet:
+        record = wallet.abort_transfer(args.from_account, args.transaction_id)
+    out.emit(record_json(record), _record_line(record))
+    return EXIT_OK
+
+
 def cmd_history(args: argparse.Namespace, out: Output) -> int:
     with _client(args) as wallet:
         page = wallet.list_transfers(
@@ -586,6 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("transaction_id", metavar="ID", help="the transfer's transaction id")
     p.add_argument("--from", dest="from_account", required=True, metavar="ACCOUNT",
                    help="the debited account (transfers are keyed by it and the id)")
+    _global_options(p, top=False)
+
+    p = _command(commands, "abort-transfer", "close a transfer's unknown outcome for good",
+                 cmd_abort_transfer,
+                 "Commit an abort for the transfer ID from --from ACCOUNT. If it was applied "
+                 "first, prints its outcome; otherwise it ends FAILED (reason ABORTED) and the "
+                 "original request is refused should it still arrive.")
+    p.add_argument("transaction_id", metavar="ID", help="the transfer's transaction id")
+    p.add_argument("--from", dest="from_account", required=True, metavar="ACCOUNT",
+                   help="the debited account")
     _global_options(p, top=False)
 
     p = _command(commands, "history", "list an account's transfers, a page at a time",

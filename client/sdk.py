@@ -571,6 +571,16 @@ def _op_get_transfer(
     )
 
 
+def _op_abort_transfer(from_account: str, transaction_id: str) -> _Op[TransferRecord]:
+    return _Op(
+        _WALLET + "AbortTransfer",
+        pb.AbortTransferRequest(from_account=from_account, transaction_id=transaction_id),
+        pb.GetTransferResponse,
+        _record,
+        account=from_account,
+    )
+
+
 def _op_list_transfers(
     account_id: str, page_token: str, limit: int, newest_first: bool
 ) -> _Op[TransferPage]:
@@ -792,6 +802,11 @@ class WalletClient(_ClientBase):
     ) -> TransferRecord:
         """A transfer by its key (source account, transaction id)."""
         return self._run(_op_get_transfer(from_account, transaction_id, consistency))
+
+    def abort_transfer(self, from_account: str, transaction_id: str) -> TransferRecord:
+        """Close an unknown outcome for good: the transfer's outcome if it was applied,
+        else FAILED with reason ABORTED (and the original request is refused later)."""
+        return self._run(_op_abort_transfer(from_account, transaction_id))
 
     def list_transfers(
         self, account_id: str, page_token: str = "", limit: int = 100, newest_first: bool = False

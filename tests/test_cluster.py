@@ -342,3 +342,23 @@ def test_leaders_settle_on_the_preferred_nodes_of_the_cluster_file(
             p.partition: p.leader_node_id for p in status.partitions} == preferred
 
     wait_until(spread, "every partition to be led by its preferred node")
+
+
+def test_the_sdk_and_cli_reach_the_cluster(
+    cluster: LocalCluster, funded: tuple[str, str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from client.cli import main as walletctl
+    from client.sdk import TransferStatus, WalletClient
+
+    alice, bob, _ = funded
+    targets = [node.grpc_address for node in cluster.config.nodes]
+    with WalletClient(targets) as wallet:
+        done = wallet.transfer(alice, bob, "0.02", "USD")
+        assert done.status is TransferStatus.SUCCEEDED
+        aborted = wallet.abort_transfer(alice, new_id())
+        assert (aborted.status, aborted.reason) == (TransferStatus.FAILED, "ABORTED")
+    assert walletctl(["--config", str(cluster.config_path), "--json", "balance", bob]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["account"], shown["currency"]) == (bob, "USD")
