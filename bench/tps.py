@@ -10,7 +10,9 @@ and to on the same partition) for each workload:
     batch1000   TransferBatch calls of 1,000 transfers, `--batch-callers` callers
 
 Each call goes to its partition's leader (learnt from ClusterStatus before each
-run), from `--procs` load generator processes (`bench.loadgen`). A run is
+run), from `--procs` load generator processes (`bench.loadgen`). Before
+measuring, the harness waits (`--leader-wait-s`) until every partition is led by
+its preferred node, which the nodes arrange themselves. A run is
 `--warmup-s` of warm-up then `--duration-s` measured; a transfer counts when it
 is committed (SUCCEEDED, or refused with an outcome recorded under its id) and
 its call completed inside the measured window. Latency is per call (per batch
@@ -109,6 +111,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--routing", choices=("leader", "spread"), default="leader",
                         help="send each call to its partition's leader (default), or spread "
                              "calls over all nodes (followers forward to the leader)")
+    parser.add_argument("--leader-wait-s", type=float, default=45.0,
+                        help="before measuring, wait up to this long for every partition to "
+                             "be led by its preferred node (0: do not wait; default 45)")
     parser.add_argument("--uvloop", action="store_true",
                         help="run the nodes on uvloop (RAFTWALLET_UVLOOP=1)")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -254,6 +259,26 @@ class BenchCluster:
             time.sleep(0.2)
         raise BenchFailed("no leader known for every partition")
 
+    def preferred_leaders(self) -> list[str]:
+        """Per partition, its preferred leader: the first node of its placement."""
+        return [self.config.replicas_of(p)[0] for p in range(self.config.partition_count)]
+
+    def wait_for_preferred_leaders(self, timeout_s: float) -> bool:
+        """Wait until every partition is led by its preferred node; False on timeout.
+
+        Nodes hand a stable leadership over to the partition's preferred node
+        (node/server.py), which spreads the leaders; waiting for it keeps such a
+        move (a short unavailability of the partition) out of the measured runs.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            _, leader_ids = self.leaders()
+            if leader_ids == self.preferred_leaders():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
     def commit_indexes(self) -> list[int]:
         """Per partition, the Raft commit index (0 where no status came back)."""
         from node.launcher import cluster_status
@@ -363,6 +388,10 @@ class Workers:
         for i in active:
             self.send(i, jobs[i])
         return [self.receive(i) for i in active]
+
+    def reset_progress(self) -> None:
+        for index in range(len(self.progress)):
+            self.progress[index] = 0
 
     def progress_total(self) -> int:
         return int(sum(self.progress))
@@ -516,6 +545,9 @@ class Bench:
         callers = args.callers if batch_size == 1 else args.batch_callers
         procs = min(len(self.workers), callers)
         leaders, leader_ids = self.cluster.leaders()
+        if (args.leader_wait_s > 0 and leader_ids != self.cluster.preferred_leaders()
+                and self.cluster.wait_for_preferred_leaders(args.leader_wait_s)):
+            leaders, leader_ids = self.cluster.leaders()
         if args.routing == "leader":
             targets = leaders
         else:
@@ -531,6 +563,7 @@ class Bench:
             self.workers.send(i, jobs[i])
         for i in active:
             self.workers.receive(i)  # Ready: requests are prepared
+        self.workers.reset_progress()
         start_at = time.monotonic() + 0.1
         go = loadgen.Go(start_at, start_at + args.warmup_s,
                         start_at + args.warmup_s + args.duration_s)
@@ -540,6 +573,7 @@ class Bench:
         pids = list(self.cluster.pids().values())
         node_cpu_from: dict[int, float] = {}
         machine_from = (0.0, 0.0)
+        harness_from = 0.0
         commits_from: list[int] = []
         last_total, last_time, rate = self.workers.progress_total(), time.monotonic(), 0.0
         measuring = False
@@ -550,15 +584,17 @@ class Bench:
                 measuring = True
                 node_cpu_from = {pid: process_cpu_s(pid) for pid in pids}
                 machine_from = machine_cpu()
+                harness_from = time.process_time()
                 commits_from = self.cluster.commit_indexes()
             total = self.workers.progress_total()
             if now - last_time >= 0.5:
-                rate = (total - last_total) / (now - last_time)
+                rate = max(0.0, (total - last_total) / (now - last_time))
                 last_total, last_time = total, now
             self.progress.update(label, now - go.start_at, go.end_at - go.start_at, rate)
             self.cluster.check_alive()
         node_cpu_to = {pid: process_cpu_s(pid) for pid in pids}
         machine_to = machine_cpu()
+        harness_s = time.process_time() - harness_from if measuring else 0.0
         commits_to = self.cluster.commit_indexes()
         window_s = time.monotonic() - go.measure_from if measuring else 0.0
         entries = sum(commits_to) - sum(commits_from) if measuring else 0
@@ -567,8 +603,8 @@ class Bench:
         _, leader_ids_after = self.cluster.leaders()
         books = self.check_books()
         record = self._run_record(workload, stats, window_s, node_cpu_from, node_cpu_to,
-                                  machine_from, machine_to, leader_ids, leader_ids_after,
-                                  books, label)
+                                  machine_from, machine_to, harness_s, leader_ids,
+                                  leader_ids_after, books, label)
         record["raft_entries_per_s"] = entries / window_s if window_s else 0.0
         record["transfers_per_entry"] = (record["transfers_per_s"] * window_s / entries
                                          if entries else 0.0)
@@ -577,8 +613,8 @@ class Bench:
     def _run_record(self, workload: str, stats: list[loadgen.RunStats], window_s: float,
                     node_cpu_from: dict[int, float], node_cpu_to: dict[int, float],
                     machine_from: tuple[float, float], machine_to: tuple[float, float],
-                    leader_ids: list[str], leader_ids_after: list[str], books: dict[str, Any],
-                    label: str) -> dict[str, Any]:
+                    harness_s: float, leader_ids: list[str], leader_ids_after: list[str],
+                    books: dict[str, Any], label: str) -> dict[str, Any]:
         duration = float(self.args.duration_s)
         latencies: array[float] = array("d")
         failures: Counter[str] = Counter()
@@ -616,9 +652,10 @@ class Bench:
             "nodes_cpu_us_per_transfer": (node_cpu_s / (committed * window_s / duration) * 1e6
                                           if committed and window_s else 0.0),
             "machine_cpu_busy_pct": 100 * busy / total_jiffies if total_jiffies else 0.0,
-            # CPU of everything else on the machine (this process, other users' work):
-            # a large figure means the run was disturbed.
-            "other_cpu_cores": max(0.0, machine_busy_cores - node_cpu_s / window_s
+            "harness_cpu_cores": harness_s / window_s if window_s else 0.0,
+            # CPU of everything else on the machine (kernel threads, softirq of the
+            # loopback traffic, other users' work): a large figure means a disturbed run.
+            "other_cpu_cores": max(0.0, machine_busy_cores - (node_cpu_s + harness_s) / window_s
                                    - client_cpu_s / client_wall_s)
             if window_s and client_wall_s else 0.0,
             "leaders": leader_ids,
@@ -733,6 +770,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"durable journal) in {root}; node pids {cluster.pids()}; load generator "
                   f"pids {workers.pids()}", flush=True)
             cluster.wait_for_leaders()
+            if args.leader_wait_s > 0:
+                started = time.monotonic()
+                settled = cluster.wait_for_preferred_leaders(args.leader_wait_s)
+                print(f"leaders {'/'.join(cluster.leaders()[1])} "
+                      + (f"(the preferred ones, after {time.monotonic() - started:.0f} s)"
+                         if settled else f"(not all preferred after {args.leader_wait_s:.0f} s: "
+                         "measuring with these)"), flush=True)
             accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
             bench = Bench(args, cluster, workers, accounts,
                           [partition_of(a, args.partitions) for a in accounts], progress)

@@ -35,7 +35,7 @@ def test_tps_harness_runs_and_conserves_money(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.tps", "--quick", "--duration-s", "1", "--warmup-s", "0.2",
          "--runs", "1", "--accounts", "50", "--workloads", "unary,batch100", "--callers", "8",
-         "--batch-callers", "2", "--procs", "1", "--output", str(output),
+         "--batch-callers", "2", "--procs", "1", "--leader-wait-s", "0", "--output", str(output),
          "--data-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
