@@ -106,17 +106,36 @@ class Account:
 
 
 class DedupRecord(NamedTuple):
-    """The first outcome recorded for a key (account, transaction_id)."""
+    """The first outcome recorded for a key (account, transaction_id).
 
-    kind: RecordKind
+    The table stores these as PLAIN tuples (`RawRecord`, same field order) with
+    kind and code as ints: CPython stops tracking an exact tuple of atomic values
+    in its cyclic garbage collector, so millions of remembered ids add nothing to
+    collection pauses (a NamedTuple, or enum members inside, stay tracked).
+    `transfer_record()` and the cold paths view them as DedupRecord.
+    """
+
+    kind_value: int
     counterparty: str
     amount_minor: int
     currency: str
-    code: Code
+    code_value: int
     position: int
     stamp_ms: int
     resolved_position: int
     resolved_stamp_ms: int
+
+    @property
+    def kind(self) -> RecordKind:
+        return RecordKind(self.kind_value)
+
+    @property
+    def code(self) -> Code:
+        return Code(self.code_value)
+
+
+RawRecord = tuple[int, str, int, str, int, int, int, int, int]
+_CODE_INDEX = 4
 
 
 class OutboxEntry(NamedTuple):
@@ -245,7 +264,7 @@ class StateMachine:
         self.last_stamp_ms = 0
         self.leader_term = 0
         self.accounts: dict[str, Account] = {}
-        self.dedup: dict[tuple[str, bytes], DedupRecord] = {}
+        self.dedup: dict[tuple[str, bytes], RawRecord] = {}
         self.outbox: dict[tuple[str, bytes], OutboxEntry] = {}
         self.totals: dict[str, Totals] = {}
         self.outgoing: dict[int, Outgoing] = {}
@@ -326,9 +345,10 @@ class StateMachine:
         return result(Code.OK)
 
     def _replay_or_conflict(
-        self, record: DedupRecord, kinds: tuple[RecordKind, ...], counterparty: str,
+        self, raw: RawRecord, kinds: tuple[RecordKind, ...], counterparty: str,
         amount_minor: int, currency: str,
     ) -> Result:
+        record = DedupRecord._make(raw)
         if record.kind is RecordKind.ABORT:
             return result(Code.ABORTED, replayed=True)
         if (
@@ -581,11 +601,11 @@ class StateMachine:
         del outgoing.open_by_sequence[entry.sequence]
         del self.outbox[key]
         self._records_hash_sum -= canonical.digest(_outbox_record(key, entry))
-        record = self.dedup[key]
+        record = DedupRecord._make(self.dedup[key])
         if record.code is not Code.PENDING:
             raise InvariantViolation(f"outbox entry {key!r} resolved twice")
         self._replace_record(
-            key, record._replace(code=code, resolved_position=self.position,
+            key, record._replace(code_value=int(code), resolved_position=self.position,
                                  resolved_stamp_ms=self._stamp_ms)
         )
         totals.check(entry.currency)
@@ -594,8 +614,9 @@ class StateMachine:
     def _abort(self, cmd: c.Abort) -> Result:
         if not _valid_transaction_id(cmd.transaction_id):
             return result(Code.INVALID_TRANSACTION_ID)
-        record = self.dedup.get((cmd.account_id, cmd.transaction_id))
-        if record is not None:
+        raw = self.dedup.get((cmd.account_id, cmd.transaction_id))
+        if raw is not None:
+            record = DedupRecord._make(raw)
             code = Code.ABORTED if record.kind is RecordKind.ABORT else record.code
             return result(code, replayed=True)
         if cmd.account_id not in self.accounts:
@@ -641,10 +662,11 @@ class StateMachine:
 
     def _prune_dedup(self, cmd: c.PruneDedup) -> Result:
         # A full scan, so that the outcome cannot depend on the dict's order.
+        before_ms, pending = cmd.before_stamp_ms, int(Code.PENDING)
         doomed = [
             key
-            for key, record in self.dedup.items()
-            if record.stamp_ms < cmd.before_stamp_ms and record.code is not Code.PENDING
+            for key, (_, _, _, _, code, _, stamp_ms, _, _) in self.dedup.items()
+            if stamp_ms < before_ms and code != pending
         ]
         for key in doomed:
             self._records_hash_sum -= canonical.digest(_dedup_record(key, self.dedup.pop(key)))
@@ -658,14 +680,14 @@ class StateMachine:
         amount_minor: int, currency: str, code: Code,
     ) -> None:
         key = (account_id, transaction_id)
-        record = DedupRecord(kind, counterparty, amount_minor, currency, code, self.position,
-                             self._stamp_ms, 0, 0)
+        record = (int(kind), counterparty, amount_minor, currency, int(code), self.position,
+                  self._stamp_ms, 0, 0)
         self.dedup[key] = record
         self._records_hash_sum += canonical.digest(_dedup_record(key, record))
 
     def _replace_record(self, key: tuple[str, bytes], record: DedupRecord) -> None:
         old = self.dedup[key]
-        self.dedup[key] = record
+        self.dedup[key] = tuple(record)  # type: ignore[assignment]
         self._records_hash_sum += canonical.digest(_dedup_record(key, record)) - canonical.digest(
             _dedup_record(key, old)
         )
@@ -680,7 +702,8 @@ class StateMachine:
                        account.status)
 
     def transfer_record(self, account_id: str, transaction_id: bytes) -> DedupRecord | None:
-        return self.dedup.get((account_id, transaction_id))
+        raw = self.dedup.get((account_id, transaction_id))
+        return None if raw is None else DedupRecord._make(raw)
 
     def outbox_for(self, destination_partition: int) -> Iterator[tuple[tuple[str, bytes],
                                                                          OutboxEntry]]:
@@ -826,7 +849,7 @@ class StateMachine:
             in_flight[entry.currency] = in_flight.get(entry.currency, 0) + entry.amount_minor
             open_outbox[from_account] = open_outbox.get(from_account, 0) + 1
             record = self.dedup.get(key)
-            if record is None or record.code is not Code.PENDING:
+            if record is None or record[_CODE_INDEX] != Code.PENDING:
                 raise InvariantViolation(f"outbox entry of {from_account} has no PENDING record")
         for currency, totals in self.totals.items():
             totals.check(currency)
@@ -880,12 +903,12 @@ def _restore_account(state: StateMachine, r: canonical.Reader) -> None:
                                          AccountStatus(status), open_outbox)
 
 
-def _dedup_record(key: tuple[str, bytes], d: DedupRecord) -> bytes:
+def _dedup_record(key: tuple[str, bytes], d: RawRecord) -> bytes:
+    kind, counterparty, amount, currency, code, position, stamp, resolved, resolved_stamp = d
     return (
-        b"D" + canonical.text(key[0]) + canonical.blob(key[1]) + _DEDUP_HEAD.pack(d.kind)
-        + canonical.text(d.counterparty) + canonical.text(d.currency)
-        + _DEDUP_TAIL.pack(d.amount_minor, d.code, d.position, d.stamp_ms, d.resolved_position,
-                           d.resolved_stamp_ms)
+        b"D" + canonical.text(key[0]) + canonical.blob(key[1]) + _DEDUP_HEAD.pack(kind)
+        + canonical.text(counterparty) + canonical.text(currency)
+        + _DEDUP_TAIL.pack(amount, code, position, stamp, resolved, resolved_stamp)
     )
 
 
@@ -894,8 +917,8 @@ def _restore_dedup(state: StateMachine, r: canonical.Reader) -> None:
     (kind,) = r.unpack(_DEDUP_HEAD)
     counterparty, currency = r.text(), r.text()
     amount, code, position, stamp, resolved_position, resolved_stamp = r.unpack(_DEDUP_TAIL)
-    state.dedup[key] = DedupRecord(RecordKind(kind), counterparty, amount, currency, Code(code),
-                                   position, stamp, resolved_position, resolved_stamp)
+    state.dedup[key] = (int(RecordKind(kind)), counterparty, amount, currency, int(Code(code)),
+                        position, stamp, resolved_position, resolved_stamp)
 
 
 def _outbox_record(key: tuple[str, bytes], e: OutboxEntry) -> bytes:

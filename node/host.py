@@ -22,7 +22,14 @@ from ledger import commands as c
 from ledger.results import EntryResult
 from node.api import ApiError
 from node.config import ClusterConfig
-from node.proposer import Applied, NotApplied, Overloaded, Proposer, ProposerSettings
+from node.proposer import (
+    Applied,
+    NotApplied,
+    Overloaded,
+    ProposalError,
+    Proposer,
+    ProposerSettings,
+)
 from node.replica import PartitionReplica
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -115,40 +122,32 @@ class NodeHost:
         UNAVAILABLE ApiError telling the caller to retry with the same id.
         """
         proposer = self.proposers[partition]
-        outcomes: list[Applied | ApiError | None] = [None] * len(commands)
-        pending = list(range(len(commands)))
         backoff_s = RETRY_BACKOFF_S_MIN
         last_failure = "NO_LEADER"
-        while pending:
+        while True:
             try:
-                futures = proposer.submit([commands[i] for i in pending])
+                future = proposer.submit(commands)
             except Overloaded as exc:
                 error = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", str(exc))
-                for i in pending:
-                    outcomes[i] = error
-                break
+                return [error] * len(commands)
             remaining_s = deadline - time.monotonic()
-            done, _ = await asyncio.wait(futures, timeout=max(0.0, remaining_s))
-            retry = []
-            for i, future in zip(pending, futures, strict=True):
-                if future in done and future.exception() is None:
-                    outcomes[i] = future.result()
-                    continue
-                if future not in done:
-                    future.cancel()
-                elif isinstance(future.exception(), NotApplied):
-                    last_failure = "NO_LEADER"
-                else:
-                    last_failure = "OUTCOME_UNKNOWN"
-                retry.append(i)
-            pending = retry
-            if not pending or time.monotonic() + backoff_s >= deadline:
+            try:
+                placed = await asyncio.wait_for(future, timeout=max(0.0, remaining_s))
+            except TimeoutError:
+                break  # wait_for cancelled the request: it is not proposed if still queued
+            except NotApplied:
+                last_failure = "NO_LEADER"
+            except ProposalError:
+                last_failure = "OUTCOME_UNKNOWN"
+            else:
+                return [placed.applied(i) for i in range(len(commands))]
+            # Not applied, or maybe applied: propose the same commands again. Their
+            # dedup keys make a second application return the first outcome.
+            if time.monotonic() + backoff_s >= deadline:
                 break
             await asyncio.sleep(backoff_s)
             backoff_s = min(backoff_s * 2, RETRY_BACKOFF_S_MAX)
-        for i in pending:
-            outcomes[i] = _unavailable(partition, last_failure)
-        return [o if o is not None else _unavailable(partition, last_failure) for o in outcomes]
+        return [_unavailable(partition, last_failure)] * len(commands)
 
     # -- forwarding -------------------------------------------------------------------
 

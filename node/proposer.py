@@ -63,6 +63,18 @@ class Applied:
 
 
 @dataclass(frozen=True, slots=True)
+class Placed:
+    """A request's commands were applied in `entry`, starting at result `offset`."""
+
+    entry: EntryResult
+    offset: int
+
+    def applied(self, index: int) -> Applied:
+        entry = self.entry
+        return Applied(entry.results[self.offset + index], entry.position, entry.stamp_ms)
+
+
+@dataclass(frozen=True, slots=True)
 class ProposerSettings:
     commands_per_entry_max: int = 4_000
     # One entry in flight per partition: while it replicates, the next one fills
@@ -75,16 +87,22 @@ class ProposerSettings:
 
 
 class Proposer:
-    """The group-commit queue of one partition on this node."""
+    """The group-commit queue of one partition on this node.
+
+    The unit of work is a request: the commands of one RPC, kept together in
+    one entry and answered with one future (a per-command future cost about
+    2.5 µs per transfer in a batch of 1,000).
+    """
 
     def __init__(self, replica: PartitionReplica, settings: ProposerSettings,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.replica = replica
         self.settings = settings
         self._loop = loop
-        self._queue: collections.deque[tuple[c.Command, asyncio.Future[Applied]]] = (
+        self._queue: collections.deque[tuple[Sequence[c.Command], asyncio.Future[Placed]]] = (
             collections.deque()
         )
+        self._queued_commands = 0
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -107,18 +125,16 @@ class Proposer:
             if not future.done():
                 future.set_exception(NotApplied("node is stopping"))
 
-    def submit(self, commands: Sequence[c.Command]) -> list[asyncio.Future[Applied]]:
-        """Queue commands; each future resolves to its Applied or a ProposalError."""
-        if len(self._queue) + len(commands) > self.settings.queued_commands_max:
+    def submit(self, commands: Sequence[c.Command]) -> asyncio.Future[Placed]:
+        """Queue one request; its future gives the entry's result and where its commands are."""
+        if self._queued_commands + len(commands) > self.settings.queued_commands_max:
             raise Overloaded(f"more than {self.settings.queued_commands_max} commands queued "
                              f"for partition {self.replica.partition}")
-        futures = []
-        for command in commands:
-            future: asyncio.Future[Applied] = self._loop.create_future()
-            self._queue.append((command, future))
-            futures.append(future)
+        future: asyncio.Future[Placed] = self._loop.create_future()
+        self._queue.append((commands, future))
+        self._queued_commands += len(commands)
         self._wakeup.set()
-        return futures
+        return future
 
     async def _flush_forever(self) -> None:
         while True:
@@ -128,20 +144,23 @@ class Proposer:
                 self._propose_one()
 
     def _propose_one(self) -> None:
-        batch: list[tuple[c.Command, asyncio.Future[Applied]]] = []
+        """Pack whole requests (at least one) up to the entry's command limit, and propose."""
+        batch: list[tuple[int, asyncio.Future[Placed]]] = []
+        commands: list[c.Command] = []
         limit = self.settings.commands_per_entry_max
         queue = self._queue
-        while queue and len(batch) < limit:
-            command, future = queue.popleft()
+        while queue and (not commands or len(commands) + len(queue[0][0]) <= limit):
+            request, future = queue.popleft()
+            self._queued_commands -= len(request)
             if not future.cancelled():
-                batch.append((command, future))
+                batch.append((len(commands), future))
+                commands.extend(request)
         if not batch:
             return
-        entry = c.Entry(int(time.time() * 1000), tuple(command for command, _ in batch))
-        blob = encode_entry(entry)
+        blob = encode_entry(c.Entry(int(time.time() * 1000), tuple(commands)))
         self._in_flight += 1
         self.entries_proposed += 1
-        self.commands_proposed += len(batch)
+        self.commands_proposed += len(commands)
         finished = False
 
         def finish(outcome: EntryResult | None, error: int | None) -> None:
@@ -152,7 +171,7 @@ class Proposer:
             timer.cancel()
             self._in_flight -= 1
             self._wakeup.set()
-            self._deliver(batch, outcome, error)
+            self._deliver(batch, len(commands), outcome, error)
 
         def on_result(outcome: EntryResult | None, error: int) -> None:
             # On the tick thread: only hand over to the loop, never raise.
@@ -164,19 +183,18 @@ class Proposer:
         timer = self._loop.call_later(self.settings.entry_timeout_s, finish, None, None)
         try:
             self.replica.propose(blob, on_result)
-        except Exception as exc:
+        except Exception:
             log.exception("propose failed", extra={"partition": self.replica.partition})
             finish(None, FAIL_REASON.REQUEST_DENIED)
-            del exc
 
     @staticmethod
-    def _deliver(batch: list[tuple[c.Command, asyncio.Future[Applied]]],
+    def _deliver(batch: list[tuple[int, asyncio.Future[Placed]]], command_count: int,
                  outcome: EntryResult | None, error: int | None) -> None:
         if error == FAIL_REASON.SUCCESS and outcome is not None:
-            assert len(outcome.results) == len(batch), "one result per command"
-            for (_, future), result in zip(batch, outcome.results, strict=True):
+            assert len(outcome.results) == command_count, "one result per command"
+            for offset, future in batch:
                 if not future.done():
-                    future.set_result(Applied(result, outcome.position, outcome.stamp_ms))
+                    future.set_result(Placed(outcome, offset))
             return
         failure: ProposalError
         if error in _NOT_APPLIED:

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -54,6 +55,12 @@ def peer_token(secret: str) -> str:
     """What nodes show each other on PeerService calls: a keyed hash of the cluster secret."""
     key = hashlib.blake2b(secret.encode("utf-8"), digest_size=32).digest()
     return hashlib.blake2b(b"raftwallet peer rpc v1", key=key, digest_size=32).hexdigest()
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """Fire-and-forget proposals: a failure only means the next round proposes again."""
+    if not future.cancelled():
+        future.exception()
 
 
 def credit_outcomes(credits: Sequence[c.CreditForTransfer],
@@ -133,8 +140,9 @@ class SagaDriver:
         if self._leader_start_proposed.get(partition) != term:
             self._leader_start_proposed[partition] = term
             try:
-                self.host.proposers[partition].submit(
+                proposal = self.host.proposers[partition].submit(
                     [c.LeaderStart(term, self.host.node_id)])
+                proposal.add_done_callback(_ignore_outcome)
             except Exception:
                 self._leader_start_proposed.pop(partition, None)
                 log.exception("LeaderStart proposal failed", extra={"partition": partition})

@@ -204,7 +204,9 @@ def _propose_prune(host: NodeHost) -> None:
     for partition, replica in host.replicas.items():
         if replica.is_leader():
             try:
-                host.proposers[partition].submit([c.PruneDedup(before_ms)])
+                proposal = host.proposers[partition].submit([c.PruneDedup(before_ms)])
+                proposal.add_done_callback(
+                    lambda future: None if future.cancelled() else future.exception())
             except Exception:
                 log.exception("prune proposal failed", extra={"partition": partition})
 

@@ -7,6 +7,7 @@ forwarded to a node that hosts it. Every refusal is an ApiError (node.api).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 TRANSFERS_PER_BATCH_MAX = 10_000
 """Most transfers accepted in one TransferBatch call."""
 
+PARTITION_CACHE_SIZE = 1 << 16
 WAITING_TRANSFERS_MAX = 50_000
 """Cross-partition transfers whose callers may wait for the final outcome at once;
 beyond it, calls answer PENDING at once and the client asks GetTransfer later."""
@@ -88,9 +90,13 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         self.host = host
         self.partition_count = host.config.partition_count
         self.waiting = 0
+        count = self.partition_count
+        # Routing hashes each account id; hot accounts recur, so remember the answer.
+        self._partition_cached = functools.lru_cache(maxsize=PARTITION_CACHE_SIZE)(
+            lambda account_id: partition_of(account_id, count))
 
     def _partition(self, account_id: str) -> int:
-        return partition_of(account_id, self.partition_count)
+        return int(self._partition_cached(account_id))
 
     async def _one(self, partition: int, command: c.Command, deadline: float) -> Applied:
         (outcome,) = await self.host.execute(partition, [command], deadline)
@@ -165,7 +171,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     # -- transfers -------------------------------------------------------------------
 
     def _transfer_command(
-        self, request: pb.TransferRequest,
+        self, request: pb.TransferRequest, now_ms: int,
     ) -> tuple[int, c.Transfer | c.DebitForTransfer]:
         """Validate one transfer request; (source partition, the ledger command).
 
@@ -177,7 +183,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         cur = api.check_currency(request.currency)
         amount_minor = api.check_amount(request.amount, cur)
         transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
-        api.check_not_expired(transaction_id, int(time.time() * 1000))
+        api.check_not_expired(transaction_id, now_ms)
         if from_account == to_account:
             raise api.ledger_error(Code.SAME_ACCOUNT,
                                    "to_account: must differ from from_account")
@@ -212,7 +218,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     @_handler
     async def Transfer(self, request: pb.TransferRequest,
                        context: grpc.aio.ServicerContext) -> pb.TransferResponse:
-        partition, command = self._transfer_command(request)
+        partition, command = self._transfer_command(request, int(time.time() * 1000))
         deadline = deadline_of(context)
         if not self.host.hosts(partition):
             return cast("pb.TransferResponse",
@@ -269,9 +275,10 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         reasons: dict[int, str] = {}
         local: dict[int, list[tuple[int, c.Transfer | c.DebitForTransfer]]] = {}
         remote: dict[int, list[int]] = {}
+        now_ms = int(time.time() * 1000)
         for index, item in enumerate(transfers):
             try:
-                partition, command = self._transfer_command(item)
+                partition, command = self._transfer_command(item, now_ms)
             except ApiError as error:
                 statuses[index] = pb.FAILED
                 reasons[index] = error.reason

@@ -382,3 +382,16 @@ def test_a_damaged_snapshot_is_refused() -> None:
         StateMachine.restore(bytes(snapshot))
     with pytest.raises(SnapshotError):
         StateMachine.restore(bytes(snapshot[:10]))
+
+
+def test_dedup_records_are_invisible_to_the_cyclic_garbage_collector(ledger: Ledger) -> None:
+    # Millions of remembered ids must not lengthen GC pauses (which stall Raft ticks).
+    import gc
+
+    transaction_id = tx()
+    ledger.apply(c.Transfer("alice", "bob", 1, "USD", transaction_id))
+    gc.collect()
+    key = ("alice", transaction_id)
+    record = ledger.state.dedup[key]
+    assert not gc.is_tracked(record)
+    assert next(k for k in ledger.state.dedup if k == key) is not None
