@@ -13,8 +13,9 @@ to their `currency`. Exit status: 0 done, 1 the cluster refused the request
 connection problem (including an outcome that stayed unknown). Errors go to
 stderr as `walletctl: error: STATUS: message`, never as a traceback.
 
-`cluster up`, `cluster down` and `node start` are implemented by the node
-package (`node.launcher`, `node.server`), imported only when used.
+`cluster up`, `cluster down`, `node start` and `gateway` are implemented by the
+node package (`node.launcher`, `node.server`, `node.http_gateway`), imported only
+when used.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
+import grpc
 from rich.console import Console
 from rich.table import Table
 
@@ -45,6 +47,8 @@ from client.sdk import (
     WalletClient,
     normalize_targets,
 )
+from proto.wallet.v1 import wallet_pb2 as pb
+from proto.wallet.v1 import wallet_pb2_grpc
 
 PROG = "walletctl"
 EXIT_OK = 0
@@ -386,6 +390,44 @@ def cluster_tables(status: ClusterStatus) -> tuple[Table, Table]:
     return partitions, nodes
 
 
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    """Every node replays its archives; replicas at the same position must agree."""
+    targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
+                              args.config)
+    verdicts: list[dict[str, Any]] = []
+    seen: dict[tuple[int, int], set[str]] = {}
+    unreachable: list[str] = []
+    for target in targets:
+        channel = grpc.insecure_channel(target)
+        try:
+            stub = wallet_pb2_grpc.AdminServiceStub(channel)
+            answer = stub.Verify(pb.VerifyRequest(), timeout=max(args.timeout, 60.0))
+            views = stub.ClusterStatus(pb.ClusterStatusRequest(local_only=True),
+                                       timeout=args.timeout)
+        except grpc.RpcError as exc:
+            unreachable.append(f"{target}: {exc.code().name}")
+            continue
+        finally:
+            channel.close()
+        for verdict in answer.partitions:
+            verdicts.append({"node": target, "partition": verdict.partition,
+                             "replay_matches": verdict.replay_matches,
+                             "detail": verdict.detail})
+        for view in views.partitions:
+            seen.setdefault((view.partition, view.applied_position), set()).add(view.state_hash)
+    disagreeing = sorted({p for (p, _), hashes in seen.items() if len(hashes) > 1})
+    ok = not unreachable and not disagreeing and all(v["replay_matches"] for v in verdicts)
+    lines = [f"{v['node']} partition {v['partition']}: replay "
+             f"{'== live' if v['replay_matches'] else '!= live'} ({v['detail']})"
+             for v in verdicts]
+    lines += [f"partition {p}: replicas at the same position DISAGREE" for p in disagreeing]
+    lines += [f"unreachable: {u}" for u in unreachable]
+    lines.append("verify: OK" if ok else "verify: FAILED")
+    out.emit({"ok": ok, "replicas": verdicts, "disagreeing_partitions": disagreeing,
+              "unreachable": unreachable}, "\n".join(lines))
+    return EXIT_OK if ok else EXIT_REFUSED
+
+
 def cmd_cluster_status(args: argparse.Namespace, out: Output) -> int:
     with _client(args) as wallet:
         status = wallet.cluster_status()
@@ -445,6 +487,23 @@ def cmd_node_start(args: argparse.Namespace, out: Output) -> int:
             data_dir=args.data_dir,
             bootstrap=args.bootstrap,
             insecure_dev_mode=args.insecure_dev_mode,
+        )
+    )
+
+
+def cmd_gateway(args: argparse.Namespace, out: Output) -> int:
+    targets = [*(args.target or []), *getattr(args, "target_after", [])]
+    if not targets and not args.config:
+        raise UsageError("gateway needs --config FILE or --target HOST:PORT")
+    function = _node_function("node.http_gateway", "run_gateway", "gateway", out)
+    if function is None:
+        return EXIT_USAGE
+    return _rc(
+        function(
+            config_path=Path(args.config) if args.config else None,
+            targets=targets,
+            listen=args.listen,
+            timeout_s=args.timeout,
         )
     )
 
@@ -595,6 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the debited account (transfers are keyed by it and the id)")
     _global_options(p, top=False)
 
+    p = _command(commands, "verify", "check every replica against a replay of its archive",
+                 cmd_verify,
+                 "Ask every node to replay each of its partitions' event archives from "
+                 "position 0 to its applied position and compare with its live state hash, "
+                 "and check that replicas at the same position agree. Exit 1 on any mismatch. "
+                 "(`walletctl replay --data-dir DIR ...` rebuilds balances offline from a "
+                 "node's data dir; see `walletctl replay --help`.)")
+    _global_options(p, top=False)
+
     p = _command(commands, "abort-transfer", "close a transfer's unknown outcome for good",
                  cmd_abort_transfer,
                  "Commit an abort for the transfer ID from --from ACCOUNT. If it was applied "
@@ -653,6 +721,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the --data-dir given to cluster up")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
 
+    p = _command(commands, "gateway", "serve the HTTP/JSON API in front of a cluster",
+                 cmd_gateway,
+                 "Serve the HTTP/JSON API (POST /v1/wallet/balance_transfer, accounts, deposits, "
+                 "withdrawals, balances, transfer status; OpenAPI at /openapi.json, docs at "
+                 "/docs, /healthz and /readyz) on --listen until SIGTERM, talking to the "
+                 "cluster of --config (every [[nodes]] host:grpc_port) or --target through the "
+                 "client SDK (node.http_gateway). --timeout bounds each HTTP request's cluster "
+                 "calls, retries included.")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                   help="address to serve HTTP on (default 127.0.0.1:8080)")
+    _global_options(p, top=False)
+
     node = commands.add_parser("node", help="run one node",
                                description="Run one RaftWallet node.")
     node_commands = node.add_subparsers(title="commands", metavar="COMMAND", required=True)
@@ -680,6 +760,15 @@ def _exit_status(code: object) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run walletctl with `argv` (default sys.argv[1:]); returns the exit status."""
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["replay"]:
+        # Offline: reads a node's data dir, no cluster involved (implemented by the node).
+        try:
+            from node.replay_cli import main as replay_main
+        except ImportError as exc:
+            print(f"{PROG} replay: the node package is not installed ({exc})", file=sys.stderr)
+            return EXIT_USAGE
+        return replay_main(arguments)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -33,8 +33,10 @@ from pysyncobj.transport import TCPTransport
 
 from ledger.codec import decode_entry
 from ledger.results import EntryResult
+from ledger.results_codec import encode_results
 from ledger.state import StateMachine
 from node import failpoints, snapshot_file
+from node.archive import EventArchive
 from node.journal import DurableJournal
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,11 @@ class PartitionReplica:
         self.snapshot_path = os.path.join(data_dir, "snapshot")
         if os.path.exists(self.snapshot_path):
             snapshot_file.read(self.snapshot_path)  # refuse to start on a damaged file
+        self.archive = EventArchive(os.path.join(data_dir, "archive"), partition,
+                                    fsync=settings.fsync)
+        self.archive_lagging = False
+        """True when this replica's state moved past its archive (a snapshot installed
+        from the leader): history is then served by other replicas until re-seeded."""
         conf = SyncObjConf(
             password=secret or None,
             bindAddress=bind_address,
@@ -209,8 +216,8 @@ class PartitionReplica:
             raise RuntimeError("node.journal.install() must run before replicas are created")
         self.journal: DurableJournal = journal
         transport = self.syncobj._SyncObj__transport
-        transport.before_send = self.journal.sync
-        self.syncobj.addOnTickCallback(self.journal.sync)
+        transport.before_send = self.sync_durable
+        self.syncobj.addOnTickCallback(self.sync_durable)
         self._stopping = threading.Event()
         self._on_tick_calls: collections.deque[Callable[[], None]] = collections.deque()
         self._tick_thread = threading.Thread(
@@ -243,6 +250,8 @@ class PartitionReplica:
             with self.lock:
                 failpoints.hit("apply.before", self.state.position + 1)
                 result = self.state.apply_entry(entry, log_index)
+            if result is not None:
+                self._archive(result, log_index, blob)
         except BaseException as exc:  # fail-stop: never let the library re-run the entry
             halt(f"partition {self.partition}: {type(exc).__name__}: {exc}")
             raise
@@ -253,7 +262,31 @@ class PartitionReplica:
                 log.exception("on_applied hook failed", extra={"partition": self.partition})
         return result
 
+    def _archive(self, result: EntryResult, log_index: int, blob: bytes) -> None:
+        """Append the applied entry to the event archive (skipped if already there)."""
+        archive = self.archive
+        if result.position > archive.last_position + 1:
+            if not self.archive_lagging:
+                self.archive_lagging = True
+                log.warning("archive behind the state (snapshot installed from the leader): "
+                            "history of this replica stops here until it is re-seeded",
+                            extra={"partition": self.partition,
+                                   "archived": archive.last_position,
+                                   "position": result.position})
+            return
+        journal = self.journal
+        term = int(journal[log_index - journal[0][1]][2])
+        archive.append(result.position, log_index, term, result.stamp_ms, blob,
+                       encode_results(result.results))
+
+    def sync_durable(self) -> None:
+        """Group commit: make pending journal and archive records durable."""
+        self.journal.sync()
+        self.archive.sync()
+
     def _save_snapshot(self, path: str, raft_data: Any) -> None:
+        # Compaction must never drop an entry the archive has not made durable.
+        self.archive.sync()
         last_entry, prev_entry, members = raft_data
         with self.lock:
             ledger_snapshot = self.state.snapshot()
@@ -305,8 +338,10 @@ class PartitionReplica:
         self.syncobj.forceLogCompaction()
 
     def destroy(self) -> None:
-        """Stop ticking, close the Raft connections and the journal."""
+        """Stop ticking, close the Raft connections, the journal and the archive."""
         self._stopping.set()
         if self._tick_thread.is_alive():
             self._tick_thread.join(timeout=5)
         self.syncobj.destroy()
+        self.archive.sync()
+        self.archive.close()

@@ -31,6 +31,7 @@ from node import journal as journal_patch
 from node import logs, snapshot_file
 from node.admin_service import AdminService
 from node.api import DEDUP_WINDOW_S
+from node.archive import ArchiveCorrupt
 from node.config import ClusterConfig, ConfigError, load_cluster_config
 from node.host import CHANNEL_OPTIONS, NodeHost
 from node.journal import JournalCorrupt
@@ -226,7 +227,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1")
         journal_patch.install(fsync=settings.fsync)
         replicas = build_replicas(config, node_id, data_dir, settings)
-    except (ConfigError, KeyError, StartRefused, JournalCorrupt,
+    except (ConfigError, KeyError, StartRefused, JournalCorrupt, ArchiveCorrupt,
             snapshot_file.SnapshotFileCorrupt) as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
         print(f"walletctl node start: {exc}", flush=True)

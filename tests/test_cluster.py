@@ -362,3 +362,36 @@ def test_the_sdk_and_cli_reach_the_cluster(
     assert walletctl(["--config", str(cluster.config_path), "--json", "balance", bob]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert (shown["account"], shown["currency"]) == (bob, "USD")
+
+
+def test_verify_replays_every_archive_to_the_live_state(
+    cluster: LocalCluster, funded: tuple[str, str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from client.cli import main as walletctl
+
+    alice, bob, _ = funded
+    cluster.wallet("n1").Transfer(transfer(alice, bob, amount="0.03"), timeout=30)
+    wait_until(lambda: replicas_converged(cluster), "replicas to converge")
+    assert walletctl(["--config", str(cluster.config_path), "--json", "verify"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and len(report["replicas"]) == 3 * PARTITIONS
+
+
+def test_replay_rebuilds_balances_from_a_node_archive(
+    cluster: LocalCluster, funded: tuple[str, str, str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from client.cli import main as walletctl
+
+    alice, _, _ = funded
+    live = balance(cluster, alice)
+    wait_until(lambda: replicas_converged(cluster), "replicas to converge")
+    data_dir = cluster.node_dir("n2")
+    assert walletctl(["replay", "--data-dir", str(data_dir), "--partition", "0",
+                      "--account", alice, "--json"]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    (partition,) = replayed["partitions"]
+    assert [b["balance"] for b in partition["balances"]] == [live]

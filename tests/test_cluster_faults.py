@@ -198,3 +198,20 @@ def test_a_corrupt_snapshot_stops_the_node_with_a_clear_message(cluster: LocalCl
     process = cluster.start("n2")
     assert process.wait(timeout=WAIT_S) == 3
     assert "snapshot file" in cluster.log("n2") and "damaged" in cluster.log("n2")
+
+
+def test_verify_fails_loudly_when_one_replicas_archive_is_tampered_with(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from client.cli import main as walletctl
+
+    payer, payee = open_funded_pair(cluster, 0, "tamper")
+    call_until_done(cluster, "Transfer", pb.TransferRequest(
+        from_account=payer, to_account=payee, amount="2.00", currency="USD",
+        transaction_id=str(uuid.uuid4())))
+    wait_until(lambda: converged(cluster), "replicas to agree")
+    (segment,) = sorted((cluster.node_dir("n2") / "partition-0" / "archive").glob("*.rwa"))[:1]
+    flip_byte(segment, offset=64)
+    assert walletctl(["--config", str(cluster.config_path), "verify"]) == 1
+    report = capsys.readouterr().out
+    assert "replay != live" in report and "verify: FAILED" in report
