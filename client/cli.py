@@ -292,13 +292,29 @@ def cmd_transfer(args: argparse.Namespace, out: Output) -> int:
     return _exit_of(result.status)
 
 
+def _parse_time_ms(text: str) -> int:
+    """An ISO 8601 time with a zone (e.g. 2026-11-25T18:00:00Z) as Unix milliseconds."""
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--at: {text!r} is not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise UsageError("--at: give a time zone (e.g. ...Z or +01:00)")
+    return int(moment.timestamp() * 1000)
+
+
 def cmd_balance(args: argparse.Namespace, out: Output) -> int:
     with _client(args) as wallet:
-        balance = wallet.balance(
-            args.account,
-            consistency="stale" if args.stale else "linearizable",
-            min_position=args.min_position,
-        )
+        if args.at is not None:
+            balance = wallet.balance_at(args.account, time_ms=_parse_time_ms(args.at))
+        else:
+            balance = wallet.balance(
+                args.account,
+                consistency="stale" if args.stale else "linearizable",
+                min_position=args.min_position,
+            )
     out.emit(
         balance_json(balance),
         f"{balance.account_id}: {balance.balance} {balance.currency} "
@@ -645,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read from any replica (faster, may lag; labelled stale)")
     p.add_argument("--min-position", type=_position, default=0, metavar="N",
                    help="answer only once the partition has applied log position N")
+    p.add_argument("--at", metavar="ISO8601", default=None,
+                   help="the balance as it was at that time (e.g. 2026-11-25T18:00:00Z), "
+                        "rebuilt from the event archive")
     _global_options(p, top=False)
 
     p = _command(commands, "get-transfer", "show one transfer and its steps", cmd_get_transfer,

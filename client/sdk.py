@@ -555,6 +555,21 @@ def _op_balance(account_id: str, consistency: str, min_position: int) -> _Op[Bal
     )
 
 
+def _op_balance_at(account_id: str, position: int | None, time_ms: int | None) -> _Op[Balance]:
+    request = pb.GetBalanceAtRequest(account_id=account_id)
+    if position is not None:
+        request.position = position
+    else:
+        request.time_ms = 0 if time_ms is None else time_ms
+    return _Op(
+        _WALLET + "GetBalanceAt",
+        request,
+        pb.GetBalanceResponse,
+        lambda r: Balance(r.account_id or account_id, r.balance, r.currency, r.position, r.stale),
+        account=account_id,
+    )
+
+
 def _op_get_transfer(
     from_account: str, transaction_id: str, consistency: str
 ) -> _Op[TransferRecord]:
@@ -796,6 +811,14 @@ class WalletClient(_ClientBase):
     ) -> Balance:
         """The balance; "stale" reads from any replica (labelled), min_position waits for it."""
         return self._run(_op_balance(account_id, consistency, min_position))
+
+    def balance_at(self, account_id: str, position: int | None = None,
+                   time_ms: int | None = None) -> Balance:
+        """The balance as it was right after a log position of its partition, or at a time
+        (Unix ms), rebuilt from the event archive; `position` is where it was last set."""
+        if (position is None) == (time_ms is None):
+            raise ValueError("give exactly one of position and time_ms")
+        return self._run(_op_balance_at(account_id, position, time_ms))
 
     def get_transfer(
         self, from_account: str, transaction_id: str, consistency: Consistency = "linearizable"

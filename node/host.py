@@ -22,6 +22,7 @@ from ledger import commands as c
 from ledger.results import EntryResult
 from node.api import ApiError
 from node.config import ClusterConfig
+from node.history import History
 from node.proposer import (
     Applied,
     NotApplied,
@@ -64,6 +65,8 @@ class NodeHost:
         self.proposers = {p: Proposer(r, proposer_settings, loop) for p, r in replicas.items()}
         self._position_waiters = {p: _PositionWaiters() for p in replicas}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.histories: dict[int, History] = {}
+        """Read models of the archives, built on the first history request."""
         self.applied_listeners: list[Callable[[int], None]] = []
         """Called on the loop with the partition after each applied entry."""
 

@@ -7,6 +7,7 @@ forwarded to a node that hosts it. Every refusal is an ApiError (node.api).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -20,9 +21,10 @@ from ledger import commands as c
 from ledger.money import format_amount
 from ledger.results import Code
 from ledger.routing import partition_of
-from ledger.state import DedupRecord, RecordKind
+from ledger.state import DedupRecord, RecordKind, StateMachine
 from node import api
 from node.api import ApiError
+from node.history import History, HistoryUnavailable, TransferRef
 from node.host import NodeHost, deadline_of
 from node.proposer import Applied
 from proto.wallet.v1 import wallet_pb2 as pb
@@ -415,17 +417,92 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
                               stale=False)
 
+    async def _history(self, partition: int) -> History:
+        """This node's history of `partition`, caught up with everything applied so far."""
+        replica = self.host.replicas[partition]
+        if replica.archive_lagging:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "HISTORY_UNAVAILABLE",
+                           f"this node's archive of partition {partition} is incomplete "
+                           "(it was restored from a snapshot); ask another node")
+        history = self.host.histories.get(partition)
+        if history is None:
+            history = self.host.histories[partition] = History(replica.archive, partition)
+        try:
+            await asyncio.to_thread(history.catch_up)
+        except HistoryUnavailable as exc:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "HISTORY_UNAVAILABLE", str(exc)) from None
+        return history
+
     @_handler
     async def ListTransfers(self, request: pb.ListTransfersRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListTransfersResponse:
-        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
-                       "ListTransfers arrives with the event archive (history) feature")
+        account_id = api.check_account_id(request.account_id, "account_id")
+        start: int | None = None
+        if request.page_token:
+            if not request.page_token.isascii() or not request.page_token.isdigit():
+                raise api.invalid("page_token", "not a token from a previous page")
+            start = int(request.page_token)
+        partition = self._partition(account_id)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.ListTransfersResponse",
+                        await forward(self.host, partition, "ListTransfers", request, deadline))
+        await self._read_barrier(partition, pb.LINEARIZABLE, 0, deadline)
+        history = await self._history(partition)
+        refs, following = history.transfers(account_id, start, request.limit,
+                                            request.order == pb.NEWEST_FIRST)
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            views = [self._ref_view(replica.state, partition, ref) for ref in refs]
+        return pb.ListTransfersResponse(
+            transfers=views, next_page_token="" if following is None else str(following))
+
+    @staticmethod
+    def _ref_view(state: StateMachine, partition: int, ref: TransferRef) -> pb.GetTransferResponse:
+        account = state.accounts.get(ref.to_account if not ref.sent else ref.from_account)
+        exponent = account.exponent if account is not None else 2
+        transaction_id = api.format_uuid(ref.transaction_id)
+        if ref.source_partition == partition:
+            record = state.transfer_record(ref.from_account, ref.transaction_id)
+            if record is not None:
+                view = _transfer_view(transaction_id, ref.from_account, record, exponent,
+                                      partition, stale=False)
+                return view
+        code = Code(ref.final_code) if ref.final_code is not None else Code.OK
+        return pb.GetTransferResponse(
+            transaction_id=transaction_id, from_account=ref.from_account,
+            to_account=ref.to_account, amount=format_amount(ref.amount_minor, exponent),
+            currency=ref.currency, status=pb.SUCCEEDED if code is Code.OK else pb.FAILED,
+            reason="" if code is Code.OK else code.name,
+            steps=[pb.TransferStep(name="credited" if code is Code.OK else "credit refused",
+                                   at_ms=ref.stamp_ms, position=ref.position,
+                                   partition=partition)])
 
     @_handler
     async def GetBalanceAt(self, request: pb.GetBalanceAtRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetBalanceResponse:
-        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
-                       "GetBalanceAt arrives with the event archive (point-in-time) feature")
+        account_id = api.check_account_id(request.account_id, "account_id")
+        which = request.WhichOneof("at")
+        if which is None:
+            raise api.invalid("at", "give a position or a time_ms")
+        partition = self._partition(account_id)
+        deadline = deadline_of(context)
+        if not self.host.hosts(partition):
+            return cast("pb.GetBalanceResponse",
+                        await forward(self.host, partition, "GetBalanceAt", request, deadline))
+        await self._read_barrier(partition, pb.LINEARIZABLE, 0, deadline)
+        history = await self._history(partition)
+        found = (history.balance_at(account_id, position=request.position)
+                 if which == "position" else history.balance_at(account_id,
+                                                                time_ms=request.time_ms))
+        if found is None:
+            raise api.ledger_error(Code.ACCOUNT_NOT_FOUND,
+                                   f"account_id {account_id!r} did not exist at that point")
+        balance, position = found
+        return pb.GetBalanceResponse(account_id=account_id, currency=balance.currency,
+                                     balance=format_amount(balance.balance_minor,
+                                                           balance.exponent),
+                                     position=position, stale=False)
 
 
 def _transfer_view(transaction_id: str, from_account: str, record: DedupRecord, exponent: int,
