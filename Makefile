@@ -35,7 +35,11 @@ check: lint test
 bench-core: setup
 	$(BIN)/python -m bench.core_apply
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-replay
+
+## bench-replay: replay speed of an archive of 1,000,000 transfers; writes bench/results/replay.json
+bench-replay: setup
+	$(BIN)/python -m bench.replay
 
 ## bench: committed transfers/s of a local 3-node cluster, 3 runs per workload; writes bench/results/tps.json
 bench: setup
