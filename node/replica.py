@@ -262,6 +262,22 @@ class PartitionReplica:
                 log.exception("on_applied hook failed", extra={"partition": self.partition})
         return result
 
+    def _check_archive_against(self, meta: snapshot_file.RaftMeta) -> None:
+        """The archive must still hold the history the snapshot saw (same chain head)."""
+        position = meta.archive_position
+        if position == 0:
+            return
+        if self.archive.last_position < position:
+            raise ValueError(
+                f"the event archive of partition {self.partition} ends at position "
+                f"{self.archive.last_position} but the snapshot saw it at {position}: "
+                "archive records were lost; restore the archive from a backup or a peer")
+        (record,) = list(self.archive.records(from_position=position, until_position=position))
+        if record.hash != meta.archive_chain_head:
+            raise ValueError(
+                f"the event archive of partition {self.partition} differs from the one the "
+                f"snapshot saw at position {position} (chain head mismatch): refusing to start")
+
     def _archive(self, result: EntryResult, log_index: int, blob: bytes) -> None:
         """Append the applied entry to the event archive (skipped if already there)."""
         archive = self.archive
@@ -291,9 +307,12 @@ class PartitionReplica:
         with self.lock:
             ledger_snapshot = self.state.snapshot()
             position = self.state.position
+        archive_position = 0 if self.archive_lagging else self.archive.last_position
         meta = snapshot_file.RaftMeta(
             tuple(last_entry), tuple(prev_entry),
             tuple(sorted(str(m.id) for m in members)),
+            archive_position, bytes.fromhex(self.archive.chain_head)
+            if archive_position else bytes(32),
         )
         snapshot_file.write(path, meta, ledger_snapshot, fsync=self.settings.fsync)
         self.last_snapshot_position = position
@@ -301,6 +320,7 @@ class PartitionReplica:
 
     def _load_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
         meta, ledger_snapshot = snapshot_file.read(path)
+        self._check_archive_against(meta)
         restored = StateMachine.restore(ledger_snapshot)
         if restored.partition != self.partition:
             raise ValueError(f"snapshot of partition {restored.partition}, not {self.partition}")

@@ -5,8 +5,10 @@ pysyncobj's own dump is gzip(pickle) and a damaged one is silently ignored
 temporary file and fsynced before the library renames it into place, and a
 damaged one stops the node with a message naming the file.
 
-Layout: magic, u32 length + Raft metadata (the last two applied log entries
-and the cluster's member addresses), u64 length + ledger snapshot
+Layout: magic, u32 length + Raft metadata (the last two applied log entries,
+the cluster's member addresses, and the event archive's position and chain
+head at the snapshot, so a restart can check that the archive still holds the
+same history), u64 length + ledger snapshot
 (`StateMachine.snapshot()`, itself checksummed), BLAKE2b-256 of everything before.
 """
 
@@ -17,7 +19,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-MAGIC = b"RWDUMP\x00\x01"
+MAGIC = b"RWDUMP\x00\x02"
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _ENTRY_HEAD = struct.Struct(">QQI")
@@ -44,6 +46,8 @@ class RaftMeta:
     last_entry: LogEntry
     prev_entry: LogEntry
     members: tuple[str, ...]
+    archive_position: int = 0
+    archive_chain_head: bytes = bytes(32)
 
 
 def _encode_entry(entry: LogEntry) -> bytes:
@@ -55,9 +59,12 @@ def encode(meta: RaftMeta, ledger_snapshot: bytes) -> bytes:
     members = b"".join(
         _U32.pack(len(raw)) + raw for raw in (m.encode("utf-8") for m in meta.members)
     )
+    if len(meta.archive_chain_head) != 32:
+        raise ValueError("archive_chain_head must be 32 bytes")
     meta_bytes = (
         _encode_entry(meta.last_entry) + _encode_entry(meta.prev_entry)
         + _U32.pack(len(meta.members)) + members
+        + _U64.pack(meta.archive_position) + meta.archive_chain_head
     )
     body = MAGIC + _U32.pack(len(meta_bytes)) + meta_bytes + _U64.pack(len(ledger_snapshot)) + (
         ledger_snapshot
@@ -90,6 +97,10 @@ def decode(path: str, data: bytes) -> tuple[RaftMeta, bytes]:
             offset += 4
             members.append(body[offset : offset + size].decode("utf-8"))
             offset += size
+        (archive_position,) = _U64.unpack_from(body, offset)
+        offset += 8
+        archive_chain_head = body[offset : offset + 32]
+        offset += 32
         if offset != meta_end:
             raise ValueError("metadata length mismatch")
         (ledger_len,) = _U64.unpack_from(body, offset)
@@ -99,7 +110,8 @@ def decode(path: str, data: bytes) -> tuple[RaftMeta, bytes]:
             raise ValueError("ledger snapshot length mismatch")
     except (struct.error, ValueError, UnicodeDecodeError) as exc:
         raise SnapshotFileCorrupt(path, f"does not parse: {exc}") from None
-    return RaftMeta(entries[0], entries[1], tuple(members)), ledger
+    return RaftMeta(entries[0], entries[1], tuple(members), archive_position,
+                    archive_chain_head), ledger
 
 
 def write(path: str, meta: RaftMeta, ledger_snapshot: bytes, fsync: bool = True) -> None:

@@ -161,3 +161,30 @@ def test_reads_and_proposals_see_one_entry_at_a_time(opened: Replica) -> None:
     fund(opened, 3)
     result = opened.propose(c.Barrier(), c.Barrier())
     assert result.position == opened.position()
+
+
+def test_a_snapshot_file_round_trips_with_the_archive_chain_head() -> None:
+    meta = snapshot_file.RaftMeta((b"cmd", 7, 2), (b"prev", 6, 2), ("127.0.0.1:1",), 41,
+                                  bytes(range(32)))
+    decoded, ledger_bytes = snapshot_file.decode("x", snapshot_file.encode(meta, b"ledger"))
+    assert (decoded, ledger_bytes) == (meta, b"ledger")
+
+
+def test_a_restart_refuses_an_archive_that_lost_what_the_snapshot_saw(
+    tmp_path: Path, port: int,
+) -> None:
+    first = Replica(tmp_path / "p0", port)
+    fund(first, 5)
+    first.replica.force_snapshot()
+    wait_until(lambda: first.replica.last_snapshot_position > 0, "a snapshot")
+    first.close()
+    for segment in (tmp_path / "p0" / "archive").iterdir():
+        segment.unlink()
+    meta, _ = snapshot_file.read(str(tmp_path / "p0" / "snapshot"))
+    assert meta.archive_position > 0
+    replica = PartitionReplica.__new__(PartitionReplica)
+    replica.partition = 0
+    from node.archive import EventArchive
+    replica.archive = EventArchive(str(tmp_path / "p0" / "archive"), 0)
+    with pytest.raises(ValueError, match="archive records were lost"):
+        replica._check_archive_against(meta)
