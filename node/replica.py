@@ -61,6 +61,8 @@ class RaftSettings:
     fsync: bool = True
     queue_size: int = 10_000
     bind_retries: int = 50
+    archive: bool = True
+    """False only to measure what the event archive costs (history is then unavailable)."""
 
 
 def halt(reason: str) -> None:
@@ -280,6 +282,9 @@ class PartitionReplica:
 
     def _archive(self, result: EntryResult, log_index: int, blob: bytes) -> None:
         """Append the applied entry to the event archive (skipped if already there)."""
+        if not self.settings.archive:
+            self.archive_lagging = True
+            return
         archive = self.archive
         if result.position > archive.last_position + 1:
             if not self.archive_lagging:

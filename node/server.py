@@ -224,7 +224,8 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
                                "unauthenticated pickled messages. Set cluster.secret, or use "
                                "--insecure-dev-mode on a development machine only")
         check_identity(data_dir, config, node_id, bootstrap)
-        settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1")
+        settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
+                                archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")
         journal_patch.install(fsync=settings.fsync)
         replicas = build_replicas(config, node_id, data_dir, settings)
     except (ConfigError, KeyError, StartRefused, JournalCorrupt, ArchiveCorrupt,
