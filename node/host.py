@@ -39,8 +39,10 @@ log = logging.getLogger(__name__)
 RETRY_BACKOFF_S_MIN = 0.01
 RETRY_BACKOFF_S_MAX = 0.25
 DEADLINE_DEFAULT_S = 10.0
-DEADLINE_MARGIN_S = 0.05
-"""Answer this long before the caller's deadline, so the answer arrives in time."""
+DEADLINE_MARGIN_S_MAX = 0.25
+DEADLINE_MARGIN_FRACTION = 0.1
+"""Answer before the caller's deadline by a tenth of it (at most 0.25 s), so that the
+answer (e.g. PENDING) still arrives in time through a loaded gateway or network."""
 
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", 64 * 2**20),
@@ -185,4 +187,6 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float:
     remaining_s = context.time_remaining()
     if remaining_s is None:
         remaining_s = DEADLINE_DEFAULT_S
-    return time.monotonic() + max(0.0, float(remaining_s) - DEADLINE_MARGIN_S)
+    remaining_s = float(remaining_s)
+    margin_s = min(DEADLINE_MARGIN_S_MAX, remaining_s * DEADLINE_MARGIN_FRACTION)
+    return time.monotonic() + max(0.0, remaining_s - margin_s)

@@ -1,0 +1,798 @@
+"""The HTTP/JSON gateway: the source design's HTTP API in front of a RaftWallet cluster.
+
+    walletctl gateway --config cluster-configs/local-3node.toml --listen 127.0.0.1:8080
+
+A FastAPI (ASGI) application served by uvicorn. It talks to the cluster only
+through the asyncio client SDK (`client.aio.AsyncWalletClient`), so requests
+are routed to the partition leader and transient failures are retried with the
+same transaction id; the ledger deduplicates by that id, so a retried HTTP
+request gets the first answer again.
+
+Every failure is one JSON shape, `{"error": {"code", "message"}, "transaction_id"}`,
+and every gRPC status becomes an HTTP status in one place, `http_error_of`.
+Request bodies are strict (node.http_models) and limited to 64 KiB. The OpenAPI
+document is served at /openapi.json and its interactive page at /docs;
+/healthz and /readyz are for load balancers. docs/http-api.md is the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import quote
+
+import grpc
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from client.aio import AsyncWalletClient
+from client.errors import OutcomeUnknown, WalletError
+from client.sdk import (
+    MovementResult,
+    TransferRecord,
+    TransferResult,
+    TransferStatus,
+    normalize_targets,
+)
+from ledger.results import Code
+from node import api as node_api
+from node.http_models import (
+    ACCOUNT_ID_MAX_CHARS,
+    ACCOUNT_ID_PATTERN,
+    EXAMPLE_TRANSACTION_ID,
+    ID_MAX_CHARS,
+    PAGE_TOKEN_MAX_CHARS,
+    AccountCreated,
+    BalanceAnswer,
+    CreateAccountRequest,
+    ErrorAnswer,
+    ErrorDetail,
+    HealthAnswer,
+    MovementDone,
+    MovementRequest,
+    OutcomeStatus,
+    PartitionLeader,
+    ReadinessAnswer,
+    TransferDone,
+    TransferPageAnswer,
+    TransferPending,
+    TransferRequest,
+    TransferStatusAnswer,
+    TransferStepAnswer,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HttpError", "create_app", "http_error_of", "parse_listen", "run_gateway"]
+
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body accepted; more is 413 PAYLOAD_TOO_LARGE."""
+DRAIN_MAX_BYTES = 1024 * 1024
+"""An oversized body up to this size is read (and dropped) before the 413 goes out, so the
+client receives the answer instead of a connection reset; beyond it the gateway just closes."""
+RETRY_AFTER_S = 1
+"""Retry-After of every 503."""
+DEFAULT_TIMEOUT_S = 10.0
+"""Deadline of one attempt of one cluster call (a cross-partition transfer not final by then
+is answered 202 pending)."""
+DEFAULT_RETRY_DEADLINE_S = 10.0
+"""How long one HTTP request keeps retrying transient cluster failures."""
+READY_TIMEOUT_S = 1.0
+READY_RETRY_DEADLINE_S = 2.0
+"""/readyz asks ClusterStatus, rotating over the targets, for at most this long."""
+SHUTDOWN_GRACE_S = 15
+"""On SIGTERM, requests in flight get this long to finish."""
+HISTORY_LIMIT_MAX = 1_000
+"""Most transfers per history page (the node's node.history.PAGE_LIMIT_MAX)."""
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+T = TypeVar("T")
+
+# --- the one mapping from cluster answers to HTTP -------------------------------------
+
+_HTTP_STATUS_OF_GRPC: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 422,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.CANCELLED: 503,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpError:
+    """An HTTP error answer: status, machine-readable code, message for people."""
+
+    status: int
+    code: str
+    message: str
+
+
+def http_error_of(error: WalletError) -> HttpError:
+    """THE mapping of a cluster failure (an SDK error, i.e. a gRPC status) to HTTP.
+
+    INVALID_ARGUMENT 400, NOT_FOUND 404, ALREADY_EXISTS 409, FAILED_PRECONDITION 422,
+    UNIMPLEMENTED 501, UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED / CANCELLED
+    and an unknown outcome 503, anything else 500 without the cluster's details. The
+    code is the ledger reason the node sent (INSUFFICIENT_FUNDS...) or the status name.
+    """
+    if isinstance(error, OutcomeUnknown):
+        return HttpError(
+            503,
+            "OUTCOME_UNKNOWN",
+            f"the cluster did not answer in time ({error.status_name}): the request may or may "
+            "not have been applied. Retry the same request with the same id "
+            f"({error.transaction_id}); it is applied at most once",
+        )
+    status = _HTTP_STATUS_OF_GRPC.get(error.status, 500)
+    code = error.reason or error.status_name
+    if status == 503:
+        return HttpError(503, code, f"the cluster is unavailable ({error.status_name}): no "
+                         "partition leader answered in time; retry later")
+    if status == 501:
+        return HttpError(501, code, "not implemented by the cluster yet: "
+                         f"{error.message or error.status_name}")
+    if status == 500:
+        log.error("cluster call failed: %s", error)
+        return HttpError(500, error.status_name, "the cluster failed to process the request; "
+                         "the gateway's log has the details")
+    return HttpError(status, code, error.message or code)
+
+
+def _outcome_error(status: TransferStatus, reason: str) -> WalletError:
+    """A FAILED (or status-less) outcome answered without an error status, as an SDK error."""
+    if status is TransferStatus.FAILED:
+        try:
+            grpc_status = node_api.status_of(Code[reason])
+        except KeyError:
+            grpc_status = grpc.StatusCode.FAILED_PRECONDITION
+        return WalletError(grpc_status, f"the ledger refused it ({reason or 'no reason'})", reason)
+    return WalletError(grpc.StatusCode.INTERNAL, "the cluster answered without a status")
+
+
+class GatewayError(Exception):
+    """Raised by a route; rendered as the error JSON by the app's handler."""
+
+    def __init__(self, error: HttpError, transaction_id: str | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.transaction_id = transaction_id
+
+
+def _safe_text(text: str, limit: int = 200) -> str:
+    """Text from a client, fit to be echoed: valid UTF-8, bounded."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _echo_id(value: object) -> str | None:
+    """A client's transaction id, echoed in an error answer when it is a short string."""
+    if isinstance(value, str) and len(value) <= ID_MAX_CHARS:
+        return _safe_text(value)
+    return None
+
+
+def error_response(error: HttpError, transaction_id: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorAnswer(error=ErrorDetail(code=error.code, message=error.message),
+                       transaction_id=transaction_id)
+    all_headers = dict(headers or {})
+    if error.status == 503:
+        all_headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse(body.model_dump(mode="json"), status_code=error.status,
+                        headers=all_headers or None)
+
+
+async def _call(call: Awaitable[T], transaction_id: str | None = None) -> T:
+    """Await one SDK call; its failure becomes a GatewayError (never a stack trace)."""
+    try:
+        return await call
+    except WalletError as error:
+        raise GatewayError(http_error_of(error), transaction_id) from None
+    except Exception:
+        log.exception("gateway call failed")
+        raise GatewayError(HttpError(500, "INTERNAL", "the gateway failed to process the "
+                                     "request; its log has the details"), transaction_id) from None
+
+
+# --- validation errors: FastAPI's 422 becomes our 400 ----------------------------------
+
+
+def _field_of(loc: Sequence[Any]) -> str:
+    names = [part if part else '""' for part in loc[1:] if isinstance(part, str)]
+    return _safe_text(".".join(names), 80) if names else "body"
+
+
+def describe_validation_error(error: dict[str, Any]) -> str:
+    """One pydantic error as `field: what is wrong`."""
+    loc: Sequence[Any] = error.get("loc") or ()
+    kind = str(error.get("type", ""))
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    value = error.get("input")
+    field = _field_of(loc)
+    if kind == "json_invalid":
+        return f"body: is not valid JSON ({ctx.get('error', 'decode error')})"
+    if kind == "missing":
+        return "body: a JSON object is required" if field == "body" else f"{field}: is required"
+    if kind == "extra_forbidden":
+        return f"{field}: is not a field of this request (unknown fields are refused)"
+    if field == "body" and kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "body: must be a JSON object"
+    if kind == "string_type":
+        if (field.rsplit(".", 1)[-1] == "amount" and isinstance(value, int | float)
+                and not isinstance(value, bool)):
+            shown = _safe_text(repr(value), 40)
+            return (f"{field}: must be a JSON string holding a decimal such as \"12.34\", not "
+                    f"the JSON number {shown}: money is never a float")
+        return f"{field}: must be a string"
+    if kind == "string_too_long":
+        return f"{field}: must be at most {ctx.get('max_length')} characters"
+    if kind == "literal_error":
+        return f"{field}: must be {ctx.get('expected')}"
+    message = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+    return f"{field}: {message[:1].lower()}{message[1:]}"
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    messages = list(dict.fromkeys(describe_validation_error(dict(e)) for e in exc.errors()))
+    body = exc.body
+    transaction_id = _echo_id(body.get("transaction_id")) if isinstance(body, dict) else None
+    return error_response(HttpError(400, "INVALID_ARGUMENT", "; ".join(messages)),
+                          transaction_id)
+
+
+_CODE_OF_HTTP = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                 413: "PAYLOAD_TOO_LARGE"}
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _CODE_OF_HTTP.get(exc.status_code, f"HTTP_{exc.status_code}")
+    if exc.status_code == 404:
+        message = "no such endpoint; see /docs"
+    elif exc.status_code == 413:
+        message = f"the request body is larger than {MAX_BODY_BYTES} bytes"
+    elif exc.status_code == 400:
+        message = "body: could not be read; send a JSON object with Content-Type: application/json"
+    else:
+        message = str(exc.detail)
+    return error_response(HttpError(exc.status_code, code, message), None,
+                          dict(exc.headers or {}))
+
+
+async def _on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc.error, exc.transaction_id)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unexpected gateway failure", exc_info=exc)
+    return error_response(HttpError(500, "INTERNAL", "the gateway failed to process the "
+                                    "request; its log has the details"))
+
+
+# --- the body size limit ----------------------------------------------------------------
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over `max_bytes` is answered 413 PAYLOAD_TOO_LARGE.
+
+    A declared Content-Length is checked before the app runs; a body without one is
+    counted as it arrives. Up to DRAIN_MAX_BYTES of an oversized body is read before
+    answering, so the client (still sending) gets the 413 instead of a reset.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            if declared <= DRAIN_MAX_BYTES:
+                await _drain(receive, DRAIN_MAX_BYTES)
+            await self._too_large()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await _drain(receive, DRAIN_MAX_BYTES - received)
+                    raise StarletteHTTPException(413)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> JSONResponse:
+        return error_response(HttpError(413, "PAYLOAD_TOO_LARGE", "the request body is larger "
+                                        f"than {self.max_bytes} bytes"))
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    while budget > 0:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+# --- OpenAPI: the error answers of each route -------------------------------------------
+
+_ERROR_DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
+    400: ("Invalid input: malformed JSON or a missing, unknown or mistyped field "
+          "(INVALID_ARGUMENT), or a value the ledger refuses (INVALID_AMOUNT, INVALID_CURRENCY, "
+          "INVALID_ACCOUNT_ID, INVALID_TRANSACTION_ID).",
+          "INVALID_ARGUMENT", "amount: must be a JSON string holding a decimal such as "
+          "\"12.34\", not the JSON number 12.34: money is never a float"),
+    404: ("Unknown account (ACCOUNT_NOT_FOUND) or transfer (TRANSFER_NOT_FOUND).",
+          "ACCOUNT_NOT_FOUND", "to_account 'bob' does not exist"),
+    409: ("The id was used before with other content (ID_CONFLICT), or the account already "
+          "exists (ACCOUNT_EXISTS).",
+          "ID_CONFLICT", "transaction_id was already used by from_account with other content "
+          "(to_account, amount or currency)"),
+    413: (f"The request body is larger than {MAX_BODY_BYTES} bytes (PAYLOAD_TOO_LARGE).",
+          "PAYLOAD_TOO_LARGE", f"the request body is larger than {MAX_BODY_BYTES} bytes"),
+    422: ("The ledger refuses it as things stand: INSUFFICIENT_FUNDS, CURRENCY_MISMATCH, "
+          "SAME_ACCOUNT, ACCOUNT_CLOSED, BALANCE_LIMIT, ABORTED, TRANSACTION_ID_EXPIRED. "
+          "INSUFFICIENT_FUNDS and BALANCE_LIMIT are recorded for the transaction_id: a retry "
+          "answers the same.",
+          "INSUFFICIENT_FUNDS", "from_account 'alice' has insufficient funds (this outcome is "
+          "recorded for the transaction_id)"),
+    500: ("The cluster or the gateway failed unexpectedly; no internals are disclosed.",
+          "INTERNAL", "the cluster failed to process the request; the gateway's log has the "
+          "details"),
+    501: ("The cluster does not implement this yet (UNIMPLEMENTED).",
+          "UNIMPLEMENTED", "not implemented by the cluster yet: ListTransfers arrives with the "
+          "event archive (history) feature"),
+    503: ("No leader or the cluster is unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, "
+          "RESOURCE_EXHAUSTED), or a write's outcome is unknown (OUTCOME_UNKNOWN: retry the "
+          "same request with the same transaction_id). Retry-After says when to retry.",
+          "OUTCOME_UNKNOWN", "the cluster did not answer in time (UNAVAILABLE): the request "
+          "may or may not have been applied. Retry the same request with the same id "
+          f"({EXAMPLE_TRANSACTION_ID}); it is applied at most once"),
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        description, code, message = _ERROR_DESCRIPTIONS[status]
+        example = {"error": {"code": code, "message": message},
+                   "transaction_id": EXAMPLE_TRANSACTION_ID}
+        response: dict[str, Any] = {
+            "model": ErrorAnswer,
+            "description": description,
+            "content": {"application/json": {"example": example}},
+        }
+        if status == 503:
+            response["headers"] = {"Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"}}}
+        responses[status] = response
+    return responses
+
+
+class _GatewayApp(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, without its default 422 answer: validation errors are 400."""
+        schema = super().openapi()
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                answer = operation.get("responses", {}).get("422")
+                if answer is not None and "HTTPValidationError" in str(answer):
+                    del operation["responses"]["422"]
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
+
+
+# --- the clients ------------------------------------------------------------------------
+
+
+class _Clients:
+    """The SDK clients of one app; created on the serving event loop, closed at shutdown."""
+
+    def __init__(self, targets: tuple[str, ...], timeout_s: float,
+                 retry_deadline_s: float) -> None:
+        self.targets = targets
+        self.timeout_s = timeout_s
+        self.retry_deadline_s = retry_deadline_s
+        self._wallet: AsyncWalletClient | None = None
+        self._ready: AsyncWalletClient | None = None
+
+    def wallet(self) -> AsyncWalletClient:
+        if self._wallet is None:
+            self._wallet = AsyncWalletClient(self.targets, timeout_s=self.timeout_s,
+                                             retry_deadline_s=self.retry_deadline_s)
+        return self._wallet
+
+    def readiness(self) -> AsyncWalletClient:
+        if self._ready is None:
+            self._ready = AsyncWalletClient(
+                self.targets, timeout_s=min(READY_TIMEOUT_S, self.timeout_s),
+                retry_deadline_s=READY_RETRY_DEADLINE_S, learn_routes=False)
+        return self._ready
+
+    async def close(self) -> None:
+        for client in (self._wallet, self._ready):
+            if client is not None:
+                await client.close()
+        self._wallet = self._ready = None
+
+
+# --- answers ----------------------------------------------------------------------------
+
+
+def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _outcome_status(status: TransferStatus) -> OutcomeStatus:
+    if status is TransferStatus.SUCCEEDED:
+        return "success"
+    if status is TransferStatus.PENDING:
+        return "pending"
+    return "failed"
+
+
+def _transfer_url(from_account: str, transaction_id: str) -> str:
+    return (f"/v1/wallet/transfers/{quote(from_account, safe='')}/"
+            f"{quote(transaction_id, safe='')}")
+
+
+def _transfer_answer(result: TransferResult, transaction_id: str) -> JSONResponse:
+    if result.status is TransferStatus.SUCCEEDED:
+        return _json(TransferDone(status="success", transaction_id=transaction_id))
+    if result.status is TransferStatus.PENDING:
+        return _json(TransferPending(status="pending", transaction_id=transaction_id), 202,
+                     {"Location": _transfer_url(result.from_account, transaction_id)})
+    raise GatewayError(http_error_of(_outcome_error(result.status, result.reason)),
+                       transaction_id)
+
+
+def _movement_answer(result: MovementResult, transaction_id: str) -> JSONResponse:
+    if result.status is not TransferStatus.SUCCEEDED:
+        raise GatewayError(http_error_of(_outcome_error(result.status, result.reason)),
+                           transaction_id)
+    return _json(MovementDone(status="success", transaction_id=transaction_id,
+                              account_id=result.account_id, amount=result.amount,
+                              currency=result.currency, balance=result.balance))
+
+
+def _record_answer(record: TransferRecord) -> TransferStatusAnswer:
+    return TransferStatusAnswer(
+        transaction_id=record.transaction_id, from_account=record.from_account,
+        to_account=record.to_account, amount=record.amount, currency=record.currency,
+        status=_outcome_status(record.status), reason=record.reason,
+        steps=[TransferStepAnswer(name=s.name, at_ms=s.at_ms, position=s.position,
+                                  partition=s.partition) for s in record.steps],
+        stale=record.stale)
+
+
+# --- the application --------------------------------------------------------------------
+
+AccountPath = Annotated[str, PathParam(
+    max_length=ACCOUNT_ID_MAX_CHARS, description="The account id.", examples=["alice"],
+    json_schema_extra={"pattern": ACCOUNT_ID_PATTERN})]
+Consistency = Annotated[Literal["linearizable", "stale"], Query(
+    description="`linearizable` (default) sees every acknowledged write; `stale` answers "
+    "from any replica, faster, labelled stale.")]
+
+_DESCRIPTION = """\
+The RaftWallet HTTP/JSON API: the source design's balance transfer, accounts, deposits,
+withdrawals, balances and transfer status, in front of a Raft-replicated cluster.
+
+* Amounts are **decimal strings** in the currency's major unit (`"12.34"` USD, `"500"` JPY);
+  a JSON number is refused. Currencies are ISO 4217 codes, upper case.
+* Every write carries an idempotency key (`transaction_id`, or `request_id` for an account):
+  retrying the same request returns the same answer, and it is applied at most once.
+* Every error is `{"error": {"code", "message"}, "transaction_id"}`; `code` is
+  machine-readable. 503 answers carry `Retry-After`.
+"""
+
+
+def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
+               retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S) -> FastAPI:
+    """The gateway application for a cluster reachable at `targets` (node gRPC addresses)."""
+    clients = _Clients(normalize_targets(list(targets)), timeout_s, retry_deadline_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        clients.wallet()  # grpc.aio channels belong to the serving event loop
+        try:
+            yield
+        finally:
+            await clients.close()
+
+    app = _GatewayApp(
+        title="RaftWallet HTTP API",
+        version="1.0.0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "transfers", "description": "Moving money between accounts."},
+            {"name": "accounts", "description": "Accounts, deposits, withdrawals, balances."},
+            {"name": "health", "description": "For load balancers."},
+        ],
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    app.add_exception_handler(GatewayError, _on_gateway_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+    @app.post(
+        "/v1/wallet/balance_transfer", tags=["transfers"], operation_id="balanceTransfer",
+        summary="Transfer money from one account to another, exactly once per transaction_id",
+        description="Moves `amount` of `currency` from `from_account` to `to_account`. 200 "
+        "when committed; 202 when accepted but not final by the deadline (a transfer across "
+        "partitions whose credit is still in flight: follow `Location`). A retry with the "
+        "same body returns the same answer; the same transaction_id with other content is "
+        "409 ID_CONFLICT.",
+        response_model=TransferDone,
+        responses={202: {"model": TransferPending,
+                         "description": "Accepted, not final yet: ask the transfer's status.",
+                         "headers": {"Location": {
+                             "description": "The transfer's status URL.",
+                             "schema": {"type": "string"}}}},
+                   **_errors(400, 404, 409, 413, 422, 500, 503)},
+    )
+    async def balance_transfer(body: TransferRequest) -> Response:
+        result = await _call(clients.wallet().transfer(
+            body.from_account, body.to_account, body.amount, body.currency,
+            body.transaction_id), body.transaction_id)
+        return _transfer_answer(result, body.transaction_id)
+
+    @app.post(
+        "/v1/wallet/accounts", tags=["accounts"], operation_id="createAccount",
+        summary="Open an account holding one currency", status_code=201,
+        description="A retry with the same request_id returns the same answer; another "
+        "request for an existing account is 409 ACCOUNT_EXISTS.",
+        response_model=AccountCreated, responses=_errors(400, 409, 413, 500, 503),
+    )
+    async def create_account(body: CreateAccountRequest) -> Response:
+        account = await _call(clients.wallet().create_account(
+            body.account_id, body.currency, body.request_id))
+        return _json(AccountCreated(account_id=account.account_id, currency=account.currency,
+                                    request_id=account.request_id), 201)
+
+    @app.post(
+        "/v1/wallet/deposit", tags=["accounts"], operation_id="deposit",
+        summary="Money in from the outside world, exactly once per transaction_id",
+        response_model=MovementDone, responses=_errors(400, 404, 409, 413, 422, 500, 503),
+    )
+    async def deposit(body: MovementRequest) -> Response:
+        result = await _call(clients.wallet().deposit(
+            body.account_id, body.amount, body.currency, body.transaction_id),
+            body.transaction_id)
+        return _movement_answer(result, body.transaction_id)
+
+    @app.post(
+        "/v1/wallet/withdraw", tags=["accounts"], operation_id="withdraw",
+        summary="Money out to the outside world, exactly once per transaction_id",
+        response_model=MovementDone, responses=_errors(400, 404, 409, 413, 422, 500, 503),
+    )
+    async def withdraw(body: MovementRequest) -> Response:
+        result = await _call(clients.wallet().withdraw(
+            body.account_id, body.amount, body.currency, body.transaction_id),
+            body.transaction_id)
+        return _movement_answer(result, body.transaction_id)
+
+    @app.get(
+        "/v1/wallet/accounts/{account_id}/balance", tags=["accounts"],
+        operation_id="getBalance", summary="An account's balance",
+        response_model=BalanceAnswer, responses=_errors(400, 404, 500, 503),
+    )
+    async def get_balance(account_id: AccountPath,
+                          consistency: Consistency = "linearizable") -> Response:
+        found = await _call(clients.wallet().balance(account_id, consistency))
+        return _json(BalanceAnswer(account_id=found.account_id, balance=found.balance,
+                                   currency=found.currency, position=found.position,
+                                   stale=found.stale))
+
+    @app.get(
+        "/v1/wallet/transfers/{from_account}/{transaction_id}", tags=["transfers"],
+        operation_id="getTransfer", summary="A transfer's status and steps",
+        description="Transfers (and deposits and withdrawals) are keyed by the debited "
+        "account and the transaction id. 404 TRANSFER_NOT_FOUND is not final while the "
+        "request may still be in flight: retry the request itself to settle it.",
+        response_model=TransferStatusAnswer, responses=_errors(400, 404, 500, 503),
+    )
+    async def get_transfer(
+        from_account: AccountPath,
+        transaction_id: Annotated[str, PathParam(
+            max_length=ID_MAX_CHARS, description="The transfer's transaction id (UUID).",
+            examples=[EXAMPLE_TRANSACTION_ID], json_schema_extra={"format": "uuid"})],
+        consistency: Consistency = "linearizable",
+    ) -> Response:
+        record = await _call(clients.wallet().get_transfer(from_account, transaction_id,
+                                                           consistency))
+        return _json(_record_answer(record))
+
+    @app.get(
+        "/v1/wallet/accounts/{account_id}/transfers", tags=["transfers"],
+        operation_id="listTransfers", summary="An account's transfers, a page at a time",
+        description="The transfers the account sent and received (deposits and withdrawals "
+        "too), rebuilt from the cluster's event archive, including in-flight and compensated "
+        "ones. Pass `next_page_token` back as `page_token` for the next page; \"\" means "
+        "the last page. A cluster without the history answers 501 UNIMPLEMENTED.",
+        response_model=TransferPageAnswer, responses=_errors(400, 404, 500, 501, 503),
+    )
+    async def list_transfers(
+        account_id: AccountPath,
+        limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT_MAX,
+                                    description="Transfers per page.")] = 100,
+        page_token: Annotated[str, Query(max_length=PAGE_TOKEN_MAX_CHARS,
+                                         description="From the previous page.")] = "",
+        order: Annotated[Literal["oldest_first", "newest_first"], Query()] = "oldest_first",
+    ) -> Response:
+        page = await _call(clients.wallet().list_transfers(
+            account_id, page_token, limit, newest_first=order == "newest_first"))
+        return _json(TransferPageAnswer(
+            transfers=[_record_answer(r) for r in page.transfers],
+            next_page_token=page.next_page_token))
+
+    @app.get("/healthz", tags=["health"], operation_id="healthz",
+             summary="Liveness: the gateway process is up", response_model=HealthAnswer)
+    async def healthz() -> Response:
+        return _json(HealthAnswer(status="ok"))
+
+    @app.get(
+        "/readyz", tags=["health"], operation_id="readyz",
+        summary="Readiness: the cluster names a leader for every partition",
+        response_model=ReadinessAnswer,
+        responses={503: {"model": ReadinessAnswer, "description": "Not ready; see message.",
+                         "headers": {"Retry-After": {"schema": {"type": "integer"}}}}},
+    )
+    async def readyz() -> Response:
+        retry = {"Retry-After": str(RETRY_AFTER_S)}
+        try:
+            status = await clients.readiness().cluster_status()
+        except WalletError as error:
+            return _json(ReadinessAnswer(
+                status="not_ready", partition_count=0, partitions=[],
+                message=f"no cluster node answered ClusterStatus ({error.status_name})"),
+                503, retry)
+        leaders = {p.partition: p.leader_node_id for p in status.partitions}
+        partitions = [PartitionLeader(partition=p, leader_node_id=leaders.get(p, ""))
+                      for p in range(status.partition_count)]
+        missing = [p.partition for p in partitions if not p.leader_node_id]
+        if status.partition_count < 1 or missing:
+            message = (f"no leader for partition(s) {', '.join(map(str, missing))}" if missing
+                       else "the cluster reports no partitions")
+            return _json(ReadinessAnswer(status="not_ready", message=message,
+                                         partition_count=status.partition_count,
+                                         partitions=partitions), 503, retry)
+        return _json(ReadinessAnswer(status="ready", message="every partition has a leader",
+                                     partition_count=status.partition_count,
+                                     partitions=partitions))
+
+    return app
+
+
+# --- serving ----------------------------------------------------------------------------
+
+_PORT_RE = re.compile(r"[0-9]{1,5}", re.ASCII)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8080' or '[::1]:8080' -> (host, port)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or _PORT_RE.fullmatch(port_text) is None or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT with a port 1-65535, "
+                         "e.g. 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"--listen {text!r}: the host is missing, e.g. 127.0.0.1:8080")
+    return host, int(port_text)
+
+
+class _GatewayServer(uvicorn.Server):
+    """uvicorn, except that SIGTERM/SIGINT end `run()` normally (exit status 0).
+
+    uvicorn's own handlers re-raise the signal after the graceful shutdown, so the
+    process would die of it; here the shutdown is the end of the story.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self._on_signal)
+                     for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, sig: int, frame: object) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for requests in flight
+        self.should_exit = True
+
+
+def _resolve_targets(config_path: Path | None, targets: Sequence[str]) -> tuple[str, ...]:
+    if targets:
+        return normalize_targets(list(targets))
+    if config_path is None:
+        raise ValueError("no cluster to talk to: pass --target HOST:PORT or --config FILE")
+    from client.cli import UsageError, targets_from_config
+
+    try:
+        return targets_from_config(config_path)
+    except UsageError as error:
+        raise ValueError(str(error)) from None
+
+
+def run_gateway(config_path: Path | None, targets: list[str], listen: str, *,
+                timeout_s: float = DEFAULT_TIMEOUT_S,
+                retry_deadline_s: float | None = None) -> int:
+    """Serve the gateway on `listen` until SIGTERM/SIGINT; returns the exit status.
+
+    The cluster is `targets` (node gRPC addresses), else every node of the cluster file.
+    `timeout_s` bounds one cluster call; `retry_deadline_s` (default: `timeout_s`) how
+    long one HTTP request keeps retrying transient failures.
+    """
+    try:
+        host, port = parse_listen(listen)
+        resolved = _resolve_targets(config_path, targets)
+    except ValueError as error:
+        print(f"walletctl gateway: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    app = create_app(resolved, timeout_s=timeout_s,
+                     retry_deadline_s=timeout_s if retry_deadline_s is None else retry_deadline_s)
+    config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="on",
+                            log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                            server_header=False)
+    server = _GatewayServer(config)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:    %(name)s: %(message)s")
+    print(f"walletctl gateway: http://{listen} -> cluster {', '.join(resolved)}",
+          file=sys.stderr, flush=True)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits this way when it cannot bind the address
+        return EXIT_USAGE
+    return EXIT_OK if server.started else EXIT_USAGE
