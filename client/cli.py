@@ -503,6 +503,7 @@ def cmd_node_start(args: argparse.Namespace, out: Output) -> int:
             data_dir=args.data_dir,
             bootstrap=args.bootstrap,
             insecure_dev_mode=args.insecure_dev_mode,
+            http_listen=args.http_listen,
         )
     )
 
@@ -768,6 +769,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initialise an empty data dir (first start of a new cluster)")
     p.add_argument("--insecure-dev-mode", action="store_true",
                    help="allow a cluster file without secret: unencrypted Raft, loopback only")
+    p.add_argument("--http-listen", metavar="HOST:PORT", default=None,
+                   help="also serve the HTTP/JSON gateway in this process (see "
+                        "`walletctl gateway`)")
     return parser
 
 

@@ -754,6 +754,25 @@ class _GatewayServer(uvicorn.Server):
         self.should_exit = True
 
 
+class EmbeddedGateway(uvicorn.Server):
+    """The gateway inside a node process: the node owns the signals and the loop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def embedded_gateway(targets: Sequence[str], listen: str) -> EmbeddedGateway:
+    """A gateway to run as a task of a node's event loop (`await server.serve()`);
+    set `should_exit` to stop it."""
+    host, port = parse_listen(listen)
+    app = create_app(list(targets))
+    config = uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on",
+                            log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+                            server_header=False, log_config=None)
+    return EmbeddedGateway(config)
+
+
 def _resolve_targets(config_path: Path | None, targets: Sequence[str]) -> tuple[str, ...]:
     if targets:
         return normalize_targets(list(targets))

@@ -46,13 +46,15 @@ def node_command(config_path: Path, node_id: str, data_dir: Path, bootstrap: boo
 
 
 def start_node(config_path: Path, node_id: str, node_dir: Path, bootstrap: bool = False,
-               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+               env: dict[str, str] | None = None,
+               extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """Start one node process in its own session, logging to `node_dir/../<id>.log`."""
     log_path = node_dir.parent / f"{node_id}.log"
     node_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            node_command(config_path.resolve(), node_id, node_dir.resolve(), bootstrap),
+            [*node_command(config_path.resolve(), node_id, node_dir.resolve(), bootstrap),
+             *extra_args],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
             env=env if env is not None else os.environ.copy())

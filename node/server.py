@@ -104,7 +104,7 @@ def build_replicas(config: ClusterConfig, node_id: str, data_dir: Path,
 
 
 async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, PartitionReplica],
-                 proposer_settings: ProposerSettings) -> None:
+                 proposer_settings: ProposerSettings, http_listen: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     host = NodeHost(config, node_id, replicas, loop, proposer_settings)
     for replica in replicas.values():
@@ -135,6 +135,16 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
         raise StartRefused(f"cannot bind the gRPC port {address}")
     await server.start()
     log.info("node serving", extra={"grpc": address, "partitions": sorted(replicas)})
+    gateway_task: asyncio.Task[None] | None = None
+    gateway = None
+    if http_listen is not None:
+        from node.http_gateway import embedded_gateway
+
+        own = node.grpc_address
+        targets = [own, *(n.grpc_address for n in config.nodes if n.grpc_address != own)]
+        gateway = embedded_gateway(targets, http_listen)
+        gateway_task = loop.create_task(gateway.serve(), name="http-gateway")
+        log.info("http gateway serving", extra={"http": http_listen})
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -172,6 +182,9 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
         except TimeoutError:
             pass
     log.info("stopping")
+    if gateway is not None and gateway_task is not None:
+        gateway.should_exit = True
+        await gateway_task
     await server.stop(GRACE_S)
     await driver.stop()
     await host.stop()
@@ -213,7 +226,7 @@ def _propose_prune(host: NodeHost) -> None:
 
 
 def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = False,
-             insecure_dev_mode: bool = False) -> int:
+             insecure_dev_mode: bool = False, http_listen: str | None = None) -> int:
     """Run a node until SIGTERM; returns the process exit status."""
     logs.configure(node_id)
     try:
@@ -239,7 +252,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
             runner = uvloop.run if os.environ.get("RAFTWALLET_UVLOOP") == "1" else asyncio.run
         except ImportError:
             runner = asyncio.run
-        runner(_serve(config, node_id, replicas, ProposerSettings()))
+        runner(_serve(config, node_id, replicas, ProposerSettings(), http_listen))
     except StartRefused as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
         return EXIT_REFUSED
@@ -260,9 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--bootstrap", action="store_true")
     parser.add_argument("--insecure-dev-mode", action="store_true")
+    parser.add_argument("--http-listen", metavar="HOST:PORT", default=None,
+                        help="also serve the HTTP/JSON gateway in this process")
     args = parser.parse_args(argv)
     return run_node(args.config, args.node_id, args.data_dir, args.bootstrap,
-                    args.insecure_dev_mode)
+                    args.insecure_dev_mode, args.http_listen)
 
 
 if __name__ == "__main__":

@@ -85,9 +85,9 @@ class LocalCluster:
         return self.root / "data" / node_id
 
     def start(self, node_id: str, env: dict[str, str] | None = None,
-              bootstrap: bool = False) -> subprocess.Popen[bytes]:
+              bootstrap: bool = False, extra_args: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
         process = start_node(self.config_path, node_id, self.node_dir(node_id), bootstrap,
-                             env=dict(self.env, **(env or {})))
+                             env=dict(self.env, **(env or {})), extra_args=extra_args)
         self.killed.discard(node_id)
         self.processes[node_id] = process
         return process

@@ -395,3 +395,33 @@ def test_replay_rebuilds_balances_from_a_node_archive(
     replayed = json.loads(capsys.readouterr().out)
     (partition,) = replayed["partitions"]
     assert [b["balance"] for b in partition["balances"]] == [live]
+
+
+def test_a_node_can_serve_the_http_gateway_itself(tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from tests.cluster_harness import allocate_ports
+
+    single = LocalCluster(tmp_path, nodes=1, partitions=1)
+    port = allocate_ports(1)
+    try:
+        single.start("n1", bootstrap=True, extra_args=("--http-listen", f"127.0.0.1:{port}"))
+        single.wait_for_leaders()
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                    return bool(r.status == 200)
+            except OSError:
+                return False
+
+        wait_until(ready, "the embedded gateway to be ready")
+        body = json.dumps({"account_id": "web-1", "currency": "EUR"}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/wallet/accounts", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            assert answer.status == 201
+    finally:
+        single.stop_all()
+    assert single.processes["n1"].returncode == 0
