@@ -12,6 +12,18 @@ appended per transfer), sent as raw bytes (no protobuf object per call), and
 unary answers are not parsed (a SUCCEEDED answer begins with the bytes 08 01).
 Each worker reports the CPU time it used, so the parent can tell whether the
 load generator, rather than the cluster, is the limit.
+
+Two mixes of transfers (`RunJob.mix`):
+
+    intra     from and to on the same partition (an atomic Transfer command)
+    uniform   from and to uniformly random over all accounts: with P partitions
+              about 1 - 1/P of them cross partitions and run as a saga
+
+A call is over when every transfer in it is final (SUCCEEDED or FAILED). A node
+that reached the call's deadline answers PENDING for cross-partition transfers
+still in flight; the worker then asks GetTransfer (same from_account and
+transaction_id, STALE reads from the source partition's target, every
+`FOLLOW_UP_PAUSE_S`) until each is final, and the call's latency runs until then.
 """
 
 from __future__ import annotations
@@ -46,6 +58,13 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
                        grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED})
 SUCCEEDED_PREFIX = bytes([0x08, pb.SUCCEEDED])
 """A serialized TransferResponse whose first field is `status = SUCCEEDED`."""
+PENDING_PREFIX = bytes([0x08, pb.PENDING])
+"""... and `status = PENDING`: a cross-partition transfer not final by the call's deadline."""
+MIXES = ("intra", "uniform")
+FOLLOW_UP_PAUSE_S = 0.01
+"""Between two GetTransfer calls about a transfer answered PENDING."""
+FOLLOW_UP_MAX_S = 120.0
+"""A transfer not final this long after its call began counts as failed (NOT_FINAL)."""
 CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", 64 * 2**20),
     ("grpc.max_receive_message_length", 64 * 2**20),
@@ -95,6 +114,8 @@ class RunJob:
     currency: str
     seed: int
     timeout_s: float
+    mix: str = "intra"
+    """"intra": from and to on one partition; "uniform": both uniformly random (see MIXES)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +161,19 @@ class RunStats:
     """One worker's figures for one run; transfers are counted by the call's completion time."""
 
     calls: int = 0
-    """Calls completed inside the measured window."""
+    """Calls completed (every transfer in them final) inside the measured window."""
+    transfers: int = 0
+    """The transfers of those calls."""
+    cross: int = 0
+    """Of those, the ones whose accounts are on different partitions (run as a saga)."""
     committed: int = 0
-    """Transfers SUCCEEDED, or refused with an outcome recorded under their id, in the window."""
+    """Transfers with a committed final outcome in the window: SUCCEEDED, and for the intra
+    mix also refusals recorded under their id; for the uniform mix SUCCEEDED only."""
     succeeded: int = 0
+    followed_up: int = 0
+    """Transfers in the window answered PENDING, whose outcome came from GetTransfer."""
+    follow_up_calls: int = 0
+    """GetTransfer calls made (since Go)."""
     failures: dict[str, int] = field(default_factory=dict)
     """Transfers that did not succeed in the window, by reason (recorded ones included)."""
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
@@ -216,22 +246,82 @@ def _amounts(rng: random.Random, count: int) -> list[str]:
     return [f"{rng.randint(0, 9)}.{rng.randint(1, 99):02d}" for _ in range(count)]
 
 
+@dataclass(frozen=True, slots=True)
+class Template:
+    """One transfer before its id: where it goes and its pre-encoded request prefix."""
+
+    source: int
+    """The partition of from_account: the call (and any GetTransfer) goes to its target."""
+    from_account: str
+    prefix: bytes
+    """transfer_prefix(...): append the 36 characters of a transaction id."""
+    cross: bool
+    """from and to are on different partitions: the transfer runs as a saga."""
+
+
 def build_templates(accounts_by_partition: Sequence[Sequence[str]], currency: str,
-                    seed: int, per_partition: int = TEMPLATES_PER_PARTITION) -> list[list[bytes]]:
-    """Per partition, `per_partition` transfer prefixes between two of its own accounts."""
+                    seed: int, mix: str = "intra",
+                    per_partition: int = TEMPLATES_PER_PARTITION) -> list[Template]:
+    """`per_partition` transfers per partition (with two accounts or more), interleaved.
+
+    intra: between two accounts of the same partition, partitions taking turns.
+    uniform: from and to drawn uniformly from all accounts (distinct), so a transfer
+    crosses partitions with probability 1 - sum((n_p / n)^2), about 3/4 for 4 partitions.
+    """
     rng = random.Random(seed)
     amounts = _amounts(rng, 64)
-    templates: list[list[bytes]] = []
-    for accounts in accounts_by_partition:
-        if len(accounts) < 2:
-            templates.append([])
-            continue
-        items = []
+    eligible = [p for p, accounts in enumerate(accounts_by_partition) if len(accounts) >= 2]
+    templates: list[Template] = []
+    if mix == "intra":
         for _ in range(per_partition):
-            a, b = rng.sample(accounts, 2)
-            items.append(transfer_prefix(a, b, rng.choice(amounts), currency))
-        templates.append(items)
+            for p in eligible:
+                a, b = rng.sample(accounts_by_partition[p], 2)
+                templates.append(Template(p, a, transfer_prefix(a, b, rng.choice(amounts),
+                                                                currency), False))
+        return templates
+    if mix != "uniform":
+        raise ValueError(f"unknown mix {mix!r}; choose from {', '.join(MIXES)}")
+    everyone = [(account, p) for p, accounts in enumerate(accounts_by_partition)
+                for account in accounts]
+    if len(everyone) < 2:
+        return templates
+    for _ in range(per_partition * len(eligible)):
+        (a, source), (b, destination) = rng.sample(everyone, 2)
+        templates.append(Template(source, a, transfer_prefix(a, b, rng.choice(amounts),
+                                                             currency), source != destination))
     return templates
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Pre-encoded TransferBatch items that batch callers walk through, wrapping around."""
+
+    items: list[bytes]
+    """batch_item_prefix(template.prefix): append a transaction id."""
+    sources: list[int]
+    from_accounts: list[str]
+    cross_before: list[int]
+    """cross_before[i]: how many of items[:i] cross partitions (len(items) + 1 entries)."""
+
+    @classmethod
+    def of(cls, templates: Sequence[Template]) -> Pool:
+        cross_before = [0]
+        for t in templates:
+            cross_before.append(cross_before[-1] + t.cross)
+        return cls([batch_item_prefix(t.prefix) for t in templates],
+                   [t.source for t in templates], [t.from_account for t in templates],
+                   cross_before)
+
+    def cross_in(self, offset: int, count: int) -> int:
+        """Cross-partition items among the `count` items from `offset` on (wrapping)."""
+        n = len(self.items)
+        whole, rest = divmod(count, n)
+        total = whole * self.cross_before[n]
+        end = offset + rest
+        if end <= n:
+            return total + self.cross_before[end] - self.cross_before[offset]
+        return (total + self.cross_before[n] - self.cross_before[offset]
+                + self.cross_before[end - n])
 
 
 def check_encoding() -> None:
@@ -252,6 +342,9 @@ def check_encoding() -> None:
     if pb.TransferResponse(status=pb.SUCCEEDED, position=7).SerializeToString()[:2] != (
             SUCCEEDED_PREFIX):
         raise AssertionError("a SUCCEEDED TransferResponse does not start with 08 01")
+    if pb.TransferResponse(status=pb.PENDING, transaction_id=expected.transaction_id,
+                           position=7).SerializeToString()[:2] != PENDING_PREFIX:
+        raise AssertionError("a PENDING TransferResponse does not start with 08 03")
 
 
 def minor_units(balance: str, exponent: int = 2) -> int:
@@ -400,18 +493,27 @@ class _Worker:
     async def run(self, job: RunJob) -> RunStats | WorkerFailed:
         started = time.monotonic()
         templates = build_templates(job.accounts_by_partition, job.currency,
-                                    job.seed * 1009 + self.index)
-        partitions = [p for p, items in enumerate(templates) if items]
-        if not partitions:
-            return WorkerFailed("no partition has two accounts to transfer between")
+                                    job.seed * 1009 + self.index, job.mix)
+        if not templates:
+            return WorkerFailed("no two accounts to transfer between")
         path = f"{SERVICE}/{'Transfer' if job.batch_size == 1 else 'TransferBatch'}"
         calls = [self.channel(address).unary_unary(path) for address in job.targets]
-        # Unary: one list of (call, prefix), partitions interleaved. Batches: per partition,
-        # the prefixes of batch items; every caller walks them from its own offset.
-        flat = [(calls[p], templates[p][i]) for i in range(TEMPLATES_PER_PARTITION)
-                for p in partitions]
-        items = [[batch_item_prefix(prefix) for prefix in templates[p]]
-                 for p in range(len(templates))]
+        get_calls = [self.channel(address).unary_unary(f"{SERVICE}/GetTransfer")
+                     for address in job.targets]
+        # Unary: one list of (call, GetTransfer call, prefix, from_account, cross).
+        # Batches: pools of batch items and the calls taking turns to send them, each with
+        # its pool: intra, one pool per partition, sent to that partition's target; uniform,
+        # one pool of random pairs, sent to the partitions' targets in turn.
+        flat = [(calls[t.source], get_calls[t.source], t.prefix, t.from_account, t.cross)
+                for t in templates]
+        partitions = sorted({t.source for t in templates})
+        sends: list[tuple[Any, int]]
+        if job.mix == "intra":
+            pools = [Pool.of([t for t in templates if t.source == p]) for p in partitions]
+            sends = [(calls[p], k) for k, p in enumerate(partitions)]
+        else:
+            pools = [Pool.of(templates)]
+            sends = [(call, 0) for call in calls]
         rng = random.Random(job.seed * 7919 + self.index)
         stats = RunStats(prepare_s=time.monotonic() - started)
         self.conn.send(Ready(stats.prepare_s))
@@ -423,17 +525,19 @@ class _Worker:
         wall_started = time.monotonic()
         ids = IdSource()
         failures: Counter[str] = Counter()
+        count_recorded = job.mix == "intra"
         ticker = asyncio.create_task(self._report_progress(stats))
         try:
             if job.batch_size == 1:
                 await asyncio.gather(*(
                     self._unary_caller(flat, rng.randrange(1 << 30), ids, go, stats, failures,
-                                       job.timeout_s)
+                                       job.timeout_s, count_recorded)
                     for _ in range(job.callers)))
             else:
                 await asyncio.gather(*(
-                    self._batch_caller(calls, items, partitions, rng.randrange(1 << 30),
-                                       job.batch_size, ids, go, stats, failures, job.timeout_s)
+                    self._batch_caller(sends, pools, get_calls, rng.randrange(1 << 30),
+                                       job.batch_size, ids, go, stats, failures, job.timeout_s,
+                                       count_recorded)
                     for _ in range(job.callers)))
         finally:
             ticker.cancel()
@@ -449,8 +553,9 @@ class _Worker:
             await asyncio.sleep(0.2)
 
     @staticmethod
-    async def _unary_caller(flat: list[tuple[Any, bytes]], start: int, ids: IdSource, go: Go,
-                            stats: RunStats, failures: Counter[str], timeout_s: float) -> None:
+    async def _unary_caller(flat: list[tuple[Any, Any, bytes, str, bool]], start: int,
+                            ids: IdSource, go: Go, stats: RunStats, failures: Counter[str],
+                            timeout_s: float, count_recorded: bool) -> None:
         n = len(flat)
         position = start % n
         monotonic = time.monotonic
@@ -460,15 +565,23 @@ class _Worker:
             began = monotonic()
             if began >= end_at:
                 return
-            call, prefix = flat[position]
+            call, get_call, prefix, from_account, cross = flat[position]
             position += 1
             if position == n:
                 position = 0
             reason = ""
+            followed_up = False
+            transaction_id = ids.next()
             try:
-                answer = await call(prefix + ids.next(), timeout=timeout_s)
+                answer = await call(prefix + transaction_id, timeout=timeout_s)
                 if answer[:2] != SUCCEEDED_PREFIX:
-                    reason = "UNEXPECTED_ANSWER"
+                    if answer[:2] == PENDING_PREFIX:
+                        followed_up = True
+                        reason, asked = await follow_up(get_call, from_account, transaction_id,
+                                                        timeout_s, began + FOLLOW_UP_MAX_S)
+                        stats.follow_up_calls += asked
+                    else:
+                        reason = "UNEXPECTED_ANSWER"
             except grpc.aio.AioRpcError as error:
                 reason = reason_of(error)
             ended = monotonic()
@@ -476,23 +589,27 @@ class _Worker:
             stats.transfers_total += 1
             if measure_from <= ended <= end_at:
                 stats.calls += 1
+                stats.transfers += 1
+                stats.cross += cross
+                stats.followed_up += followed_up
                 latencies.append(ended - began)
                 if not reason:
                     stats.succeeded += 1
                     stats.committed += 1
                 else:
                     failures[reason] += 1
-                    if reason in RECORDED_REASONS:
+                    if count_recorded and reason in RECORDED_REASONS:
                         stats.committed += 1
             if reason and reason not in RECORDED_REASONS:
                 await asyncio.sleep(ERROR_PAUSE_S)
 
     @staticmethod
-    async def _batch_caller(calls: list[Any], items: list[list[bytes]], partitions: list[int],
+    async def _batch_caller(sends: list[tuple[Any, int]], pools: list[Pool], get_calls: list[Any],
                             start: int, batch_size: int, ids: IdSource, go: Go, stats: RunStats,
-                            failures: Counter[str], timeout_s: float) -> None:
-        turn = start % len(partitions)
-        offsets = [start % max(1, len(items[p])) for p in range(len(items))]
+                            failures: Counter[str], timeout_s: float,
+                            count_recorded: bool) -> None:
+        turn = start % len(sends)
+        offsets = [start % len(pool.items) for pool in pools]
         monotonic = time.monotonic
         latencies = stats.latencies_s
         measure_from, end_at = go.measure_from, go.end_at
@@ -500,23 +617,41 @@ class _Worker:
             began = monotonic()
             if began >= end_at:
                 return
-            partition = partitions[turn]
-            turn = (turn + 1) % len(partitions)
-            pool = items[partition]
-            offset = offsets[partition]
+            call, which = sends[turn]
+            turn = (turn + 1) % len(sends)
+            pool = pools[which]
+            items = pool.items
+            n = len(items)
+            offset = offsets[which]
             parts: list[bytes] = []
             for k in range(batch_size):
-                parts.append(pool[(offset + k) % len(pool)])
+                parts.append(items[(offset + k) % n])
                 parts.append(ids.next())
-            offsets[partition] = (offset + batch_size) % len(pool)
+            offsets[which] = (offset + batch_size) % n
             failed: Counter[str] = Counter()
             succeeded = 0
+            followed_up = 0
             try:
-                raw = await calls[partition](b"".join(parts), timeout=timeout_s)
+                raw = await call(b"".join(parts), timeout=timeout_s)
                 answer = pb.TransferBatchResponse.FromString(raw)
                 succeeded = answer.succeeded
                 for reason in answer.reasons.values():
                     failed[reason] += 1
+                if answer.pending:
+                    pending = [k for k, status in enumerate(answer.statuses)
+                               if status == pb.PENDING]
+                    followed_up = len(pending)
+                    slots = [(offset + k) % n for k in pending]
+                    finals = await asyncio.gather(*(
+                        follow_up(get_calls[pool.sources[slot]], pool.from_accounts[slot],
+                                  parts[2 * k + 1], timeout_s, began + FOLLOW_UP_MAX_S)
+                        for k, slot in zip(pending, slots, strict=True)))
+                    for reason, asked in finals:
+                        stats.follow_up_calls += asked
+                        if reason:
+                            failed[reason] += 1
+                        else:
+                            succeeded += 1
                 unexplained = batch_size - succeeded - sum(failed.values())
                 if unexplained:
                     failed["NO_STATUS"] += unexplained
@@ -527,13 +662,47 @@ class _Worker:
             stats.transfers_total += batch_size
             if measure_from <= ended <= end_at:
                 stats.calls += 1
+                stats.transfers += batch_size
+                stats.cross += pool.cross_in(offset, batch_size)
+                stats.followed_up += followed_up
                 latencies.append(ended - began)
                 stats.succeeded += succeeded
-                stats.committed += succeeded + sum(
-                    count for reason, count in failed.items() if reason in RECORDED_REASONS)
+                stats.committed += succeeded
+                if count_recorded:
+                    stats.committed += sum(count for reason, count in failed.items()
+                                           if reason in RECORDED_REASONS)
                 failures.update(failed)
             if any(reason not in RECORDED_REASONS for reason in failed):
                 await asyncio.sleep(ERROR_PAUSE_S)
+
+
+async def follow_up(get_call: Any, from_account: str, transaction_id: bytes, timeout_s: float,
+                    give_up_at: float) -> tuple[str, int]:
+    """Ask GetTransfer until the transfer is final: (reason, '' if SUCCEEDED; calls made).
+
+    STALE reads: a replica's applied state is committed state, so a final status it
+    shows is final; one lagging behind (or not having the transfer yet: NOT_FOUND)
+    only makes us ask again. No read barrier, so following up adds no Raft entries.
+    """
+    request = pb.GetTransferRequest(from_account=from_account,
+                                    transaction_id=transaction_id.decode("ascii"),
+                                    consistency=pb.STALE).SerializeToString()
+    asked = 0
+    while True:
+        asked += 1
+        try:
+            view = pb.GetTransferResponse.FromString(await get_call(request, timeout=timeout_s))
+            if view.status == pb.SUCCEEDED:
+                return "", asked
+            if view.status == pb.FAILED:
+                return view.reason or "FAILED", asked
+        except grpc.aio.AioRpcError as error:
+            reason = reason_of(error)
+            if error.code() not in RETRYABLE and reason != "TRANSFER_NOT_FOUND":
+                return reason, asked
+        if time.monotonic() >= give_up_at:
+            return "NOT_FINAL", asked
+        await asyncio.sleep(FOLLOW_UP_PAUSE_S)
 
 
 def default_procs() -> int:

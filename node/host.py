@@ -139,7 +139,10 @@ class NodeHost:
             try:
                 placed = await asyncio.wait_for(future, timeout=max(0.0, remaining_s))
             except TimeoutError:
-                break  # wait_for cancelled the request: it is not proposed if still queued
+                # wait_for cancelled the request, but it may already sit in a proposed
+                # entry: the outcome is unknown, never "nothing was applied".
+                last_failure = "OUTCOME_UNKNOWN"
+                break
             except NotApplied:
                 last_failure = "NO_LEADER"
             except ProposalError:

@@ -289,21 +289,11 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                 local.setdefault(partition, []).append((index, command))
             else:
                 remote.setdefault(partition, []).append(index)
-        for partition, items in local.items():
-            outcomes = await self.host.execute(partition, [cmd for _, cmd in items], deadline)
-            pending: list[tuple[int, tuple[str, bytes]]] = []
-            for (index, command), outcome in zip(items, outcomes, strict=True):
-                if isinstance(outcome, ApiError):
-                    reasons[index] = outcome.reason
-                elif outcome.result.code is Code.PENDING:
-                    pending.append((index, (command.from_account, command.transaction_id)))
-                else:
-                    self._set_outcome(statuses, reasons, index, outcome.result.code)
-            if pending:
-                finals = await self._final_codes(partition, [key for _, key in pending],
-                                                 deadline)
-                for (index, _), code in zip(pending, finals, strict=True):
-                    self._set_outcome(statuses, reasons, index, code)
+        # Partitions go concurrently: a batch of random pairs touches all of them, and
+        # their sagas then overlap instead of running one after the other.
+        await asyncio.gather(*(self._batch_partition(partition, items, deadline, statuses,
+                                                     reasons)
+                               for partition, items in local.items()))
         for partition, indexes in remote.items():
             sub = pb.TransferBatchRequest(transfers=[transfers[i] for i in indexes])
             try:
@@ -321,6 +311,25 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             succeeded=sum(1 for s in statuses if s == pb.SUCCEEDED),
             failed=sum(1 for s in statuses if s == pb.FAILED),
             pending=sum(1 for s in statuses if s == pb.PENDING))
+
+    async def _batch_partition(
+        self, partition: int, items: list[tuple[int, c.Transfer | c.DebitForTransfer]],
+        deadline: float, statuses: list[pb.TransferStatus], reasons: dict[int, str],
+    ) -> None:
+        """One partition's share of a TransferBatch: propose, then wait for saga finals."""
+        outcomes = await self.host.execute(partition, [cmd for _, cmd in items], deadline)
+        pending: list[tuple[int, tuple[str, bytes]]] = []
+        for (index, command), outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, ApiError):
+                reasons[index] = outcome.reason
+            elif outcome.result.code is Code.PENDING:
+                pending.append((index, (command.from_account, command.transaction_id)))
+            else:
+                self._set_outcome(statuses, reasons, index, outcome.result.code)
+        if pending:
+            finals = await self._final_codes(partition, [key for _, key in pending], deadline)
+            for (index, _), code in zip(pending, finals, strict=True):
+                self._set_outcome(statuses, reasons, index, code)
 
     @staticmethod
     def _set_outcome(statuses: list[pb.TransferStatus], reasons: dict[int, str], index: int,
