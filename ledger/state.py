@@ -765,6 +765,44 @@ class StateMachine:
 
     # ------------------------------------------------------------------ snapshot
 
+    def frozen_copy(self) -> StateMachine:
+        """A copy to encode elsewhere while this one goes on applying.
+
+        Cheap enough for the Raft tick thread: dedup and outbox records are
+        immutable tuples, so their tables are copied shallowly (C-speed, tens of
+        milliseconds per million records); only the few mutable objects
+        (accounts, totals, saga bookkeeping) are copied one by one.
+        """
+        self._check_not_halted()
+        copy = StateMachine(self.partition)
+        copy.position, copy.last_log_index = self.position, self.last_log_index
+        copy.last_stamp_ms, copy.leader_term = self.last_stamp_ms, self.leader_term
+        copy.accounts = {
+            account_id: Account(a.currency, a.exponent, a.request_id, a.created_position,
+                                a.balance_minor, a.status, a.open_outbox)
+            for account_id, a in self.accounts.items()
+        }
+        copy.dedup = dict(self.dedup)
+        copy.outbox = dict(self.outbox)
+        for currency, totals in self.totals.items():
+            twin = copy.totals[currency] = Totals()
+            twin.balance_minor, twin.in_flight_minor = totals.balance_minor, totals.in_flight_minor
+            twin.deposited_minor, twin.withdrawn_minor = (totals.deposited_minor,
+                                                          totals.withdrawn_minor)
+            twin.credited_in_minor, twin.settled_out_minor = (totals.credited_in_minor,
+                                                              totals.settled_out_minor)
+        for destination, outgoing in self.outgoing.items():
+            out = copy.outgoing[destination] = Outgoing()
+            out.next_sequence = outgoing.next_sequence
+            out.open_by_sequence = dict(outgoing.open_by_sequence)
+            out.settled_minor = dict(outgoing.settled_minor)
+        for source, incoming in self.incoming.items():
+            into = copy.incoming[source] = Incoming()
+            into.watermark, into.resolved_through = incoming.watermark, incoming.resolved_through
+            into.outcomes = dict(incoming.outcomes)
+            into.credited_minor = dict(incoming.credited_minor)
+        return copy
+
     def snapshot(self) -> bytes:
         """The whole state in canonical form: byte-identical on replicas at the same position."""
         self._check_not_halted()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import SERIALIZER_STATE, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
@@ -171,6 +171,8 @@ class PartitionReplica:
         self.lock = threading.Lock()
         self.state = StateMachine(partition)
         self.last_snapshot_position = 0
+        self._snapshot_outcome: int = SERIALIZER_STATE.NOT_SERIALIZING
+        self._snapshot_writer: threading.Thread | None = None
         self._on_applied = on_applied
         os.makedirs(data_dir, exist_ok=True)
         self.journal_path = os.path.join(data_dir, "journal")
@@ -203,6 +205,7 @@ class PartitionReplica:
             fullDumpFile=self.snapshot_path,
             serializer=self._save_snapshot,
             deserializer=self._load_snapshot,
+            serializeChecker=self._snapshot_state,
             logCompactionMinEntries=settings.log_compaction_min_entries,
             logCompactionMinTime=settings.log_compaction_min_time_s,
             dynamicMembershipChange=True,
@@ -306,12 +309,25 @@ class PartitionReplica:
         self.archive.sync()
 
     def _save_snapshot(self, path: str, raft_data: Any) -> None:
+        """Library hook (tick thread): freeze the state, write it in a background thread.
+
+        Encoding millions of records takes seconds; on the tick thread that would
+        stop heartbeats and cause elections. Here the tick thread only takes a
+        frozen copy (shallow copies of immutable records) and returns; the writer
+        thread encodes it, writes `snapshot.writing`, fsyncs, renames it over
+        `snapshot` and fsyncs the directory. pysyncobj learns the outcome from
+        `_snapshot_state` (its `serializeChecker`) and trims the journal only
+        after SUCCESS. The library renames `path` into place after this hook
+        returns; we leave no file at `path`, so that rename fails harmlessly
+        and can never put a half-written snapshot in place.
+        """
         # Compaction must never drop an entry the archive has not made durable.
         self.archive.sync()
+        if os.path.exists(path):
+            os.remove(path)
         last_entry, prev_entry, members = raft_data
         with self.lock:
-            ledger_snapshot = self.state.snapshot()
-            position = self.state.position
+            frozen = self.state.frozen_copy()
         archive_position = 0 if self.archive_lagging else self.archive.last_position
         meta = snapshot_file.RaftMeta(
             tuple(last_entry), tuple(prev_entry),
@@ -319,9 +335,34 @@ class PartitionReplica:
             archive_position, bytes.fromhex(self.archive.chain_head)
             if archive_position else bytes(32),
         )
-        snapshot_file.write(path, meta, ledger_snapshot, fsync=self.settings.fsync)
-        self.last_snapshot_position = position
-        log.info("snapshot written", extra={"partition": self.partition, "position": position})
+        self._snapshot_outcome = SERIALIZER_STATE.SERIALIZING
+        self._snapshot_writer = threading.Thread(
+            target=self._write_snapshot, args=(frozen, meta), name=f"snapshot-p{self.partition}",
+            daemon=True)
+        self._snapshot_writer.start()
+
+    def _write_snapshot(self, frozen: StateMachine, meta: snapshot_file.RaftMeta) -> None:
+        writing = self.snapshot_path + ".writing"
+        try:
+            snapshot_file.write(writing, meta, frozen.snapshot(), fsync=self.settings.fsync)
+            os.replace(writing, self.snapshot_path)
+            if self.settings.fsync:
+                snapshot_file.fsync_directory(self.data_dir)
+        except Exception:
+            log.exception("snapshot write failed", extra={"partition": self.partition})
+            self._snapshot_outcome = SERIALIZER_STATE.FAILED
+            return
+        self.last_snapshot_position = frozen.position
+        log.info("snapshot written",
+                 extra={"partition": self.partition, "position": frozen.position})
+        self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+
+    def _snapshot_state(self) -> int:
+        """pysyncobj's serializeChecker: SUCCESS or FAILED is reported once."""
+        outcome = self._snapshot_outcome
+        if outcome in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
+            self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
+        return outcome
 
     def _load_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
         meta, ledger_snapshot = snapshot_file.read(path)
@@ -367,6 +408,8 @@ class PartitionReplica:
         self._stopping.set()
         if self._tick_thread.is_alive():
             self._tick_thread.join(timeout=5)
+        if self._snapshot_writer is not None:
+            self._snapshot_writer.join(timeout=60)
         self.syncobj.destroy()
         self.archive.sync()
         self.archive.close()

@@ -395,3 +395,14 @@ def test_dedup_records_are_invisible_to_the_cyclic_garbage_collector(ledger: Led
     record = ledger.state.dedup[key]
     assert not gc.is_tracked(record)
     assert next(k for k in ledger.state.dedup if k == key) is not None
+
+
+def test_a_frozen_copy_snapshots_the_moment_it_was_taken(ledger: Ledger) -> None:
+    ledger.apply(c.DebitForTransfer("alice", "zoe", 300, "USD", tx(), 1))
+    expected = ledger.state.snapshot()
+    frozen = ledger.state.frozen_copy()
+    ledger.apply(c.Transfer("alice", "bob", 5, "USD", tx()), c.Deposit("bob", 7, "USD", tx()))
+    (key, _), = list(ledger.state.outbox_for(1))
+    ledger.apply(c.ResolveTransfer(key[0], key[1], True, 0))
+    assert frozen.snapshot() == expected
+    assert StateMachine.restore(expected).state_hash() != ledger.state.state_hash()
