@@ -50,6 +50,10 @@ def parse_uuid(text: str, field: str) -> bytes:
 DEDUP_WINDOW_S = 7 * 24 * 3600
 """How long a transaction id is remembered; see docs/ledger.md, "Retention"."""
 
+CLOCK_SKEW_S_MAX = 300
+"""Time-bearing ids may run this far ahead of the node's clock, no more: a far-future id
+would outlive the dedup window and could be applied twice."""
+
 _UUID_V1_EPOCH_OFFSET_100NS = 0x01B21DD213814000  # from 1582-10-15 to 1970-01-01
 
 
@@ -73,6 +77,10 @@ def check_not_expired(raw: bytes, now_ms: int, field: str = "transaction_id",
                       window_s: int = DEDUP_WINDOW_S) -> None:
     """Refuse time-bearing ids older than the dedup window: their outcome may be forgotten."""
     created_ms = uuid_time_ms(raw)
+    if created_ms is not None and created_ms > now_ms + CLOCK_SKEW_S_MAX * 1000:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "TRANSACTION_ID_IN_FUTURE",
+                       f"{field}: its time is more than {CLOCK_SKEW_S_MAX // 60} minutes ahead of "
+                       "the cluster's clock; check the client's clock")
     if created_ms is not None and created_ms < now_ms - window_s * 1000:
         raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "TRANSACTION_ID_EXPIRED",
                        f"{field}: created more than {window_s // 86400} days ago, beyond the "

@@ -15,6 +15,7 @@ tick thread.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,7 +47,8 @@ class TransferRef:
     currency: str
     source_partition: int
     final_code: int | None
-    """The outcome when it is known from this partition alone (credits received)."""
+    """The final outcome once this partition's log decided it (None while in flight);
+    it stays known after the dedup record is pruned."""
 
 
 class History:
@@ -60,6 +62,8 @@ class History:
         self._stamps: dict[str, list[int]] = {}
         self._balances: dict[str, list[int]] = {}
         self._transfers: dict[str, list[TransferRef]] = {}
+        # (from_account, transaction_id) -> (account, index) of a sent ref still in flight
+        self._in_flight: dict[tuple[str, bytes], tuple[str, int]] = {}
 
     @property
     def indexed_position(self) -> int:
@@ -89,19 +93,34 @@ class History:
                 touched[account] = None
             if replayed:
                 continue
+            if isinstance(command, c.ResolveTransfer) and code is Code.OK:
+                key = (command.from_account, command.transaction_id)
+                slot = self._in_flight.pop(key, None)
+                if slot is not None:
+                    account, index = slot
+                    refs = self._transfers[account]
+                    final = Code.OK if command.credited else Code(command.reason)
+                    refs[index] = dataclasses.replace(refs[index], final_code=int(final))
+                continue
             if isinstance(command, c.Transfer | c.DebitForTransfer) and code in (
                     Code.OK, Code.PENDING, Code.INSUFFICIENT_FUNDS):
                 to_partition = (command.destination_partition
                                 if isinstance(command, c.DebitForTransfer) else self._partition)
+                final_code = None if code is Code.PENDING else int(code)
                 ref = TransferRef(position, stamp_ms, True, command.from_account,
                                   command.to_account, command.transaction_id,
-                                  command.amount_minor, command.currency, self._partition, None)
-                self._transfers.setdefault(command.from_account, []).append(ref)
+                                  command.amount_minor, command.currency, self._partition,
+                                  final_code)
+                sent = self._transfers.setdefault(command.from_account, [])
+                if final_code is None:
+                    self._in_flight[(command.from_account, command.transaction_id)] = (
+                        command.from_account, len(sent))
+                sent.append(ref)
                 if code is Code.OK and to_partition == self._partition:
                     received = TransferRef(position, stamp_ms, False, command.from_account,
                                            command.to_account, command.transaction_id,
                                            command.amount_minor, command.currency,
-                                           self._partition, None)
+                                           self._partition, int(Code.OK))
                     self._transfers.setdefault(command.to_account, []).append(received)
             elif isinstance(command, c.CreditForTransfer) and (
                     code is Code.OK or code in CREDIT_REJECTIONS) and code is not Code.ABORTED:

@@ -133,6 +133,8 @@ class NodeHost:
             try:
                 future = proposer.submit(commands)
             except Overloaded as exc:
+                if last_failure == "OUTCOME_UNKNOWN":
+                    break  # an earlier attempt may have applied: never say "nothing was"
                 error = ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED", str(exc))
                 return [error] * len(commands)
             remaining_s = deadline - time.monotonic()
@@ -144,7 +146,8 @@ class NodeHost:
                 last_failure = "OUTCOME_UNKNOWN"
                 break
             except NotApplied:
-                last_failure = "NO_LEADER"
+                if last_failure != "OUTCOME_UNKNOWN":  # sticky: an earlier attempt may apply
+                    last_failure = "NO_LEADER"
             except ProposalError:
                 last_failure = "OUTCOME_UNKNOWN"
             else:

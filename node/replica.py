@@ -87,12 +87,18 @@ class _SyncingTransport(TCPTransport):  # type: ignore[misc]
 class _PartitionSyncObj(SyncObj):  # type: ignore[misc]
     """SyncObj with a dump loader that keeps committed entries and fails loudly."""
 
+    installing_snapshot = False
+    """True while loading a snapshot just received from the leader (not our own)."""
+
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
+        self.installing_snapshot = clearJournal
         try:
             data = self._SyncObj__serializer.deserialize()
         except Exception as exc:  # a damaged snapshot must stop the node, never be skipped
             halt(f"cannot load snapshot: {exc}")
             return
+        finally:
+            self.installing_snapshot = False
         last_entry, prev_entry, members = data[1], data[2], data[3]
         journal = self._SyncObj__raftLog
         keep_from = None if clearJournal else _position_of(journal, prev_entry, last_entry)
@@ -366,12 +372,26 @@ class PartitionReplica:
 
     def _load_snapshot(self, path: str) -> tuple[Any, Any, list[TCPNode]]:
         meta, ledger_snapshot = snapshot_file.read(path)
-        self._check_archive_against(meta)
+        if getattr(self.syncobj, "installing_snapshot", False):
+            # The leader's snapshot: its archive facts are not ours. Our archive stops
+            # short of this state (history is served by other replicas until it is
+            # re-seeded); keep the file but without the leader's archive position, so
+            # that a restart does not mistake the gap for lost records.
+            meta = snapshot_file.RaftMeta(meta.last_entry, meta.prev_entry, meta.members)
+            local = path + ".local"
+            snapshot_file.write(local, meta, ledger_snapshot, fsync=self.settings.fsync)
+            os.replace(local, path)
+            if self.settings.fsync:
+                snapshot_file.fsync_directory(self.data_dir)
+        else:
+            self._check_archive_against(meta)
         restored = StateMachine.restore(ledger_snapshot)
         if restored.partition != self.partition:
             raise ValueError(f"snapshot of partition {restored.partition}, not {self.partition}")
         with self.lock:
             self.state = restored
+        if self.archive.last_position < restored.position:
+            self.archive_lagging = True
         self.last_snapshot_position = restored.position
         log.info("snapshot loaded",
                  extra={"partition": self.partition, "position": restored.position})

@@ -57,12 +57,6 @@ def peer_token(secret: str) -> str:
     return hashlib.blake2b(b"raftwallet peer rpc v1", key=key, digest_size=32).hexdigest()
 
 
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    """Fire-and-forget proposals: a failure only means the next round proposes again."""
-    if not future.cancelled():
-        future.exception()
-
-
 def credit_outcomes(credits: Sequence[c.CreditForTransfer],
                     outcomes: Sequence[Applied | ApiError]) -> dict[int, Code]:
     """Sequence -> definitive outcome, for the credits whose outcome is recorded."""
@@ -142,7 +136,14 @@ class SagaDriver:
             try:
                 proposal = self.host.proposers[partition].submit(
                     [c.LeaderStart(term, self.host.node_id)])
-                proposal.add_done_callback(_ignore_outcome)
+
+                def retry_if_failed(future: asyncio.Future[Any], partition: int = partition,
+                                    term: int = term) -> None:
+                    failed = future.cancelled() or future.exception() is not None
+                    if failed and self._leader_start_proposed.get(partition) == term:
+                        del self._leader_start_proposed[partition]  # propose it again
+
+                proposal.add_done_callback(retry_if_failed)
             except Exception:
                 self._leader_start_proposed.pop(partition, None)
                 log.exception("LeaderStart proposal failed", extra={"partition": partition})

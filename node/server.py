@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,8 @@ PRUNE_PERIOD_S = 3600.0
 PRUNE_MARGIN_S = 24 * 3600
 """Records are kept a day longer than the API's window, to cover clock skew."""
 GRACE_S = 2.0
+SHUTDOWN_DEADLINE_S = 20.0
+EXIT_SHUTDOWN_TIMEOUT = 4
 
 
 class StartRefused(Exception):
@@ -182,11 +185,19 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
         except TimeoutError:
             pass
     log.info("stopping")
+    # Everything acknowledged is already durable, so a shutdown that hangs can end the
+    # process like kill -9 would: bounded, never stuck waiting for a peer or a call.
+    watchdog = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_after_slow_shutdown)
+    watchdog.daemon = True
+    watchdog.start()
+    await driver.stop()
     if gateway is not None and gateway_task is not None:
         gateway.should_exit = True
-        await gateway_task
-    await server.stop(GRACE_S)
-    await driver.stop()
+        await asyncio.wait({gateway_task}, timeout=GRACE_S + 1)
+    try:
+        await asyncio.wait_for(server.stop(GRACE_S), timeout=GRACE_S + 2)
+    except TimeoutError:
+        log.warning("gRPC server did not stop in time")
     await host.stop()
 
 
@@ -210,6 +221,13 @@ def _move_to_preferred_leaders(config: ClusterConfig, node_id: str,
         log.info("moving leadership to the preferred node",
                  extra={"partition": partition, "to": preferred})
         replica.transfer_leadership(config.node(preferred).raft_address(partition))
+
+
+def _exit_after_slow_shutdown() -> None:
+    log.error("shutdown took longer than %.0f s: exiting now", SHUTDOWN_DEADLINE_S)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
 
 def _propose_prune(host: NodeHost) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -113,8 +113,12 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                             context: grpc.aio.ServicerContext) -> pb.CreateAccountResponse:
         account_id = api.check_account_id(request.account_id, "account_id")
         cur = api.check_currency(request.currency)
+        # Without a request id, a retry must still be recognised: derive one from the
+        # account and currency (a second creation of the same account is then answered
+        # as a replay, which is what an idempotent create means).
         request_id = (api.parse_uuid(request.request_id, "request_id") if request.request_id
-                      else uuid.uuid4().bytes)
+                      else hashlib.blake2b(f"{account_id}\0{cur.code}".encode(),
+                                           digest_size=16).digest())
         partition = self._partition(account_id)
         deadline = deadline_of(context)
         if not self.host.hosts(partition):
@@ -407,6 +411,9 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                             context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
         transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        # An expired id's outcome may be forgotten: aborting it could hide a transfer
+        # that happened. Its history is still in the archive (ListTransfers).
+        api.check_not_expired(transaction_id, int(time.time() * 1000))
         partition = self._partition(from_account)
         deadline = deadline_of(context)
         if not self.host.hosts(partition):
@@ -477,14 +484,21 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                 view = _transfer_view(transaction_id, ref.from_account, record, exponent,
                                       partition, stale=False)
                 return view
-        code = Code(ref.final_code) if ref.final_code is not None else Code.OK
+        # A credit received from another partition, or a transfer whose dedup record
+        # was pruned: the outcome this partition's log decided, kept by the history.
+        if ref.final_code is None:
+            status, reason = pb.TRANSFER_STATUS_UNSPECIFIED, "OUTCOME_NOT_IN_HISTORY"
+        else:
+            code = Code(ref.final_code)
+            status = pb.SUCCEEDED if code is Code.OK else pb.FAILED
+            reason = "" if code is Code.OK else code.name
+        step = ("sent" if ref.sent else
+                "credited" if status == pb.SUCCEEDED else "credit refused")
         return pb.GetTransferResponse(
             transaction_id=transaction_id, from_account=ref.from_account,
             to_account=ref.to_account, amount=format_amount(ref.amount_minor, exponent),
-            currency=ref.currency, status=pb.SUCCEEDED if code is Code.OK else pb.FAILED,
-            reason="" if code is Code.OK else code.name,
-            steps=[pb.TransferStep(name="credited" if code is Code.OK else "credit refused",
-                                   at_ms=ref.stamp_ms, position=ref.position,
+            currency=ref.currency, status=status, reason=reason,
+            steps=[pb.TransferStep(name=step, at_ms=ref.stamp_ms, position=ref.position,
                                    partition=partition)])
 
     @_handler

@@ -73,3 +73,10 @@ def test_an_id_inside_the_window_is_accepted() -> None:
 ])
 def test_ledger_refusals_map_to_precise_statuses(code: Code, status: grpc.StatusCode) -> None:
     assert api.status_of(code) == status
+
+
+def test_an_id_from_the_far_future_is_refused() -> None:
+    now_ms = 1_800_000_000_000
+    with pytest.raises(ApiError) as excinfo:
+        api.check_not_expired(uuid7_at(now_ms + api.CLOCK_SKEW_S_MAX * 1000 + 1), now_ms)
+    assert excinfo.value.reason == "TRANSACTION_ID_IN_FUTURE"

@@ -158,3 +158,63 @@ def test_walletctl_balance_at_a_time(cluster: LocalCluster,
     assert walletctl(["--config", str(cluster.config_path), "--json", "balance", payer,
                       "--at", moment]) == 0
     assert json.loads(capsys.readouterr().out)["balance"] == "100.00"
+
+
+def test_a_replica_that_installs_the_leaders_snapshot_keeps_serving(
+    cluster: LocalCluster,
+) -> None:
+    payer, payee = account_on(0, "install"), account_on(0, "install-to")
+    open_accounts(cluster, payer, payee)
+    wait_until(lambda: converged(cluster), "replicas to agree")
+    cluster.kill("n3", signal.SIGTERM)
+    for _ in range(5):
+        move(cluster, payer, payee, "0.01")
+    for node_id in ("n1", "n2"):  # compact past what n3 has: it must take a snapshot
+        cluster.admin(node_id).Snapshot(pb.SnapshotRequest(partition=0), timeout=30)
+    wait_until(lambda: all((cluster.node_dir(n) / "partition-0" / "snapshot").exists()
+                           for n in ("n1", "n2")), "the snapshots")
+    move(cluster, payer, payee, "0.01")
+    cluster.start("n3")
+    wait_until(lambda: converged(cluster), "n3 to install the snapshot and catch up")
+    cluster.kill("n3", signal.SIGTERM)  # and it restarts from that snapshot
+    cluster.start("n3")
+    wait_until(lambda: converged(cluster), "n3 to restart from the installed snapshot")
+    assert cluster.processes["n3"].poll() is None
+
+
+def test_history_keeps_outcomes_after_the_dedup_records_are_pruned(tmp_path: Path) -> None:
+    from ledger import commands as c
+    from ledger.codec import encode_entry
+    from ledger.results_codec import encode_results
+    from ledger.state import StateMachine
+    from node.archive import EventArchive
+    from node.history import History
+
+    state, archive = StateMachine(0), EventArchive(str(tmp_path / "archive"), 0, fsync=False)
+    ids = [uuid.uuid4().bytes for _ in range(3)]
+    entries: list[tuple[c.Command, ...]] = [
+        (c.CreateAccount("a", "USD", 2, ids[0]), c.CreateAccount("b", "USD", 2, ids[1]),
+         c.Deposit("a", 100, "USD", ids[2])),
+        (c.Transfer("a", "b", 500, "USD", ids[0]),  # insufficient funds, recorded
+         c.DebitForTransfer("a", "far", 10, "USD", ids[1], 1)),
+    ]
+    for log_index, commands in enumerate(entries, start=1):
+        entry = c.Entry(1_000 * log_index, commands)
+        applied = state.apply_entry(entry, log_index)
+        assert applied is not None
+        archive.append(applied.position, log_index, 1, applied.stamp_ms, encode_entry(entry),
+                       encode_results(applied.results))
+    (key, _), = list(state.outbox_for(1))
+    later: list[tuple[int, tuple[c.Command, ...]]] = [
+        (3, (c.ResolveTransfer(key[0], key[1], False, 3),)), (4, (c.PruneDedup(10**12),))]
+    for log_index, commands in later:
+        entry = c.Entry(1_000 * log_index, commands)
+        applied = state.apply_entry(entry, log_index)
+        assert applied is not None
+        archive.append(applied.position, log_index, 1, applied.stamp_ms, encode_entry(entry),
+                       encode_results(applied.results))
+    history = History(archive, 0)
+    history.catch_up()
+    refs, _ = history.transfers("a", None, 10, newest_first=False)
+    assert [r.final_code for r in refs] == [6, 3]  # INSUFFICIENT_FUNDS, then compensated
+    assert state.transfer_record("a", ids[0]) is None  # pruned from the live state
