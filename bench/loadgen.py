@@ -13,6 +13,13 @@ unary answers are not parsed (a SUCCEEDED answer begins with the bytes 08 01).
 Each worker reports the CPU time it used, so the parent can tell whether the
 load generator, rather than the cluster, is the limit.
 
+HTTP workloads (`RunJob.http_targets` set) send the same unary transfers as
+`POST /v1/wallet/balance_transfer` JSON requests to the HTTP gateway instead, with
+one httpx.AsyncClient per worker (HTTP/1.1 keep-alive, a connection pool as large as
+the worker's callers). Bodies are pre-built bytes too (only the transaction id is
+spliced in); answers are judged by their status alone: 200 succeeded, anything else
+a failure counted by status and error code (the body is parsed only then).
+
 Two mixes of transfers (`RunJob.mix`):
 
     intra     from and to on the same partition (an atomic Transfer command)
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import random
 import secrets
@@ -46,6 +54,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import httpx
 
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -73,6 +82,9 @@ TEMPLATES_PER_PARTITION = 4096
 SETUP_RETRY_S = 60.0
 ERROR_PAUSE_S = 0.01
 """A caller whose call failed waits this long, so a refusing node is not hammered in a loop."""
+HTTP_TRANSFER_PATH = "/v1/wallet/balance_transfer"
+JSON_HEADERS = {"Content-Type": "application/json"}
+JSON_SUFFIX = b'"}'
 
 
 # --- jobs and answers (picklable: they cross the pipe) ----------------------------------------
@@ -116,6 +128,9 @@ class RunJob:
     timeout_s: float
     mix: str = "intra"
     """"intra": from and to on one partition; "uniform": both uniformly random (see MIXES)."""
+    http_targets: tuple[str, ...] = ()
+    """If set (unary only): per partition, the base URL of the HTTP gateway its calls go
+    to (`http://host:port`); the transfers are then sent as HTTP requests, not gRPC."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +233,23 @@ def transfer_prefix(from_account: str, to_account: str, amount: str, currency: s
     """
     return (_string_field(1, from_account) + _string_field(2, to_account)
             + _string_field(3, amount) + _string_field(4, currency) + TRANSACTION_ID_KEY)
+
+
+def json_prefix(from_account: str, to_account: str, amount: str, currency: str) -> bytes:
+    """A balance_transfer JSON body up to the opening quote of its transaction id.
+
+    Appending the 36 ASCII characters of a UUID and JSON_SUFFIX makes it complete.
+    """
+    head = json.dumps({"from_account": from_account, "to_account": to_account,
+                       "amount": amount, "currency": currency}, separators=(",", ":"))
+    return (head[:-1] + ',"transaction_id":"').encode("utf-8")
+
+
+def json_prefix_of(prefix: bytes) -> bytes:
+    """json_prefix(...) of the transfer a transfer_prefix(...) encodes."""
+    request = pb.TransferRequest.FromString(prefix + b"0" * UUID_CHARS)
+    return json_prefix(request.from_account, request.to_account, request.amount,
+                       request.currency)
 
 
 def batch_item_prefix(prefix: bytes) -> bytes:
@@ -339,6 +371,10 @@ def check_encoding() -> None:
     batch = pb.TransferBatchRequest.FromString(item + item)
     if list(batch.transfers) != [expected, expected]:
         raise AssertionError("hand-encoded TransferBatchRequest differs from protobuf's")
+    body = json.loads(json_prefix_of(prefix) + transaction_id + JSON_SUFFIX)
+    if body != {"from_account": "alice", "to_account": "bob", "amount": "1.05",
+                "currency": "USD", "transaction_id": transaction_id.decode()}:
+        raise AssertionError(f"hand-made balance_transfer JSON body is wrong: {body}")
     if pb.TransferResponse(status=pb.SUCCEEDED, position=7).SerializeToString()[:2] != (
             SUCCEEDED_PREFIX):
         raise AssertionError("a SUCCEEDED TransferResponse does not start with 08 01")
@@ -355,6 +391,15 @@ def minor_units(balance: str, exponent: int = 2) -> int:
     sign = -1 if whole.startswith("-") else 1
     scale = int("1" + "0" * exponent)
     return sign * (abs(int(whole)) * scale + int(fraction.ljust(exponent, "0") or "0"))
+
+
+def http_error_code(response: httpx.Response) -> str:
+    """The gateway's `error.code` of an error answer (HTTP_<status> if there is none)."""
+    try:
+        code = response.json()["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP_{response.status_code}"
+    return str(code)
 
 
 def reason_of(error: grpc.aio.AioRpcError) -> str:
@@ -528,7 +573,20 @@ class _Worker:
         count_recorded = job.mix == "intra"
         ticker = asyncio.create_task(self._report_progress(stats))
         try:
-            if job.batch_size == 1:
+            if job.http_targets:
+                http_flat = [(f"{job.http_targets[t.source]}{HTTP_TRANSFER_PATH}",
+                              get_calls[t.source], json_prefix_of(t.prefix), t.from_account,
+                              t.cross) for t in templates]
+                limits = httpx.Limits(max_connections=job.callers,
+                                      max_keepalive_connections=job.callers)
+                async with httpx.AsyncClient(limits=limits, timeout=job.timeout_s,
+                                             trust_env=False) as client:
+                    await asyncio.gather(*(
+                        self._http_unary_caller(client, http_flat, rng.randrange(1 << 30), ids,
+                                                go, stats, failures, job.timeout_s,
+                                                count_recorded)
+                        for _ in range(job.callers)))
+            elif job.batch_size == 1:
                 await asyncio.gather(*(
                     self._unary_caller(flat, rng.randrange(1 << 30), ids, go, stats, failures,
                                        job.timeout_s, count_recorded)
@@ -598,6 +656,66 @@ class _Worker:
                     stats.committed += 1
                 else:
                     failures[reason] += 1
+                    if count_recorded and reason in RECORDED_REASONS:
+                        stats.committed += 1
+            if reason and reason not in RECORDED_REASONS:
+                await asyncio.sleep(ERROR_PAUSE_S)
+
+    @staticmethod
+    async def _http_unary_caller(client: httpx.AsyncClient,
+                                 flat: list[tuple[str, Any, bytes, str, bool]], start: int,
+                                 ids: IdSource, go: Go, stats: RunStats,
+                                 failures: Counter[str], timeout_s: float,
+                                 count_recorded: bool) -> None:
+        """Like _unary_caller, over HTTP: 200 succeeded; 202 (pending) is followed up with
+        GetTransfer; any other answer is a failure, counted as "<status> <error code>"."""
+        n = len(flat)
+        position = start % n
+        monotonic = time.monotonic
+        latencies = stats.latencies_s
+        measure_from, end_at = go.measure_from, go.end_at
+        post = client.post
+        while True:
+            began = monotonic()
+            if began >= end_at:
+                return
+            url, get_call, prefix, from_account, cross = flat[position]
+            position += 1
+            if position == n:
+                position = 0
+            reason = ""
+            key = ""
+            followed_up = False
+            transaction_id = ids.next()
+            try:
+                response = await post(url, content=prefix + transaction_id + JSON_SUFFIX,
+                                      headers=JSON_HEADERS)
+                status = response.status_code
+                if status == 202:
+                    followed_up = True
+                    reason, asked = await follow_up(get_call, from_account, transaction_id,
+                                                    timeout_s, began + FOLLOW_UP_MAX_S)
+                    stats.follow_up_calls += asked
+                    key = reason
+                elif status != 200:
+                    reason = http_error_code(response)
+                    key = f"{status} {reason}"
+            except httpx.HTTPError as error:
+                reason = key = type(error).__name__
+            ended = monotonic()
+            stats.calls_total += 1
+            stats.transfers_total += 1
+            if measure_from <= ended <= end_at:
+                stats.calls += 1
+                stats.transfers += 1
+                stats.cross += cross
+                stats.followed_up += followed_up
+                latencies.append(ended - began)
+                if not reason:
+                    stats.succeeded += 1
+                    stats.committed += 1
+                else:
+                    failures[key] += 1
                     if count_recorded and reason in RECORDED_REASONS:
                         stats.committed += 1
             if reason and reason not in RECORDED_REASONS:

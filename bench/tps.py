@@ -6,6 +6,7 @@ accounts with a balance each, then measures each workload:
 
     workload         mix      calls
     unary            intra    Transfer, `--callers` concurrent callers (closed loop)
+    http-unary       intra    POST /v1/wallet/balance_transfer (HTTP gateway), `--callers`
     batch100         intra    TransferBatch of 100 transfers, `--batch-callers` callers
     batch1000        intra    TransferBatch of 1,000 transfers, `--batch-callers` callers
     cross-unary      uniform  Transfer, `--callers` concurrent callers (closed loop)
@@ -16,6 +17,14 @@ mix "uniform" draws from and to uniformly from all accounts: with 4 partitions
 about 3/4 of the transfers cross partitions and run as a saga (debit on the
 source, credit on the destination, settle on the source); `cross_share` in the
 results is the share measured.
+
+With an HTTP workload selected, every node also serves the HTTP gateway in its own
+process (`--http-listen 127.0.0.1:<free port>`). `http-unary` sends the transfers of
+`unary` as JSON requests (pre-built bodies, httpx.AsyncClient with HTTP/1.1 keep-alive,
+one connection per caller at most); each goes to the gateway of the node leading the
+from_account's partition (`--routing spread`: to the nodes' gateways in turn), whose
+gateway then calls its own node's gRPC service. HTTP 200 counts as succeeded, any
+other answer as a failure by status and error code.
 
 Unary calls go to the leader of the from_account's partition; TransferBatch calls
 of the intra mix to their partition's leader, those of the uniform mix (whose
@@ -46,6 +55,7 @@ bench/results/tps.json (`--output`).
     make bench-quick    # 1 run of 3 s per workload (writes bench/results/tps-quick.json)
     python -m bench.tps --workloads unary --callers 128 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads cross-batch1000 --runs 1 --output /tmp/t.json
+    python -m bench.tps --workloads unary,http-unary --runs 3 --output bench/results/tps-http.json
 """
 
 from __future__ import annotations
@@ -91,10 +101,13 @@ class Workload:
     """Transfers per call: 1 for unary Transfer calls, else per TransferBatch call."""
     mix: str
     """"intra" (same partition) or "uniform" (random over all accounts): loadgen.MIXES."""
+    protocol: str = "grpc"
+    """"grpc": the WalletService; "http": POST /v1/wallet/balance_transfer (unary only)."""
 
 
 WORKLOADS = {
     "unary": Workload(1, "intra"),
+    "http-unary": Workload(1, "intra", "http"),
     "batch100": Workload(100, "intra"),
     "batch1000": Workload(1000, "intra"),
     "cross-unary": Workload(1, "uniform"),
@@ -117,6 +130,8 @@ SETUP_CONCURRENCY = 64
 OTHER_LOAD_WARN_CORES = 0.25
 """A run during which other processes used more CPU than this is flagged as disturbed."""
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+GATEWAY_TIMEOUT_S = 30.0
+HTTP_RPC = f"POST {loadgen.HTTP_TRANSFER_PATH}"
 
 
 class BenchFailed(Exception):
@@ -228,12 +243,19 @@ class PortAllocator:
 class BenchCluster:
     """Three node processes, each in its own session; `stop` ends every one of them."""
 
-    def __init__(self, root: Path, partitions: int, uvloop: bool) -> None:
+    def __init__(self, root: Path, partitions: int, uvloop: bool, http: bool = False) -> None:
         from node.config import dump_cluster_config, local_cluster_config
 
         self.root = root
-        self.config = local_cluster_config("bench", NODES, partitions, PortAllocator(),
+        ports = PortAllocator()
+        self.config = local_cluster_config("bench", NODES, partitions, ports,
                                            replication_factor=NODES)
+        self.http_addresses: dict[str, str] = {}
+        """Per node id, where its HTTP gateway listens (none without an HTTP workload)."""
+        if http:
+            first = ports(NODES)
+            self.http_addresses = {node.id: f"127.0.0.1:{first + k}"
+                                   for k, node in enumerate(self.config.nodes)}
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(dump_cluster_config(self.config), encoding="utf-8")
         env = dict(os.environ)
@@ -246,9 +268,32 @@ class BenchCluster:
         from node.launcher import start_node
 
         for node in self.config.nodes:
-            self.processes[node.id] = start_node(self.config_path, node.id,
-                                                 self.root / "data" / node.id,
-                                                 bootstrap=True, env=self.env)
+            http = self.http_addresses.get(node.id)
+            self.processes[node.id] = start_node(
+                self.config_path, node.id, self.root / "data" / node.id, bootstrap=True,
+                env=self.env, extra_args=("--http-listen", http) if http else ())
+
+    def wait_for_gateways(self) -> None:
+        """Every node's HTTP gateway answers GET /healthz 200 (if gateways were started)."""
+        import httpx
+
+        deadline = time.monotonic() + GATEWAY_TIMEOUT_S
+        waiting = dict(self.http_addresses)
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while waiting:
+                self.check_alive()
+                for node_id, address in list(waiting.items()):
+                    try:
+                        if client.get(f"http://{address}/healthz").status_code == 200:
+                            del waiting[node_id]
+                    except httpx.HTTPError:
+                        pass
+                if waiting and time.monotonic() >= deadline:
+                    raise BenchFailed(f"HTTP gateways not answering after "
+                                      f"{GATEWAY_TIMEOUT_S:.0f} s: {waiting}\n"
+                                      f"{self.log_tails()}")
+                if waiting:
+                    time.sleep(0.2)
 
     def wait_for_leaders(self) -> None:
         from node.launcher import wait_for_leaders
@@ -638,17 +683,25 @@ class Bench:
         if (args.leader_wait_s > 0 and leader_ids != self.cluster.preferred_leaders()
                 and self.cluster.wait_for_preferred_leaders(args.leader_wait_s)):
             leaders, leader_ids = self.cluster.leaders()
+        node_ids = [node.id for node in self.cluster.config.nodes]
         if args.routing == "leader":
             targets = leaders
+            target_ids = leader_ids
         else:
             addresses = [node.grpc_address for node in self.cluster.config.nodes]
             targets = [addresses[p % len(addresses)] for p in range(self.partition_count)]
+            target_ids = [node_ids[p % len(node_ids)] for p in range(self.partition_count)]
+        http_targets: tuple[str, ...] = ()
+        if WORKLOADS[workload].protocol == "http":
+            # The gateway in the process of the node each partition's calls go to.
+            http_targets = tuple(f"http://{self.cluster.http_addresses[node_id]}"
+                                 for node_id in target_ids)
         by_partition = self.accounts_by_partition()
         jobs: list[object | None] = [None] * len(self.workers)
         for index, share in enumerate(_shares(callers, procs)):
             jobs[index] = loadgen.RunJob(workload, batch_size, share, by_partition, targets,
                                          CURRENCY, args.seed * 1000 + run, args.timeout_s,
-                                         WORKLOADS[workload].mix)
+                                         WORKLOADS[workload].mix, http_targets)
         active = [i for i, job in enumerate(jobs) if job is not None]
         for i in active:
             self.workers.send(i, jobs[i])
@@ -790,10 +843,16 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         failures.update(run["failures"])
     batch_size = WORKLOADS[workload].batch_size
     mix = WORKLOADS[workload].mix
+    http = WORKLOADS[workload].protocol == "http"
     return {
         "workload": workload,
         "mix": mix,
-        "rpc": "Transfer" if batch_size == 1 else "TransferBatch",
+        "rpc": HTTP_RPC if http else "Transfer" if batch_size == 1 else "TransferBatch",
+        "protocol": WORKLOADS[workload].protocol,
+        **({"http_gateway": "served in each node's process (--http-listen); calls go to the "
+                            "gateway of the node they would go to over gRPC (--routing)",
+            "http_client": "httpx.AsyncClient, HTTP/1.1 keep-alive, pool of one connection "
+                           "per caller"} if http else {}),
         "transfers_per_call": batch_size,
         "callers": args.callers if batch_size == 1 else args.batch_callers,
         "partitions": args.partitions,
@@ -885,12 +944,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # Load generators first: spawned, so they share nothing with this process.
             workers = Workers(args.procs)
-            cluster = BenchCluster(root, args.partitions, args.uvloop)
+            cluster = BenchCluster(root, args.partitions, args.uvloop,
+                                   http=any(WORKLOADS[w].protocol == "http"
+                                            for w in args.workload_list))
             cluster.start()
             print(f"cluster: {NODES} nodes x {args.partitions} partitions (3 replicas each, "
                   f"durable journal) in {root}; node pids {cluster.pids()}; load generator "
                   f"pids {workers.pids()}", flush=True)
             cluster.wait_for_leaders()
+            cluster.wait_for_gateways()
+            if cluster.http_addresses:
+                print(f"http gateways: {cluster.http_addresses}", flush=True)
             if args.leader_wait_s > 0:
                 started = time.monotonic()
                 settled = cluster.wait_for_preferred_leaders(args.leader_wait_s)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+import httpx
 
 from bench import loadgen
 from proto.wallet.v1 import wallet_pb2 as pb
@@ -44,7 +45,8 @@ def test_tps_harness_runs_and_conserves_money(tmp_path: Path) -> None:
     output = tmp_path / "tps.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.tps", "--quick", "--duration-s", "1.5", "--warmup-s",
-         "0.2", "--runs", "1", "--accounts", "50", "--workloads", "unary,batch100,cross-batch1000",
+         "0.2", "--runs", "1", "--accounts", "50", "--workloads",
+         "unary,http-unary,batch100,cross-batch1000",
          "--callers", "8", "--batch-callers", "2", "--procs", "1", "--leader-wait-s", "0",
          "--output", str(output), "--data-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
@@ -53,7 +55,7 @@ def test_tps_harness_runs_and_conserves_money(tmp_path: Path) -> None:
 
     assert report["conservation_passed"] is True
     records = {r["workload"]: r for r in report["records"]}
-    assert list(records) == ["unary", "batch100", "cross-batch1000"]
+    assert list(records) == ["unary", "http-unary", "batch100", "cross-batch1000"]
     for record in report["records"]:
         assert record.keys() >= RECORD_KEYS, record.keys()
         assert record["partitions"] == 4
@@ -68,6 +70,11 @@ def test_tps_harness_runs_and_conserves_money(tmp_path: Path) -> None:
             assert run["books"]["outbox_drain_s"] >= 0
     assert records["unary"]["mix"] == records["batch100"]["mix"] == "intra"
     assert records["unary"]["cross_share"] == records["batch100"]["cross_share"] == 0
+    http = records["http-unary"]
+    assert http["mix"] == "intra" and http["cross_share"] == 0
+    assert http["protocol"] == "http" and records["unary"]["protocol"] == "grpc"
+    assert http["rpc"] == "POST /v1/wallet/balance_transfer"
+    assert http["client_cpu_us_per_call"] > 0
     cross = records["cross-batch1000"]
     assert cross["mix"] == "uniform"
     assert cross["rpc"] == "TransferBatch" and cross["transfers_per_call"] == 1000
@@ -170,6 +177,48 @@ def test_follow_up_stops_on_a_final_error_or_when_giving_up() -> None:
     reason, asked = asyncio.run(loadgen.follow_up(never_final, "a", tx, 1,
                                                   time.monotonic() + 0.03))
     assert reason == "NOT_FINAL" and asked >= 2
+
+
+def test_http_bodies_are_the_transfers_of_the_grpc_templates() -> None:
+    prefix = loadgen.transfer_prefix("a\"b", "c", "0.05", "USD")
+    tx = loadgen.IdSource().next()
+    body = json.loads(loadgen.json_prefix_of(prefix) + tx + loadgen.JSON_SUFFIX)
+    assert body == {"from_account": 'a"b', "to_account": "c", "amount": "0.05",
+                    "currency": "USD", "transaction_id": tx.decode()}
+
+
+def test_http_caller_counts_200_as_succeeded_and_other_statuses_by_code() -> None:
+    answers = iter([200, 422, 200, 503] * 1000)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        assert request.url.path == "/v1/wallet/balance_transfer" and body["amount"] == "1.00"
+        status = next(answers)
+        if status == 200:
+            return httpx.Response(200, json={"status": "success",
+                                             "transaction_id": body["transaction_id"]})
+        code = "INSUFFICIENT_FUNDS" if status == 422 else "OUTCOME_UNKNOWN"
+        return httpx.Response(status, json={"error": {"code": code, "message": "no"},
+                                            "transaction_id": body["transaction_id"]})
+
+    prefix = loadgen.json_prefix_of(loadgen.transfer_prefix("a", "b", "1.00", "USD"))
+    flat = [("http://gw/v1/wallet/balance_transfer", None, prefix, "a", False)]
+    stats = loadgen.RunStats()
+    failures: Counter[str] = Counter()
+    now = time.monotonic()
+    go = loadgen.Go(now, now, now + 0.1)
+
+    async def run() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            await loadgen._Worker._http_unary_caller(client, flat, 0, loadgen.IdSource(), go,
+                                                     stats, failures, 5, True)
+
+    asyncio.run(run())
+    assert stats.calls >= 4 and stats.calls_total >= stats.calls
+    assert stats.succeeded + sum(failures.values()) == stats.calls
+    assert set(failures) == {"422 INSUFFICIENT_FUNDS", "503 OUTCOME_UNKNOWN"}
+    # A recorded refusal (INSUFFICIENT_FUNDS) is a committed outcome of the intra mix.
+    assert stats.committed == stats.succeeded + failures["422 INSUFFICIENT_FUNDS"]
 
 
 def test_uniform_templates_cross_partitions_and_pools_count_them() -> None:
