@@ -57,7 +57,6 @@ it was called.
 from __future__ import annotations
 
 import bisect
-import errno
 import hashlib
 import logging
 import os
@@ -69,6 +68,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, Final, NamedTuple
+
+from node.durable_io import datasync, pwrite_all, rest_is_zero
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +228,6 @@ def _list_segments(directory: str) -> list[tuple[int, str]]:
     return found
 
 
-def _rest_is_zero(reader: BinaryIO) -> bool:
-    while chunk := reader.read(_READ_BUFFER_BYTES):
-        if chunk.count(0) != len(chunk):
-            return False
-    return True
-
-
 def _read_header(path: str, reader: BinaryIO, first_position: int,
                  partition: int | None) -> int:
     """Check a segment header against its name (and `partition`); returns its partition."""
@@ -265,7 +259,7 @@ def _is_torn_creation(path: str, file_size: int) -> bool:
     if file_size < HEADER_BYTES:
         return True
     with open(path, "rb") as reader:
-        return _rest_is_zero(reader)
+        return rest_is_zero(reader)
 
 
 def _payloads(reader: BinaryIO, path: str, offset: int,
@@ -283,7 +277,7 @@ def _payloads(reader: BinaryIO, path: str, offset: int,
         prefix = reader.read(_RECORD_PREFIX.size)
         payload_bytes, stored_crc = _RECORD_PREFIX.unpack(prefix)
         if not _MIN_PAYLOAD_BYTES <= payload_bytes <= _MAX_PAYLOAD_BYTES:
-            if prefix == bytes(len(prefix)) and _rest_is_zero(reader):
+            if prefix == bytes(len(prefix)) and rest_is_zero(reader):
                 raise _TornTail(offset, "zero-filled tail")
             raise ArchiveCorrupt(path, offset, f"impossible record length {payload_bytes}")
         record_end = offset + _RECORD_PREFIX.size + payload_bytes
@@ -435,21 +429,6 @@ def verify_archive(directory: str, partition: int | None = None) -> tuple[int, s
 # -- the writer --------------------------------------------------------------------------
 
 
-def _datasync(fd: int) -> None:
-    """fdatasync where available (data plus the file size), else fsync."""
-    getattr(os, "fdatasync", os.fsync)(fd)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        if written <= 0:
-            raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
-        offset += written
-
-
 class EventArchive:
     """The append-only, hash-chained archive of one partition replica.
 
@@ -566,7 +545,7 @@ class EventArchive:
         self._check_writable()
         if self._fd is not None and self.fsync_enabled:
             try:
-                _datasync(self._fd)
+                datasync(self._fd)
             except OSError as exc:
                 self._fail("fsync of the archive segment", exc)
                 raise
@@ -669,7 +648,7 @@ class EventArchive:
         try:
             os.ftruncate(fd, offset)
             if self.fsync_enabled:
-                _datasync(fd)
+                datasync(fd)
         finally:
             os.close(fd)
         scan.segments[-1].end = offset
@@ -690,7 +669,7 @@ class EventArchive:
         assert fd is not None
         try:
             if self.fsync_enabled:
-                _datasync(fd)
+                datasync(fd)
         except OSError as exc:
             self._fail("fsync of a full archive segment", exc)
             raise
@@ -705,7 +684,7 @@ class EventArchive:
             self._fail("creating an archive segment", exc)
             raise
         try:
-            _pwrite_all(fd, _encode_header(self.partition, first_position), 0)
+            pwrite_all(fd, _encode_header(self.partition, first_position), 0)
             if self.fsync_enabled:
                 os.fsync(fd)
         except OSError as exc:
@@ -723,7 +702,7 @@ class EventArchive:
         fd = self._fd
         assert fd is not None
         try:
-            _pwrite_all(fd, record, segment.end)
+            pwrite_all(fd, record, segment.end)
         except OSError:
             try:
                 os.ftruncate(fd, segment.end)  # leave no partial record behind

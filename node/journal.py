@@ -52,7 +52,6 @@ does not flush the drive cache).
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -63,6 +62,8 @@ from typing import Any, BinaryIO, Final, SupportsIndex, overload
 import pysyncobj.journal
 import pysyncobj.syncobj
 import pysyncobj.version
+
+from node.durable_io import datasync, pwrite_all, rest_is_zero
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +91,10 @@ _MIN_PAYLOAD_BYTES: Final = _RECORD_IDS.size
 _MAX_PAYLOAD_BYTES: Final = _RECORD_IDS.size + MAX_COMMAND_BYTES
 _U64_MAX: Final = (1 << 64) - 1
 _WRITE_BATCH_BYTES: Final = 1 << 20
-_READ_CHUNK_BYTES: Final = 1 << 20
 
 JournalEntry = tuple[bytes, int, int]
 """One Raft log entry as pysyncobj sees it: (command bytes, log index, term)."""
 
-
-
-def _datasync(fd: int) -> None:
-    """fdatasync where available (data plus the file size, enough to read it back), else fsync."""
-    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 class JournalCorrupt(Exception):
@@ -196,16 +191,6 @@ def _decode_meta(path: str, raw: bytes) -> tuple[int, str | None, int]:
     return term, voted_for, commit_index
 
 
-def _pwrite_all(fd: int, data: bytes, offset_bytes: int) -> None:
-    view = memoryview(data)
-    while view:
-        written_bytes = os.pwrite(fd, view, offset_bytes)
-        if written_bytes <= 0:
-            raise OSError(errno.EIO, "write made no progress")
-        view = view[written_bytes:]
-        offset_bytes += written_bytes
-
-
 def _check_u64(name: str, value: int) -> int:
     if not _is_plain_int(value) or not 0 <= value <= _U64_MAX:
         raise ValueError(f"{name} must be an int in [0, 2**64), got {value!r}")
@@ -299,7 +284,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         record = _encode_record(data, idx, term)
         offset_bytes = self._end_offset_bytes
         try:
-            _pwrite_all(fd, record, offset_bytes)
+            pwrite_all(fd, record, offset_bytes)
         except OSError:
             try:
                 os.ftruncate(fd, offset_bytes)  # leave no partial record behind
@@ -321,7 +306,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         fd = self._writable_fd()
         if self.fsync_enabled:
             try:
-                _datasync(fd)
+                datasync(fd)
             except OSError as exc:
                 self._fail("fsync of the journal", exc)
                 raise
@@ -538,7 +523,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         try:
             fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                _pwrite_all(fd, _encode_meta(term, voted_for, commit_index), 0)
+                pwrite_all(fd, _encode_meta(term, voted_for, commit_index), 0)
                 if self.fsync_enabled:
                     os.fsync(fd)
             finally:
@@ -573,7 +558,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         )
         os.ftruncate(fd, torn.offset_bytes)
         if self.fsync_enabled:
-            _datasync(fd)
+            datasync(fd)
         self._end_offset_bytes = torn.offset_bytes
 
     def _read_records(self, reader: BinaryIO, file_size_bytes: int) -> None:
@@ -591,7 +576,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             prefix = reader.read(_RECORD_PREFIX.size)
             payload_bytes, stored_crc = _RECORD_PREFIX.unpack(prefix)
             if not _MIN_PAYLOAD_BYTES <= payload_bytes <= _MAX_PAYLOAD_BYTES:
-                if prefix == bytes(len(prefix)) and self._rest_is_zero(reader):
+                if prefix == bytes(len(prefix)) and rest_is_zero(reader):
                     # The file size reached the disk but its last blocks did not:
                     # some filesystems show such never-synced blocks as zeros.
                     raise _TornTail(offset_bytes, "zero-filled tail")
@@ -646,13 +631,6 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         if version != JOURNAL_FORMAT_VERSION:
             raise JournalCorrupt(self.path, 0, f"unsupported journal format version {version}")
 
-    @staticmethod
-    def _rest_is_zero(reader: BinaryIO) -> bool:
-        while chunk := reader.read(_READ_CHUNK_BYTES):
-            if chunk.count(0) != len(chunk):
-                return False
-        return True
-
     def _rewrite(self, kept: list[JournalEntry]) -> None:
         """Replace the journal with one holding exactly `kept` (see `deleteEntriesTo`)."""
         fd, offsets_bytes, end_offset_bytes = self._write_replacement(kept)
@@ -684,10 +662,10 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
                 batch.append(record)
                 batch_bytes += len(record)
                 if batch_bytes >= _WRITE_BATCH_BYTES:
-                    _pwrite_all(fd, b"".join(batch), written_bytes)
+                    pwrite_all(fd, b"".join(batch), written_bytes)
                     written_bytes += batch_bytes
                     batch, batch_bytes = [], 0
-            _pwrite_all(fd, b"".join(batch), written_bytes)
+            pwrite_all(fd, b"".join(batch), written_bytes)
             end_offset_bytes = written_bytes + batch_bytes
             self._fsync(fd, "fsync of the new journal file")
             # Before the rename: makes durable the snapshot renamed into this
