@@ -35,19 +35,23 @@ check: lint test
 bench-core: setup
 	$(BIN)/python -m bench.core_apply
 
-.PHONY: bench bench-quick bench-replay
+.PHONY: bench bench-quick bench-replay bench-peers
 
 ## bench-replay: replay speed of an archive of 1,000,000 transfers; writes bench/results/replay.json
 bench-replay: setup
 	$(BIN)/python -m bench.replay
 
-## bench: committed transfers/s of a local 3-node cluster, 3 runs per workload; writes bench/results/tps.json
+## bench: committed transfers/s of a local 3-node cluster: closed and open loop, intra/uniform/zipf mixes, the load generator's ceiling, scaling over 1/2/4/8 partitions (~15 min); writes bench/results/tps.json, tps-scaling.png, tps-latency.png
 bench: setup
 	$(BIN)/python -m bench.tps
 
-## bench-quick: the same, 1 run of 3 s per workload; writes bench/results/tps-quick.json
+## bench-quick: the same in under 2 minutes (1 run of 2 s, 2-point sweep, no scaling curve); writes bench/results/tps-quick.json
 bench-quick: setup
 	$(BIN)/python -m bench.tps --quick
+
+## bench-peers: the same transfer workload against PostgreSQL (durable, then synchronous_commit=off) and a local 3-node cluster; writes bench/results/peers.json
+bench-peers: setup
+	$(BIN)/python -m bench.peers.run
 
 ## proto: regenerate the checked-in Python modules after editing proto/**/*.proto
 proto: setup

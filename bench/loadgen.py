@@ -20,11 +20,22 @@ the worker's callers). Bodies are pre-built bytes too (only the transaction id i
 spliced in); answers are judged by their status alone: 200 succeeded, anything else
 a failure counted by status and error code (the body is parsed only then).
 
-Two mixes of transfers (`RunJob.mix`):
+Three mixes of transfers (`RunJob.mix`):
 
     intra     from and to on the same partition (an atomic Transfer command)
     uniform   from and to uniformly random over all accounts: with P partitions
               about 1 - 1/P of them cross partitions and run as a saga
+    zipf      from and to drawn from a Zipf law over all accounts (`RunJob.zipf_s`):
+              a few hot accounts take most transfers; mostly cross-partition too
+
+Two ways of offering load (`RunJob.rate_per_s`):
+
+    closed loop   `callers` callers, each sending its next call when the last ended
+    open loop     (unary only) transfers arrive at a fixed offered rate, Poisson or
+                  evenly spaced, scheduled from the run's start whatever the answers;
+                  latency runs from each transfer's INTENDED send time, so a slow
+                  cluster (or a late load generator) cannot hide queueing delay
+                  (no coordinated omission)
 
 A call is over when every transfer in it is final (SUCCEEDED or FAILED). A node
 that reached the call's deadline answers PENDING for cross-partition transfers
@@ -36,6 +47,8 @@ transaction_id, STALE reads from the source partition's target, every
 from __future__ import annotations
 
 import asyncio
+import bisect
+import hashlib
 import itertools
 import json
 import os
@@ -69,7 +82,14 @@ SUCCEEDED_PREFIX = bytes([0x08, pb.SUCCEEDED])
 """A serialized TransferResponse whose first field is `status = SUCCEEDED`."""
 PENDING_PREFIX = bytes([0x08, pb.PENDING])
 """... and `status = PENDING`: a cross-partition transfer not final by the call's deadline."""
-MIXES = ("intra", "uniform")
+MIXES = ("intra", "uniform", "zipf")
+ZIPF_S_DEFAULT = 1.1
+"""Exponent of the zipf mix: the k-th hottest account is chosen with weight 1 / k**s."""
+ARRIVALS = ("poisson", "fixed")
+"""Open loop: exponential gaps between arrivals (a Poisson process) or evenly spaced."""
+OPEN_LOOP_IN_FLIGHT_MAX = 20_000
+"""Open loop, per worker: transfers in flight at most. At the bound the next arrival waits,
+and its latency still runs from its intended time, so the wait is measured, not hidden."""
 FOLLOW_UP_PAUSE_S = 0.01
 """Between two GetTransfer calls about a transfer answered PENDING."""
 FOLLOW_UP_MAX_S = 120.0
@@ -127,10 +147,18 @@ class RunJob:
     seed: int
     timeout_s: float
     mix: str = "intra"
-    """"intra": from and to on one partition; "uniform": both uniformly random (see MIXES)."""
+    """"intra": from and to on one partition; "uniform": both uniformly random; "zipf":
+    both from a Zipf law over the accounts (see MIXES)."""
     http_targets: tuple[str, ...] = ()
     """If set (unary only): per partition, the base URL of the HTTP gateway its calls go
     to (`http://host:port`); the transfers are then sent as HTTP requests, not gRPC."""
+    zipf_s: float = ZIPF_S_DEFAULT
+    """Exponent of the zipf mix (ignored by the others)."""
+    rate_per_s: float = 0.0
+    """0: closed loop (`callers` callers). Above 0 (gRPC unary only): open loop, this
+    worker offering `rate_per_s` transfers/s; `callers` is then unused."""
+    arrivals: str = "poisson"
+    """Open loop: "poisson" or "fixed" gaps between intended send times (see ARRIVALS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +220,18 @@ class RunStats:
     failures: dict[str, int] = field(default_factory=dict)
     """Transfers that did not succeed in the window, by reason (recorded ones included)."""
     latencies_s: array[float] = field(default_factory=lambda: array("d"))
-    """One latency per call completed in the window."""
+    """One latency per call completed in the window (open loop: per arrival intended in
+    the window, from its intended send time to its final outcome)."""
     calls_total: int = 0
     """Every call completed since Go, warm-up and stragglers included (for CPU per call)."""
     transfers_total: int = 0
     cpu_s: float = 0.0
     """CPU time of this worker process (all threads) from Go until its last call ended."""
+    offered: int = 0
+    """Open loop: arrivals whose intended send time fell inside the measured window."""
+    dispatch_lag_max_s: float = 0.0
+    """Open loop: the longest a transfer was sent after its intended time (the load
+    generator's own lateness, or the in-flight bound). Large: the generator was the limit."""
     wall_s: float = 0.0
     prepare_s: float = 0.0
 
@@ -291,14 +325,54 @@ class Template:
     """from and to are on different partitions: the transfer runs as a saga."""
 
 
+class ZipfSampler:
+    """Ranks 0..n-1, rank k drawn with probability proportional to 1 / (k + 1)**s.
+
+    A cumulative weight table searched with bisect: O(n) to build, O(log n) per draw,
+    and deterministic for a seeded random.Random (no numpy needed).
+    """
+
+    def __init__(self, n: int, s: float) -> None:
+        if n < 1 or not s > 0:
+            raise ValueError(f"a Zipf law needs n >= 1 and s > 0 (got n={n}, s={s})")
+        cumulative: list[float] = []
+        total = 0.0
+        for rank in range(1, n + 1):
+            total += rank ** -s
+            cumulative.append(total)
+        self._cumulative = cumulative
+        self._total = total
+
+    def __len__(self) -> int:
+        return len(self._cumulative)
+
+    def probability(self, rank: int) -> float:
+        below = self._cumulative[rank - 1] if rank else 0.0
+        return (self._cumulative[rank] - below) / self._total
+
+    def sample(self, rng: random.Random) -> int:
+        rank = bisect.bisect_right(self._cumulative, rng.random() * self._total)
+        return min(rank, len(self._cumulative) - 1)  # guards a rounding at the very top
+
+
+def zipf_rank_key(account: str) -> bytes:
+    """Orders accounts for the zipf mix: the hottest first (a stable, unsalted hash)."""
+    return hashlib.blake2b(account.encode("utf-8"), digest_size=8).digest()
+
+
 def build_templates(accounts_by_partition: Sequence[Sequence[str]], currency: str,
                     seed: int, mix: str = "intra",
-                    per_partition: int = TEMPLATES_PER_PARTITION) -> list[Template]:
+                    per_partition: int = TEMPLATES_PER_PARTITION,
+                    zipf_s: float = ZIPF_S_DEFAULT) -> list[Template]:
     """`per_partition` transfers per partition (with two accounts or more), interleaved.
 
     intra: between two accounts of the same partition, partitions taking turns.
     uniform: from and to drawn uniformly from all accounts (distinct), so a transfer
     crosses partitions with probability 1 - sum((n_p / n)^2), about 3/4 for 4 partitions.
+    zipf: from and to drawn independently (until distinct) from a Zipf law with exponent
+    `zipf_s` over all accounts, ranked by zipf_rank_key (a stable hash of the id): the hot
+    accounts are the same in every worker and every run (whatever `seed`), and unrelated
+    to how ids are named or which partition holds them.
     """
     rng = random.Random(seed)
     amounts = _amounts(rng, 64)
@@ -311,14 +385,25 @@ def build_templates(accounts_by_partition: Sequence[Sequence[str]], currency: st
                 templates.append(Template(p, a, transfer_prefix(a, b, rng.choice(amounts),
                                                                 currency), False))
         return templates
-    if mix != "uniform":
+    if mix not in MIXES:
         raise ValueError(f"unknown mix {mix!r}; choose from {', '.join(MIXES)}")
-    everyone = [(account, p) for p, accounts in enumerate(accounts_by_partition)
-                for account in accounts]
+    everyone = sorted((account, p) for p, accounts in enumerate(accounts_by_partition)
+                      for account in accounts)
     if len(everyone) < 2:
         return templates
+    zipf = None
+    if mix == "zipf":
+        everyone.sort(key=lambda pair: zipf_rank_key(pair[0]))
+        zipf = ZipfSampler(len(everyone), zipf_s)
     for _ in range(per_partition * len(eligible)):
-        (a, source), (b, destination) = rng.sample(everyone, 2)
+        if zipf is None:
+            (a, source), (b, destination) = rng.sample(everyone, 2)
+        else:
+            i = zipf.sample(rng)
+            j = zipf.sample(rng)
+            while j == i:
+                j = zipf.sample(rng)
+            (a, source), (b, destination) = everyone[i], everyone[j]
         templates.append(Template(source, a, transfer_prefix(a, b, rng.choice(amounts),
                                                              currency), source != destination))
     return templates
@@ -538,7 +623,8 @@ class _Worker:
     async def run(self, job: RunJob) -> RunStats | WorkerFailed:
         started = time.monotonic()
         templates = build_templates(job.accounts_by_partition, job.currency,
-                                    job.seed * 1009 + self.index, job.mix)
+                                    job.seed * 1009 + self.index, job.mix,
+                                    zipf_s=job.zipf_s)
         if not templates:
             return WorkerFailed("no two accounts to transfer between")
         path = f"{SERVICE}/{'Transfer' if job.batch_size == 1 else 'TransferBatch'}"
@@ -586,6 +672,11 @@ class _Worker:
                                                 go, stats, failures, job.timeout_s,
                                                 count_recorded)
                         for _ in range(job.callers)))
+            elif job.rate_per_s > 0:
+                if job.batch_size != 1:
+                    return WorkerFailed("the open loop sends unary Transfer calls only")
+                await self._open_loop_unary(flat, rng, ids, go, stats, failures, job.timeout_s,
+                                            count_recorded, job.rate_per_s, job.arrivals)
             elif job.batch_size == 1:
                 await asyncio.gather(*(
                     self._unary_caller(flat, rng.randrange(1 << 30), ids, go, stats, failures,
@@ -627,21 +718,8 @@ class _Worker:
             position += 1
             if position == n:
                 position = 0
-            reason = ""
-            followed_up = False
-            transaction_id = ids.next()
-            try:
-                answer = await call(prefix + transaction_id, timeout=timeout_s)
-                if answer[:2] != SUCCEEDED_PREFIX:
-                    if answer[:2] == PENDING_PREFIX:
-                        followed_up = True
-                        reason, asked = await follow_up(get_call, from_account, transaction_id,
-                                                        timeout_s, began + FOLLOW_UP_MAX_S)
-                        stats.follow_up_calls += asked
-                    else:
-                        reason = "UNEXPECTED_ANSWER"
-            except grpc.aio.AioRpcError as error:
-                reason = reason_of(error)
+            reason, followed_up = await _unary_once(call, get_call, prefix, from_account,
+                                                    ids.next(), timeout_s, began, stats)
             ended = monotonic()
             stats.calls_total += 1
             stats.transfers_total += 1
@@ -660,6 +738,81 @@ class _Worker:
                         stats.committed += 1
             if reason and reason not in RECORDED_REASONS:
                 await asyncio.sleep(ERROR_PAUSE_S)
+
+    @staticmethod
+    async def _open_loop_unary(flat: list[tuple[Any, Any, bytes, str, bool]],
+                               rng: random.Random, ids: IdSource, go: Go, stats: RunStats,
+                               failures: Counter[str], timeout_s: float, count_recorded: bool,
+                               rate_per_s: float, arrivals: str,
+                               in_flight_max: int = OPEN_LOOP_IN_FLIGHT_MAX) -> None:
+        """Offer `rate_per_s` unary transfers/s from go.start_at to go.end_at, open loop.
+
+        Intended send times are drawn up front of each arrival from the schedule alone
+        (never from answers). Each transfer's latency runs from its intended time to its
+        final outcome and is kept if that time is inside the measured window; its outcome
+        counts (like the closed loop's) if it completed inside the window, so transfers/s
+        is the rate achieved. Every transfer sent is awaited before returning.
+        """
+        if arrivals not in ARRIVALS:
+            raise ValueError(f"unknown arrivals {arrivals!r}; choose from {ARRIVALS}")
+        assert rate_per_s > 0 and in_flight_max >= 1
+        n = len(flat)
+        position = rng.randrange(n)
+        monotonic = time.monotonic
+        latencies = stats.latencies_s
+        measure_from, end_at = go.measure_from, go.end_at
+        gap_s = 1.0 / rate_per_s
+        poisson = arrivals == "poisson"
+        slots = asyncio.Semaphore(in_flight_max)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def one(call: Any, get_call: Any, prefix: bytes, from_account: str, cross: bool,
+                      intended: float) -> None:
+            try:
+                reason, followed_up = await _unary_once(call, get_call, prefix, from_account,
+                                                        ids.next(), timeout_s, intended, stats)
+            finally:
+                slots.release()
+            ended = monotonic()
+            stats.calls_total += 1
+            stats.transfers_total += 1
+            if measure_from <= intended:
+                latencies.append(ended - intended)
+            if measure_from <= ended <= end_at:
+                stats.calls += 1
+                stats.transfers += 1
+                stats.cross += cross
+                stats.followed_up += followed_up
+                if not reason:
+                    stats.succeeded += 1
+                    stats.committed += 1
+                else:
+                    failures[reason] += 1
+                    if count_recorded and reason in RECORDED_REASONS:
+                        stats.committed += 1
+
+        intended = go.start_at
+        while True:
+            intended += rng.expovariate(rate_per_s) if poisson else gap_s
+            if intended >= end_at:
+                break
+            wait_s = intended - monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            await slots.acquire()
+            stats.dispatch_lag_max_s = max(stats.dispatch_lag_max_s, monotonic() - intended)
+            if intended >= measure_from:
+                stats.offered += 1
+            call, get_call, prefix, from_account, cross = flat[position]
+            position += 1
+            if position == n:
+                position = 0
+            task = asyncio.create_task(one(call, get_call, prefix, from_account, cross,
+                                           intended))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.gather(*in_flight)
 
     @staticmethod
     async def _http_unary_caller(client: httpx.AsyncClient,
@@ -792,6 +945,28 @@ class _Worker:
                 failures.update(failed)
             if any(reason not in RECORDED_REASONS for reason in failed):
                 await asyncio.sleep(ERROR_PAUSE_S)
+
+
+async def _unary_once(call: Any, get_call: Any, prefix: bytes, from_account: str,
+                      transaction_id: bytes, timeout_s: float, began: float,
+                      stats: RunStats) -> tuple[str, bool]:
+    """One Transfer call until its outcome is final: (reason, '' if SUCCEEDED; followed up).
+
+    A PENDING answer is followed up with GetTransfer (counted in `stats`) until final,
+    giving up FOLLOW_UP_MAX_S after `began`.
+    """
+    try:
+        answer = await call(prefix + transaction_id, timeout=timeout_s)
+        if answer[:2] == SUCCEEDED_PREFIX:
+            return "", False
+        if answer[:2] != PENDING_PREFIX:
+            return "UNEXPECTED_ANSWER", False
+        reason, asked = await follow_up(get_call, from_account, transaction_id, timeout_s,
+                                        began + FOLLOW_UP_MAX_S)
+        stats.follow_up_calls += asked
+        return reason, True
+    except grpc.aio.AioRpcError as error:
+        return reason_of(error), False
 
 
 async def follow_up(get_call: Any, from_account: str, transaction_id: bytes, timeout_s: float,

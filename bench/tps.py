@@ -4,19 +4,55 @@ Starts a 3-node cluster on free 127.0.0.1 ports in a temporary directory (every
 partition on all three nodes, durable journal: fsync on), creates `--accounts`
 accounts with a balance each, then measures each workload:
 
-    workload         mix      calls
-    unary            intra    Transfer, `--callers` concurrent callers (closed loop)
-    http-unary       intra    POST /v1/wallet/balance_transfer (HTTP gateway), `--callers`
-    batch100         intra    TransferBatch of 100 transfers, `--batch-callers` callers
-    batch1000        intra    TransferBatch of 1,000 transfers, `--batch-callers` callers
-    cross-unary      uniform  Transfer, `--callers` concurrent callers (closed loop)
-    cross-batch1000  uniform  TransferBatch of 1,000 transfers, `--batch-callers` callers
+    workload          mix      calls
+    unary             intra    Transfer, `--callers` concurrent callers (closed loop)
+    http-unary        intra    POST /v1/wallet/balance_transfer (HTTP gateway), `--callers`
+    batch100          intra    TransferBatch of 100 transfers, `--batch-callers` callers
+    batch1000         intra    TransferBatch of 1,000 transfers, `--batch-callers` callers
+    cross-unary       uniform  Transfer, `--callers` concurrent callers (closed loop)
+    cross-batch1000   uniform  TransferBatch of 1,000 transfers, `--batch-callers` callers
+    zipf-unary        zipf     Transfer, `--callers` concurrent callers (closed loop)
+    zipf-batch1000    zipf     TransferBatch of 1,000 transfers, `--batch-callers` callers
+    open-unary        intra    Transfer, open loop: a sweep of offered rates (below)
+    open-cross-unary  uniform  Transfer, open loop (not in the default list)
 
 The mix "intra" has from and to on the same partition (one atomic command). The
 mix "uniform" draws from and to uniformly from all accounts: with 4 partitions
 about 3/4 of the transfers cross partitions and run as a saga (debit on the
 source, credit on the destination, settle on the source); `cross_share` in the
-results is the share measured.
+results is the share measured. The mix "zipf" draws from and to from a Zipf law
+of exponent `--zipf-s` over the accounts ranked by a hash of the id (the same hot
+accounts in every run): hot accounts, mostly cross-partition.
+
+Open loop (`open-*` workloads): transfers arrive at an offered rate whatever the
+answers (`--arrivals`: Poisson or evenly spaced), spread over the load generator
+processes, and each one's latency runs from its INTENDED send time to its final
+outcome, so queueing is measured rather than hidden (no coordinated omission).
+The rates are `--sweep-pct` percent (default 25,50,75,100) of the closed-loop
+maximum of the same mix measured on the same cluster (`unary` for `open-unary`:
+taken from this invocation's result, else measured first by one calibration run),
+or the single rate `--rate`. Each point is a record with `offered_per_s` (the
+target), `offered_measured_per_s` (arrivals in the window / duration),
+`transfers_per_s` (committed in the window: the rate achieved) and p50/p99/p999.
+
+Load generator ceiling (`--ceiling`, on by default): before the cluster starts, the
+same load generator runs the closed-loop unary and batch workloads against
+bench.noop_server (a WalletService answering SUCCEEDED at once, in a process of its
+own) and prints "loadgen ceiling: X/s unary, Y/s batch"; every record then carries
+`loadgen_ceiling_per_s` and `of_ceiling` (its transfers/s over that ceiling: near 1,
+the harness was the limit; add `--client-processes`).
+
+Scaling curve (`--scaling`, on by default in the full run: without --workloads and
+--quick): the `--scaling-workloads` (default unary,batch1000) again on fresh
+clusters of each of `--scaling-partitions` (default 1,2,4,8; the `--partitions`
+cluster's results are reused), plotted to bench/results/tps-scaling.png (one line per workload); the
+open-loop records are plotted to bench/results/tps-latency.png (p50 and p99 against
+offered load). The PNGs are named after `--output` (tps.json -> tps-scaling.png).
+
+Every record reports failures by reason (the ledger's reason, else the gRPC status
+name), p50/p99/p999 of the time to final outcome, the nodes' CPU per committed
+transfer (user + system time of the node processes from /proc/<pid>/stat over the
+measured window) and the load generator's own CPU per transfer.
 
 With an HTTP workload selected, every node also serves the HTTP gateway in its own
 process (`--http-listen 127.0.0.1:<free port>`). `http-unary` sends the transfers of
@@ -51,8 +87,12 @@ deposited, and every replica of every partition must reach the same position
 and state hash. Otherwise the benchmark has failed and exits 1. Results go to
 bench/results/tps.json (`--output`).
 
-    make bench          # 3 runs of 10 s per workload
-    make bench-quick    # 1 run of 3 s per workload (writes bench/results/tps-quick.json)
+    make bench          # 3 runs of 10 s per workload, sweep, ceiling, scaling: ~15 min (estimate)
+    make bench-quick    # 1 run of 2 s per workload, no scaling: under 2 minutes
+                        # (writes bench/results/tps-quick.json)
+    python -m bench.tps --workloads open-unary --rate 500 --runs 1 --output /tmp/t.json
+    python -m bench.tps --workloads zipf-unary --zipf-s 1.3 --runs 1 --output /tmp/t.json
+    python -m bench.tps --scaling --workloads unary,batch1000 --output /tmp/t.json
     python -m bench.tps --workloads unary --callers 128 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads cross-batch1000 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads unary,http-unary --runs 3 --output bench/results/tps-http.json
@@ -76,7 +116,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -103,6 +143,13 @@ class Workload:
     """"intra" (same partition) or "uniform" (random over all accounts): loadgen.MIXES."""
     protocol: str = "grpc"
     """"grpc": the WalletService; "http": POST /v1/wallet/balance_transfer (unary only)."""
+    closed_loop_twin: str = ""
+    """Set for an open-loop workload (gRPC unary): the closed-loop workload of the same
+    mix whose transfers/s its sweep of offered rates is a percentage of."""
+
+    @property
+    def open_loop(self) -> bool:
+        return bool(self.closed_loop_twin)
 
 
 WORKLOADS = {
@@ -112,8 +159,21 @@ WORKLOADS = {
     "batch1000": Workload(1000, "intra"),
     "cross-unary": Workload(1, "uniform"),
     "cross-batch1000": Workload(1000, "uniform"),
+    "zipf-unary": Workload(1, "zipf"),
+    "zipf-batch1000": Workload(1000, "zipf"),
+    "open-unary": Workload(1, "intra", closed_loop_twin="unary"),
+    "open-cross-unary": Workload(1, "uniform", closed_loop_twin="cross-unary"),
 }
-DEFAULT_WORKLOADS = ",".join(WORKLOADS)
+DEFAULT_WORKLOADS = ",".join(w for w in WORKLOADS if w != "open-cross-unary")
+DEFAULT_SWEEP_PCT = "25,50,75,100"
+QUICK_SWEEP_PCT = "50,100"
+DEFAULT_SCALING_PARTITIONS = "1,2,4,8"
+DEFAULT_SCALING_WORKLOADS = "unary,batch1000"
+NOOP_START_TIMEOUT_S = 30.0
+TABLE_WIDTH_MIN = 144
+NEAR_CEILING = 0.8
+"""A record at this share of the load generator's ceiling or above is flagged."""
+"""Columns the result tables are laid out in at least (wider than that on a wide terminal)."""
 NODES = 3
 CURRENCY = "USD"
 DEPOSIT = "1000000.00"
@@ -147,7 +207,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Committed transfers/s of a local 3-node cluster: intra-partition, and "
                     "a uniform random mix over all partitions (cross-partition sagas).")
     parser.add_argument("--duration-s", type=float, default=None,
-                        help="measured seconds per run (default 10; 3 with --quick)")
+                        help="measured seconds per run (default 10; 2 with --quick)")
     parser.add_argument("--warmup-s", type=float, default=None,
                         help="unmeasured seconds before each run (default 1; 0.5 with --quick)")
     parser.add_argument("--runs", type=int, default=None,
@@ -158,20 +218,49 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="concurrent TransferBatch callers (default 4)")
     parser.add_argument("--accounts", type=int, default=2_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--workloads", default=DEFAULT_WORKLOADS,
-                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--workloads", default=None,
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all "
+                             "but open-cross-unary)")
     parser.add_argument("--timeout-s", type=float, default=CALL_TIMEOUT_S,
                         help="deadline of each call; a node answers cross-partition transfers "
                              "not final by then PENDING and the load generator follows up "
                              f"with GetTransfer (default {CALL_TIMEOUT_S:.0f})")
-    parser.add_argument("--procs", type=int, default=loadgen.default_procs(),
-                        help="load generator processes (default: cores, at most 2)")
+    parser.add_argument("--client-processes", "--procs", dest="procs", type=int,
+                        default=loadgen.default_procs(),
+                        help="load generator processes (default: cores, at most 2); more "
+                             "when the ceiling shows one process is the limit")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="open-loop workloads: offer this many transfers/s (one point) "
+                             "instead of the --sweep-pct sweep")
+    parser.add_argument("--sweep-pct", default=None,
+                        help="open-loop workloads: offered rates as percentages of the "
+                             f"closed-loop maximum (default {DEFAULT_SWEEP_PCT}; "
+                             f"{QUICK_SWEEP_PCT} with --quick)")
+    parser.add_argument("--arrivals", choices=loadgen.ARRIVALS, default="poisson",
+                        help="open loop: Poisson (default) or evenly spaced arrivals")
+    parser.add_argument("--zipf-s", type=float, default=loadgen.ZIPF_S_DEFAULT,
+                        help="exponent of the zipf mix: the k-th hottest account is chosen "
+                             f"with weight 1/k**s (default {loadgen.ZIPF_S_DEFAULT})")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="measure the load generator against a no-op server first "
+                             "(default on)")
+    parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run --scaling-workloads on clusters of each of "
+                             "--scaling-partitions (default: on for the full run, that is "
+                             "without --workloads and --quick; else off)")
+    parser.add_argument("--scaling-partitions", default=DEFAULT_SCALING_PARTITIONS,
+                        help=f"partition counts of the scaling curve "
+                             f"(default {DEFAULT_SCALING_PARTITIONS})")
+    parser.add_argument("--scaling-workloads", default=DEFAULT_SCALING_WORKLOADS,
+                        help=f"workloads of the scaling curve (default "
+                             f"{DEFAULT_SCALING_WORKLOADS})")
     parser.add_argument("--routing", choices=("leader", "spread"), default="leader",
                         help="send each call to its partition's leader (default), or spread "
                              "calls over all nodes (followers forward to the leader)")
-    parser.add_argument("--leader-wait-s", type=float, default=45.0,
+    parser.add_argument("--leader-wait-s", type=float, default=None,
                         help="before measuring, wait up to this long for every partition to "
-                             "be led by its preferred node (0: do not wait; default 45)")
+                             "be led by its preferred node (0: do not wait; default 45, "
+                             "10 with --quick)")
     parser.add_argument("--uvloop", action="store_true",
                         help="run the nodes on uvloop (RAFTWALLET_UVLOOP=1)")
     parser.add_argument("--data-dir", type=Path, default=None,
@@ -183,21 +272,53 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "bench/results/tps-quick.json with --quick)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="short version: 1 run of 3 s per workload")
+                        help="short version (under 2 minutes): 1 run of 2 s per workload, "
+                             "a 2-point sweep, no scaling curve")
     args = parser.parse_args(argv)
     quick = args.quick
     if args.duration_s is None:
-        args.duration_s = 3.0 if quick else 10.0
+        args.duration_s = 2.0 if quick else 10.0
+    if args.leader_wait_s is None:
+        args.leader_wait_s = 10.0 if quick else 45.0
     if args.warmup_s is None:
         args.warmup_s = 0.5 if quick else 1.0
     if args.runs is None:
         args.runs = 1 if quick else 3
     if args.output is None:
         args.output = QUICK_RESULTS_PATH if quick else RESULTS_PATH
-    args.workload_list = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    full_run = args.workloads is None and not quick
+    args.workload_list = [w.strip() for w in (args.workloads or DEFAULT_WORKLOADS).split(",")
+                          if w.strip()]
     unknown = [w for w in args.workload_list if w not in WORKLOADS]
     if unknown or not args.workload_list:
         parser.error(f"--workloads: unknown {unknown}; choose from {', '.join(WORKLOADS)}")
+    if args.scaling is None:
+        args.scaling = full_run
+    args.scaling_workload_list = [w.strip() for w in args.scaling_workloads.split(",")
+                                  if w.strip()]
+    unknown = [w for w in args.scaling_workload_list if w not in WORKLOADS]
+    if unknown or (args.scaling and not args.scaling_workload_list):
+        parser.error(f"--scaling-workloads: unknown {unknown}; choose from "
+                     f"{', '.join(WORKLOADS)}")
+    try:
+        args.scaling_partition_list = sorted({int(p) for p in
+                                              args.scaling_partitions.split(",") if p.strip()})
+        args.sweep_fractions = [float(p) / 100 for p in
+                                (args.sweep_pct or (QUICK_SWEEP_PCT if quick
+                                                    else DEFAULT_SWEEP_PCT)).split(",")
+                                if p.strip()]
+    except ValueError as error:
+        parser.error(f"--scaling-partitions and --sweep-pct take comma-separated numbers: "
+                     f"{error}")
+    if any(p < 1 for p in args.scaling_partition_list) or (
+            args.scaling and args.accounts < 2 * max(args.scaling_partition_list, default=1)):
+        parser.error("--scaling-partitions: at least 1 each, and 2 accounts per partition")
+    if not args.sweep_fractions or any(not f > 0 for f in args.sweep_fractions):
+        parser.error("--sweep-pct: positive percentages")
+    if args.rate is not None and not args.rate > 0:
+        parser.error("--rate must be positive")
+    if not args.zipf_s > 0:
+        parser.error("--zipf-s must be positive")
     if args.runs < 1 or args.duration_s <= 0 or args.warmup_s < 0 or args.timeout_s <= 0:
         parser.error("--runs must be at least 1, --duration-s and --timeout-s positive, "
                      "--warmup-s >= 0")
@@ -256,6 +377,7 @@ class BenchCluster:
             first = ports(NODES)
             self.http_addresses = {node.id: f"127.0.0.1:{first + k}"
                                    for k, node in enumerate(self.config.nodes)}
+        root.mkdir(parents=True, exist_ok=True)
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(dump_cluster_config(self.config), encoding="utf-8")
         env = dict(os.environ)
@@ -421,6 +543,7 @@ class BenchCluster:
         """Every replica of each partition at the same position with the same state hash."""
         import grpc
 
+        from client.auth import bearer
         from proto.wallet.v1 import wallet_pb2 as pb
         from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -431,7 +554,8 @@ class BenchCluster:
             with grpc.insecure_channel(node.grpc_address) as channel:
                 stub = wallet_pb2_grpc.AdminServiceStub(channel)
                 try:
-                    view = stub.ClusterStatus(pb.ClusterStatusRequest(local_only=True), timeout=5)
+                    view = stub.ClusterStatus(pb.ClusterStatusRequest(local_only=True), timeout=5,
+                                              metadata=bearer(self.config.admin_token))
                 except grpc.RpcError:
                     continue
             answered += 1
@@ -572,25 +696,201 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 
 class Progress:
-    """A one-line progress bar on a terminal; a few plain lines otherwise."""
+    """A rich progress bar per run on a terminal; a plain line every few seconds otherwise."""
+
+    PLAIN_EVERY_S = 2.5
 
     def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.tty = self.console.is_terminal
+        self._bar: Any = None
+        self._task: Any = None
         self._last_print = 0.0
 
     def update(self, label: str, done_s: float, total_s: float, rate: float) -> None:
-        width = 30
-        filled = int(width * min(1.0, max(0.0, done_s / total_s)))
-        line = (f"{label} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{min(done_s, total_s):5.1f}/{total_s:.1f} s  {rate:>9,.0f} transfers/s")
-        if self.tty:
-            print(f"\r{line}", end="", flush=True)
-        elif time.monotonic() - self._last_print >= 2.5:
-            self._last_print = time.monotonic()
-            print(line, flush=True)
+        done_s = min(max(0.0, done_s), total_s)
+        if not self.tty:
+            if time.monotonic() - self._last_print >= self.PLAIN_EVERY_S:
+                self._last_print = time.monotonic()
+                print(f"{label} {done_s:5.1f}/{total_s:.1f} s  {rate:>9,.0f} transfers/s",
+                      flush=True)
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, TextColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"), BarColumn(),
+                TextColumn("{task.completed:5.1f}/{task.total:.1f} s"),
+                TextColumn("{task.fields[rate]:>9,.0f} transfers/s"),
+                console=self.console, transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(label, total=total_s, rate=rate)
+        self._bar.update(self._task, description=label, completed=done_s, total=total_s,
+                         rate=rate)
 
     def done(self, line: str) -> None:
-        print(f"\r{line}{' ' * 30}" if self.tty else line, flush=True)
+        self.close()
+        print(line, flush=True)
+
+    def close(self) -> None:
+        """Take the bar off the terminal (and give the cursor back), if one is shown."""
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = self._task = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What the load generators reported and the harness sampled around one measured window."""
+
+    stats: list[loadgen.RunStats]
+    window_s: float
+    server_cpu_s: float
+    """CPU time of the server processes (the nodes, or the no-op server) in the window."""
+    machine_busy_cores: float
+    machine_busy_pct: float
+    harness_s: float
+    raft_entries: int
+    """Raft entries committed in the window, all partitions (0 when not sampled)."""
+
+
+def drive(workers: Workers, progress: Progress, args: argparse.Namespace,
+          jobs: Sequence[object | None], label: str, server_pids: Sequence[int],
+          check_alive: Callable[[], None],
+          commit_indexes: Callable[[], list[int]] | None = None) -> Window:
+    """Hand the RunJobs to the workers, start them together, show progress, collect stats.
+
+    The server processes' CPU, the machine's and this process's are sampled when the
+    measured window opens (after the warm-up) and when it closes.
+    """
+    active = [i for i, job in enumerate(jobs) if job is not None]
+    for i in active:
+        workers.send(i, jobs[i])
+    for i in active:
+        workers.receive(i)  # Ready: requests are prepared
+    workers.reset_progress()
+    start_at = time.monotonic() + 0.1
+    go = loadgen.Go(start_at, start_at + args.warmup_s, start_at + args.warmup_s
+                    + args.duration_s)
+    for i in active:
+        workers.send(i, go)
+    cpu_from: dict[int, float] = {}
+    machine_from = (0.0, 0.0)
+    harness_from = 0.0
+    commits_from: list[int] = []
+    last_total, last_time, rate = workers.progress_total(), time.monotonic(), 0.0
+    measuring = False
+    while time.monotonic() < go.end_at:
+        time.sleep(0.25)
+        now = time.monotonic()
+        if not measuring and now >= go.measure_from:
+            measuring = True
+            cpu_from = {pid: process_cpu_s(pid) for pid in server_pids}
+            machine_from = machine_cpu()
+            harness_from = time.process_time()
+            commits_from = commit_indexes() if commit_indexes is not None else []
+        total = workers.progress_total()
+        if now - last_time >= 0.5:
+            rate = max(0.0, (total - last_total) / (now - last_time))
+            last_total, last_time = total, now
+        progress.update(label, now - go.start_at, go.end_at - go.start_at, rate)
+        check_alive()
+    cpu_to = {pid: process_cpu_s(pid) for pid in server_pids}
+    machine_to = machine_cpu()
+    harness_s = time.process_time() - harness_from if measuring else 0.0
+    commits_to = commit_indexes() if commit_indexes is not None and measuring else []
+    window_s = time.monotonic() - go.measure_from if measuring else 0.0
+    stats = [s for s in (workers.receive(i) for i in active) if isinstance(s, loadgen.RunStats)]
+    busy = machine_to[0] - machine_from[0]
+    total_jiffies = machine_to[1] - machine_from[1]
+    return Window(
+        stats=stats, window_s=window_s,
+        server_cpu_s=sum(cpu_to[p] - cpu_from.get(p, cpu_to[p]) for p in cpu_to),
+        machine_busy_cores=(os.cpu_count() or 1) * busy / total_jiffies if total_jiffies
+        else 0.0,
+        machine_busy_pct=100 * busy / total_jiffies if total_jiffies else 0.0,
+        harness_s=harness_s,
+        raft_entries=sum(commits_to) - sum(commits_from) if commits_to else 0)
+
+
+def window_record(window: Window, duration_s: float, mix: str) -> dict[str, Any]:
+    """The figures of one run common to the cluster and the no-op server."""
+    stats = window.stats
+    latencies: array[float] = array("d")
+    failures: Counter[str] = Counter()
+    for s in stats:
+        latencies.extend(s.latencies_s)
+        failures.update(s.failures)
+    ordered = sorted(latencies)
+    committed = sum(s.committed for s in stats)
+    transfers = sum(s.transfers for s in stats)
+    calls_total = sum(s.calls_total for s in stats)
+    transfers_total = sum(s.transfers_total for s in stats)
+    client_cpu_s = sum(s.cpu_s for s in stats)
+    client_wall_s = max((s.wall_s for s in stats), default=0.0)
+    window_s = window.window_s
+    return {
+        "mix": mix,
+        "cross_share": sum(s.cross for s in stats) / transfers if transfers else 0.0,
+        "transfers_per_s": committed / duration_s,
+        "succeeded_per_s": sum(s.succeeded for s in stats) / duration_s,
+        "calls_per_s": sum(s.calls for s in stats) / duration_s,
+        "offered_measured_per_s": sum(s.offered for s in stats) / duration_s,
+        "dispatch_lag_max_ms": max((s.dispatch_lag_max_s for s in stats), default=0.0) * 1000,
+        "p50_ms": percentile(ordered, 0.50) * 1000,
+        "p99_ms": percentile(ordered, 0.99) * 1000,
+        "p999_ms": percentile(ordered, 0.999) * 1000,
+        "max_ms": (ordered[-1] * 1000) if ordered else 0.0,
+        "latency_samples": len(ordered),
+        "failures": dict(failures),
+        # Transfers answered PENDING (the node's wait reached the call's deadline) whose
+        # outcome the load generator then learnt from GetTransfer.
+        "pending_answered": sum(s.followed_up for s in stats),
+        "get_transfer_calls": sum(s.follow_up_calls for s in stats),
+        "client_cpu_us_per_call": client_cpu_s / calls_total * 1e6 if calls_total else 0.0,
+        "client_cpu_us_per_transfer": (client_cpu_s / transfers_total * 1e6
+                                       if transfers_total else 0.0),
+        "client_cpu_cores": client_cpu_s / client_wall_s if client_wall_s else 0.0,
+        "server_cpu_cores": window.server_cpu_s / window_s if window_s else 0.0,
+        "server_cpu_us_per_transfer": (window.server_cpu_s / (committed * window_s / duration_s)
+                                       * 1e6 if committed and window_s else 0.0),
+        "machine_cpu_busy_pct": window.machine_busy_pct,
+        "harness_cpu_cores": window.harness_s / window_s if window_s else 0.0,
+        # CPU of everything else on the machine (kernel threads, softirq of the
+        # loopback traffic, other users' work): a large figure means a disturbed run.
+        "other_cpu_cores": max(0.0, window.machine_busy_cores
+                               - (window.server_cpu_s + window.harness_s) / window_s
+                               - client_cpu_s / client_wall_s)
+        if window_s and client_wall_s else 0.0,
+    }
+
+
+def run_line(label: str, record: dict[str, Any]) -> str:
+    """The one line printed when a run ends."""
+    failures = record["failures"]
+    return (f"{label}: {record['transfers_per_s']:>9,.0f} transfers/s  "
+            + (f"offered {record['offered_measured_per_s']:,.0f}/s  "
+               if record["offered_measured_per_s"] else "")
+            + (f"cross {100 * record['cross_share']:.0f} %  " if record["cross_share"] else "")
+            + f"p50 {record['p50_ms']:7.1f} ms  p99 {record['p99_ms']:7.1f} ms  "
+            f"p999 {record['p999_ms']:7.1f} ms  "
+            f"client {record['client_cpu_us_per_transfer']:6.1f} us/transfer"
+            + (f"  failures {failures}" if failures else "")
+            + (f"  OTHER LOAD {record['other_cpu_cores']:.2f} cores"
+               if record["other_cpu_cores"] > OTHER_LOAD_WARN_CORES else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenPoint:
+    """One offered rate of an open-loop workload, and where it came from."""
+
+    rate_per_s: float
+    fraction_of_closed_max: float | None
+    """None when the rate was given (--rate)."""
+    closed_max_per_s: float | None
 
 
 @dataclass
@@ -601,16 +901,14 @@ class Bench:
     accounts: list[str]
     account_partitions: list[int]
     progress: Progress
+    partitions: int
 
     @property
     def partition_count(self) -> int:
-        return int(self.args.partitions)
+        return self.partitions
 
     def accounts_by_partition(self) -> list[list[str]]:
-        grouped: list[list[str]] = [[] for _ in range(self.partition_count)]
-        for account, partition in zip(self.accounts, self.account_partitions, strict=True):
-            grouped[partition].append(account)
-        return grouped
+        return group_by_partition(self.accounts, self.account_partitions, self.partitions)
 
     def setup_accounts(self) -> None:
         leaders, _ = self.cluster.leaders()
@@ -674,11 +972,17 @@ class Bench:
                 f"replicas agree: {agree} {seen}; unread accounts (first 10): {missing}")
         return books
 
-    def one_run(self, workload: str, run: int) -> dict[str, Any]:
+    def one_run(self, workload: str, run: int, rate_per_s: float = 0.0,
+                label_suffix: str = "") -> dict[str, Any]:
+        """One run of `workload` (open loop at `rate_per_s` if it is an open-loop one),
+        then the books: every run ends with the conservation check."""
         args = self.args
-        batch_size = WORKLOADS[workload].batch_size
+        spec = WORKLOADS[workload]
+        assert spec.open_loop == (rate_per_s > 0), (workload, rate_per_s)
+        batch_size = spec.batch_size
         callers = args.callers if batch_size == 1 else args.batch_callers
-        procs = min(len(self.workers), callers)
+        # The open loop offers its rate from every load generator process (a share each).
+        procs = len(self.workers) if spec.open_loop else min(len(self.workers), callers)
         leaders, leader_ids = self.cluster.leaders()
         if (args.leader_wait_s > 0 and leader_ids != self.cluster.preferred_leaders()
                 and self.cluster.wait_for_preferred_leaders(args.leader_wait_s)):
@@ -692,177 +996,312 @@ class Bench:
             targets = [addresses[p % len(addresses)] for p in range(self.partition_count)]
             target_ids = [node_ids[p % len(node_ids)] for p in range(self.partition_count)]
         http_targets: tuple[str, ...] = ()
-        if WORKLOADS[workload].protocol == "http":
+        if spec.protocol == "http":
             # The gateway in the process of the node each partition's calls go to.
             http_targets = tuple(f"http://{self.cluster.http_addresses[node_id]}"
                                  for node_id in target_ids)
         by_partition = self.accounts_by_partition()
         jobs: list[object | None] = [None] * len(self.workers)
         for index, share in enumerate(_shares(callers, procs)):
-            jobs[index] = loadgen.RunJob(workload, batch_size, share, by_partition, targets,
-                                         CURRENCY, args.seed * 1000 + run, args.timeout_s,
-                                         WORKLOADS[workload].mix, http_targets)
-        active = [i for i, job in enumerate(jobs) if job is not None]
-        for i in active:
-            self.workers.send(i, jobs[i])
-        for i in active:
-            self.workers.receive(i)  # Ready: requests are prepared
-        self.workers.reset_progress()
-        start_at = time.monotonic() + 0.1
-        go = loadgen.Go(start_at, start_at + args.warmup_s,
-                        start_at + args.warmup_s + args.duration_s)
-        for i in active:
-            self.workers.send(i, go)
-        label = f"{workload:>15} run {run + 1}/{args.runs}"
-        pids = list(self.cluster.pids().values())
-        node_cpu_from: dict[int, float] = {}
-        machine_from = (0.0, 0.0)
-        harness_from = 0.0
-        commits_from: list[int] = []
-        last_total, last_time, rate = self.workers.progress_total(), time.monotonic(), 0.0
-        measuring = False
-        while time.monotonic() < go.end_at:
-            time.sleep(0.25)
-            now = time.monotonic()
-            if not measuring and now >= go.measure_from:
-                measuring = True
-                node_cpu_from = {pid: process_cpu_s(pid) for pid in pids}
-                machine_from = machine_cpu()
-                harness_from = time.process_time()
-                commits_from = self.cluster.commit_indexes()
-            total = self.workers.progress_total()
-            if now - last_time >= 0.5:
-                rate = max(0.0, (total - last_total) / (now - last_time))
-                last_total, last_time = total, now
-            self.progress.update(label, now - go.start_at, go.end_at - go.start_at, rate)
-            self.cluster.check_alive()
-        node_cpu_to = {pid: process_cpu_s(pid) for pid in pids}
-        machine_to = machine_cpu()
-        harness_s = time.process_time() - harness_from if measuring else 0.0
-        commits_to = self.cluster.commit_indexes()
-        window_s = time.monotonic() - go.measure_from if measuring else 0.0
-        entries = sum(commits_to) - sum(commits_from) if measuring else 0
-        stats = [s for s in (self.workers.receive(i) for i in active)
-                 if isinstance(s, loadgen.RunStats)]
+            jobs[index] = loadgen.RunJob(workload, batch_size, max(1, share), by_partition,
+                                         targets, CURRENCY, args.seed * 1000 + run,
+                                         args.timeout_s, spec.mix, http_targets,
+                                         zipf_s=args.zipf_s, rate_per_s=rate_per_s / procs,
+                                         arrivals=args.arrivals)
+        label = (f"{workload:>16}{label_suffix} p{self.partitions} run {run + 1}/"
+                 f"{args.runs}")
+        window = drive(self.workers, self.progress, args, jobs, label,
+                       list(self.cluster.pids().values()), self.cluster.check_alive,
+                       self.cluster.commit_indexes)
         _, leader_ids_after = self.cluster.leaders()
         books = self.check_books()
-        record = self._run_record(workload, stats, window_s, node_cpu_from, node_cpu_to,
-                                  machine_from, machine_to, harness_s, leader_ids,
-                                  leader_ids_after, books, label)
-        record["raft_entries_per_s"] = entries / window_s if window_s else 0.0
-        record["transfers_per_entry"] = (record["transfers_per_s"] * window_s / entries
-                                         if entries else 0.0)
-        return record
-
-    def _run_record(self, workload: str, stats: list[loadgen.RunStats], window_s: float,
-                    node_cpu_from: dict[int, float], node_cpu_to: dict[int, float],
-                    machine_from: tuple[float, float], machine_to: tuple[float, float],
-                    harness_s: float, leader_ids: list[str], leader_ids_after: list[str],
-                    books: dict[str, Any], label: str) -> dict[str, Any]:
-        duration = float(self.args.duration_s)
-        latencies: array[float] = array("d")
-        failures: Counter[str] = Counter()
-        for s in stats:
-            latencies.extend(s.latencies_s)
-            failures.update(s.failures)
-        ordered = sorted(latencies)
-        committed = sum(s.committed for s in stats)
-        succeeded = sum(s.succeeded for s in stats)
-        calls = sum(s.calls for s in stats)
-        transfers = sum(s.transfers for s in stats)
-        cross = sum(s.cross for s in stats)
-        followed_up = sum(s.followed_up for s in stats)
-        calls_total = sum(s.calls_total for s in stats)
-        transfers_total = sum(s.transfers_total for s in stats)
-        client_cpu_s = sum(s.cpu_s for s in stats)
-        client_wall_s = max((s.wall_s for s in stats), default=0.0)
-        node_cpu_s = sum(node_cpu_to[p] - node_cpu_from.get(p, node_cpu_to[p])
-                         for p in node_cpu_to)
-        busy = machine_to[0] - machine_from[0]
-        total_jiffies = machine_to[1] - machine_from[1]
-        cores = os.cpu_count() or 1
-        machine_busy_cores = cores * busy / total_jiffies if total_jiffies else 0.0
+        record = window_record(window, float(args.duration_s), spec.mix)
+        record["nodes_cpu_cores"] = record.pop("server_cpu_cores")
+        record["nodes_cpu_us_per_transfer"] = record.pop("server_cpu_us_per_transfer")
+        record["raft_entries_per_s"] = (window.raft_entries / window.window_s
+                                        if window.window_s else 0.0)
+        record["transfers_per_entry"] = (record["transfers_per_s"] * window.window_s
+                                         / window.raft_entries if window.raft_entries else 0.0)
         led = Counter(leader_ids)
-        record: dict[str, Any] = {
-            "mix": WORKLOADS[workload].mix,
-            "cross_share": cross / transfers if transfers else 0.0,
-            "transfers_per_s": committed / duration,
-            "succeeded_per_s": succeeded / duration,
-            "calls_per_s": calls / duration,
-            "p50_ms": percentile(ordered, 0.50) * 1000,
-            "p99_ms": percentile(ordered, 0.99) * 1000,
-            "max_ms": (ordered[-1] * 1000) if ordered else 0.0,
-            "failures": dict(failures),
-            # Transfers answered PENDING (the node's wait reached the call's deadline) whose
-            # outcome the load generator then learnt from GetTransfer.
-            "pending_answered": followed_up,
-            "get_transfer_calls": sum(s.follow_up_calls for s in stats),
-            "client_cpu_us_per_call": client_cpu_s / calls_total * 1e6 if calls_total else 0.0,
-            "client_cpu_us_per_transfer": (client_cpu_s / transfers_total * 1e6
-                                           if transfers_total else 0.0),
-            "client_cpu_cores": client_cpu_s / client_wall_s if client_wall_s else 0.0,
-            "nodes_cpu_cores": node_cpu_s / window_s if window_s else 0.0,
-            "nodes_cpu_us_per_transfer": (node_cpu_s / (committed * window_s / duration) * 1e6
-                                          if committed and window_s else 0.0),
-            "machine_cpu_busy_pct": 100 * busy / total_jiffies if total_jiffies else 0.0,
-            "harness_cpu_cores": harness_s / window_s if window_s else 0.0,
-            # CPU of everything else on the machine (kernel threads, softirq of the
-            # loopback traffic, other users' work): a large figure means a disturbed run.
-            "other_cpu_cores": max(0.0, machine_busy_cores - (node_cpu_s + harness_s) / window_s
-                                   - client_cpu_s / client_wall_s)
-            if window_s and client_wall_s else 0.0,
-            "leaders": leader_ids,
-            "most_partitions_led_by_one_node": max(led.values()) if led else 0,
-            "leader_changed": leader_ids != leader_ids_after,
-            "books": books,
-        }
-        failed = sum(failures.values())
+        record["leaders"] = leader_ids
+        record["most_partitions_led_by_one_node"] = max(led.values()) if led else 0
+        record["leader_changed"] = leader_ids != leader_ids_after
+        record["books"] = books
         self.progress.done(
-            f"{label}: {record['transfers_per_s']:>9,.0f} transfers/s  "
-            + (f"cross {100 * record['cross_share']:.0f} %  " if record["cross_share"] else "")
-            + f"p50 {record['p50_ms']:7.1f} ms  p99 {record['p99_ms']:7.1f} ms  "
-            f"client {record['client_cpu_us_per_call']:6.0f} us/call  "
-            f"leaders {'/'.join(leader_ids)}  books ok"
-            + (f"  failures {dict(failures)}" if failed else "")
-            + (f"  answered PENDING {followed_up:,}" if followed_up else "")
+            run_line(label, record)
+            + f"  nodes {record['nodes_cpu_us_per_transfer']:6.1f} us/transfer"
+            f"  leaders {'/'.join(leader_ids)}  books ok"
+            + (f"  answered PENDING {record['pending_answered']:,}"
+               if record["pending_answered"] else "")
             + (f"  in flight at end {sum(books['in_flight_at_end'] or ()):,}, drained in "
                f"{books['outbox_drain_s']:.1f} s" if books["outbox_drain_s"] >= 0.05 else "")
-            + (f"  OTHER LOAD {record['other_cpu_cores']:.2f} cores"
-               if record["other_cpu_cores"] > OTHER_LOAD_WARN_CORES else "")
             + ("  LEADER CHANGED" if record["leader_changed"] else ""))
         return record
 
+    def open_points(self, workload: str, records: Sequence[dict[str, Any]]) -> list[OpenPoint]:
+        """The offered rates of an open-loop workload on this cluster.
+
+        `--rate`, else `--sweep-pct` of the closed-loop twin's transfers/s: from
+        `records` (this cluster's results so far) if it was measured, else from one
+        calibration run (its books checked like any run's).
+        """
+        args = self.args
+        if args.rate is not None:
+            return [OpenPoint(float(args.rate), None, None)]
+        twin = WORKLOADS[workload].closed_loop_twin
+        measured = [r for r in records if r["workload"] == twin
+                    and r["partitions"] == self.partitions]
+        if measured:
+            closed_max = float(measured[-1]["transfers_per_s"])
+        else:
+            closed_max = float(self.one_run(twin, 0, label_suffix=" (calibration)")
+                               ["transfers_per_s"])
+        if not closed_max > 0:
+            raise BenchFailed(f"{twin} committed nothing: no closed-loop maximum to sweep "
+                              f"{workload} against")
+        return [OpenPoint(closed_max * f, f, closed_max) for f in args.sweep_fractions]
+
+
+def group_by_partition(accounts: Sequence[str], account_partitions: Sequence[int],
+                       partitions: int) -> list[list[str]]:
+    grouped: list[list[str]] = [[] for _ in range(partitions)]
+    for account, partition in zip(accounts, account_partitions, strict=True):
+        grouped[partition].append(account)
+    return grouped
+
+
+# --- the load generator's ceiling -------------------------------------------------------------
+
+
+class NoopServer:
+    """bench.noop_server in a process (and session) of its own on a free 127.0.0.1 port."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.address = f"127.0.0.1:{PortAllocator()(1)}"
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bench.noop_server", "--listen", self.address],
+                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=REPO_ROOT)
+
+    def wait_ready(self, timeout_s: float = NOOP_START_TIMEOUT_S) -> None:
+        """Until it prints its ready line (it then accepts calls); BenchFailed otherwise."""
+        from bench.noop_server import READY_LINE
+
+        deadline = time.monotonic() + timeout_s
+        while READY_LINE not in self.log_path.read_text(encoding="utf-8", errors="replace"):
+            self.check_alive()
+            if time.monotonic() >= deadline:
+                raise BenchFailed(f"the no-op server did not start in {timeout_s:.0f} s")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            log = self.log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise BenchFailed(f"the no-op server exited ({self.process.returncode}):\n{log}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=STOP_GRACE_S)
+
+
+def ceiling_name(batch_size: int) -> str:
+    return "unary" if batch_size == 1 else f"batch{batch_size}"
+
+
+def ceiling_batch_sizes(workload_names: Iterable[str]) -> list[int]:
+    """The transfers per call of the gRPC workloads among `workload_names`, each once."""
+    return sorted({WORKLOADS[w].batch_size for w in workload_names
+                   if WORKLOADS[w].protocol == "grpc"})
+
+
+def measure_ceilings(args: argparse.Namespace, workers: Workers, progress: Progress,
+                     noop: NoopServer, batch_sizes: Sequence[int],
+                     environment: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Per batch size: the closed-loop workload run by the same load generator against the
+    no-op server (intra mix, the same accounts, callers and processes as on the cluster)."""
+    accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
+    by_partition = group_by_partition(accounts, [partition_of(a, args.partitions)
+                                                 for a in accounts], args.partitions)
+    targets = [noop.address] * args.partitions
+    ceilings: dict[int, dict[str, Any]] = {}
+    for batch_size in batch_sizes:
+        callers = args.callers if batch_size == 1 else args.batch_callers
+        procs = min(len(workers), callers)
+        runs = []
+        for run in range(args.runs):
+            jobs: list[object | None] = [None] * len(workers)
+            for index, share in enumerate(_shares(callers, procs)):
+                jobs[index] = loadgen.RunJob(f"ceiling-{ceiling_name(batch_size)}", batch_size,
+                                             share, by_partition, targets, CURRENCY,
+                                             args.seed * 1000 + run, args.timeout_s, "intra")
+            label = f"{'ceiling-' + ceiling_name(batch_size):>16} noop run {run + 1}/{args.runs}"
+            window = drive(workers, progress, args, jobs, label, [noop.process.pid],
+                           noop.check_alive)
+            record = window_record(window, float(args.duration_s), "intra")
+            progress.done(run_line(label, record)
+                          + f"  client {record['client_cpu_cores']:.2f} cores  no-op server "
+                          f"{record['server_cpu_cores']:.2f} cores")
+            runs.append(record)
+        ceilings[batch_size] = {
+            "workload": f"ceiling-{ceiling_name(batch_size)}",
+            "target": "bench.noop_server (answers SUCCEEDED at once, own process)",
+            "rpc": "Transfer" if batch_size == 1 else "TransferBatch",
+            "transfers_per_call": batch_size,
+            "callers": callers,
+            "load_generator_processes": procs,
+            "partitions": args.partitions,
+            "runs": len(runs),
+            "duration_s": args.duration_s,
+            **{key: _median(runs, key) for key in (
+                "p50_ms", "p99_ms", "p999_ms", "client_cpu_us_per_transfer",
+                "client_cpu_cores", "server_cpu_cores", "machine_cpu_busy_pct",
+                "other_cpu_cores")},
+            "transfers_per_s": round(statistics.median(r["transfers_per_s"] for r in runs)),
+            "failures_total": dict(sum((Counter(r["failures"]) for r in runs), Counter())),
+            "environment": environment,
+        }
+    return ceilings
+
+
+def ceiling_line(ceilings: dict[int, dict[str, Any]]) -> str:
+    unary = ceilings.get(1)
+    batches = [c for size, c in sorted(ceilings.items()) if size > 1]
+    parts = ([f"{unary['transfers_per_s']:,}/s unary"] if unary else []) + [
+        f"{c['transfers_per_s']:,}/s batch ({ceiling_name(c['transfers_per_call'])})"
+        for c in batches]
+    return "loadgen ceiling: " + ", ".join(parts)
+
+
+def annotate_ceiling(records: Iterable[dict[str, Any]],
+                     ceilings: dict[int, dict[str, Any]]) -> None:
+    """Each gRPC record gets the ceiling of its batch size and its share of it."""
+    for record in records:
+        ceiling = ceilings.get(int(record["transfers_per_call"]))
+        if ceiling is None or record["protocol"] != "grpc":
+            continue
+        record["loadgen_ceiling_per_s"] = ceiling["transfers_per_s"]
+        record["of_ceiling"] = (round(record["transfers_per_s"] / ceiling["transfers_per_s"], 3)
+                                if ceiling["transfers_per_s"] else None)
+
+
+# --- one cluster ------------------------------------------------------------------------------
+
+
+def measure_cluster(args: argparse.Namespace, root: Path, partitions: int,
+                    workload_names: Sequence[str], workers: Workers, progress: Progress,
+                    environment: dict[str, Any], node_pids: dict[str, int]) -> list[dict[str, Any]]:
+    """Start a cluster of `partitions`, set up the accounts, measure every workload, stop it.
+
+    The cluster is stopped whatever happens; its node pids are added to `node_pids`.
+    """
+    cluster = BenchCluster(root, partitions, args.uvloop,
+                           http=any(WORKLOADS[w].protocol == "http" for w in workload_names))
+    try:
+        cluster.start()
+        node_pids.update({f"{node_id}@p{partitions}": pid
+                          for node_id, pid in cluster.pids().items()})
+        print(f"cluster: {NODES} nodes x {partitions} partitions (3 replicas each, durable "
+              f"journal) in {root}; node pids {cluster.pids()}", flush=True)
+        cluster.wait_for_leaders()
+        cluster.wait_for_gateways()
+        if cluster.http_addresses:
+            print(f"http gateways: {cluster.http_addresses}", flush=True)
+        if args.leader_wait_s > 0:
+            started = time.monotonic()
+            settled = cluster.wait_for_preferred_leaders(args.leader_wait_s)
+            print(f"leaders {'/'.join(cluster.leaders()[1])} "
+                  + (f"(the preferred ones, after {time.monotonic() - started:.0f} s)"
+                     if settled else f"(not all preferred after {args.leader_wait_s:.0f} s: "
+                     "measuring with these)"), flush=True)
+        accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
+        bench = Bench(args, cluster, workers, accounts,
+                      [partition_of(a, partitions) for a in accounts], progress, partitions)
+        bench.setup_accounts()
+        bench.check_books()
+        records: list[dict[str, Any]] = []
+        for workload in workload_names:
+            if not WORKLOADS[workload].open_loop:
+                runs = [bench.one_run(workload, run) for run in range(args.runs)]
+                records.append(summarize(workload, runs, args, environment, partitions))
+                continue
+            for point in bench.open_points(workload, records):
+                suffix = f" @{point.rate_per_s:,.0f}/s"
+                runs = [bench.one_run(workload, run, point.rate_per_s, suffix)
+                        for run in range(args.runs)]
+                records.append(summarize(workload, runs, args, environment, partitions, point))
+        return records
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
+        try:
+            cluster.stop()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def cluster_plan(args: argparse.Namespace) -> list[tuple[int, list[str]]]:
+    """(partitions, workloads) per cluster to start: `--partitions` with `--workloads` first,
+    then, with --scaling, the scaling workloads at every other partition count (those at
+    `--partitions` join the first cluster's list if missing from it)."""
+    main_list = list(args.workload_list)
+    plan: list[tuple[int, list[str]]] = [(args.partitions, main_list)]
+    if not args.scaling:
+        return plan
+    for partitions in args.scaling_partition_list:
+        if partitions == args.partitions:
+            main_list.extend(w for w in args.scaling_workload_list if w not in main_list)
+        else:
+            plan.append((partitions, list(args.scaling_workload_list)))
+    return plan
+
+
+def _median(runs: Sequence[dict[str, Any]], key: str) -> float:
+    return round(statistics.median(float(r[key]) for r in runs), 2)
+
 
 def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespace,
-              environment: dict[str, Any]) -> dict[str, Any]:
+              environment: dict[str, Any], partitions: int,
+              point: OpenPoint | None = None) -> dict[str, Any]:
     def median(key: str) -> float:
-        return round(statistics.median(float(r[key]) for r in runs), 2)
+        return _median(runs, key)
 
     failures: Counter[str] = Counter()
     for run in runs:
         failures.update(run["failures"])
-    batch_size = WORKLOADS[workload].batch_size
-    mix = WORKLOADS[workload].mix
-    http = WORKLOADS[workload].protocol == "http"
-    return {
+    spec = WORKLOADS[workload]
+    batch_size = spec.batch_size
+    mix = spec.mix
+    http = spec.protocol == "http"
+    record: dict[str, Any] = {
         "workload": workload,
         "mix": mix,
+        **({"zipf_s": args.zipf_s} if mix == "zipf" else {}),
         "rpc": HTTP_RPC if http else "Transfer" if batch_size == 1 else "TransferBatch",
-        "protocol": WORKLOADS[workload].protocol,
+        "protocol": spec.protocol,
         **({"http_gateway": "served in each node's process (--http-listen); calls go to the "
                             "gateway of the node they would go to over gRPC (--routing)",
             "http_client": "httpx.AsyncClient, HTTP/1.1 keep-alive, pool of one connection "
                            "per caller"} if http else {}),
+        "loop": "open" if spec.open_loop else "closed",
         "transfers_per_call": batch_size,
-        "callers": args.callers if batch_size == 1 else args.batch_callers,
-        "partitions": args.partitions,
+        "callers": (None if spec.open_loop else args.callers if batch_size == 1
+                    else args.batch_callers),
+        "partitions": partitions,
         "nodes": NODES,
         "replicas_per_partition": NODES,
         "accounts": args.accounts,
         "durable_journal": True,
         "routing": args.routing,
-        "load_generator_processes": min(args.procs, args.callers if batch_size == 1
-                                        else args.batch_callers),
+        "load_generator_processes": (args.procs if spec.open_loop else
+                                     min(args.procs, args.callers if batch_size == 1
+                                         else args.batch_callers)),
         "runs": len(runs),
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
@@ -873,13 +1312,17 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         "cross_share": round(statistics.median(r["cross_share"] for r in runs), 3),
         "cross_transfers_per_s": round(statistics.median(
             r["transfers_per_s"] * r["cross_share"] for r in runs)),
-        "latency": ("per call, until every transfer in it is final (SUCCEEDED or FAILED; "
-                    "GetTransfer follow-ups included)" if mix == "uniform" else "per call"),
+        "latency": ("per transfer, from its intended send time (open loop) until final "
+                    "(SUCCEEDED or FAILED; GetTransfer follow-ups included)" if spec.open_loop
+                    else "per call, until every transfer in it is final (SUCCEEDED or FAILED; "
+                    "GetTransfer follow-ups included)" if mix != "intra" else "per call"),
         "p50_ms": median("p50_ms"),
         "p99_ms": median("p99_ms"),
+        "p999_ms": median("p999_ms"),
         "failures_total": dict(failures),
         "pending_answered_total": sum(int(r["pending_answered"]) for r in runs),
         "client_cpu_us_per_call": median("client_cpu_us_per_call"),
+        "client_cpu_us_per_transfer": median("client_cpu_us_per_transfer"),
         "client_cpu_cores": median("client_cpu_cores"),
         "nodes_cpu_cores": median("nodes_cpu_cores"),
         "nodes_cpu_us_per_transfer": median("nodes_cpu_us_per_transfer"),
@@ -888,34 +1331,92 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         "machine_cpu_busy_pct": median("machine_cpu_busy_pct"),
         "other_cpu_cores": median("other_cpu_cores"),
         "conservation_passed": all(r["books"]["passed"] for r in runs),
-        "environment": environment,
-        "raw": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-                for r in runs],
     }
+    if point is not None:
+        record.update({
+            "arrivals": args.arrivals,
+            "offered_per_s": round(point.rate_per_s, 1),
+            "offered_measured_per_s": median("offered_measured_per_s"),
+            "achieved_per_s": record["transfers_per_s"],
+            "offered_fraction_of_closed_max": point.fraction_of_closed_max,
+            "closed_loop_max_per_s": point.closed_max_per_s,
+            "dispatch_lag_max_ms": max(float(r["dispatch_lag_max_ms"]) for r in runs),
+        })
+    record["environment"] = environment
+    record["raw"] = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                     for r in runs]
+    return record
 
 
-def print_table(records: list[dict[str, Any]]) -> None:
-    headers = ("workload", "mix", "cross %", "transfers/s", "p50 ms", "p99 ms", "failed",
-               "PENDING", "client us/call", "client cores", "nodes cores", "node us/transfer",
-               "entries/s", "transfers/entry")
-    rows = [(r["workload"], r["mix"], f"{100 * r['cross_share']:.0f}",
-             f"{r['transfers_per_s']:,}", f"{r['p50_ms']:.1f}",
-             f"{r['p99_ms']:.1f}", f"{sum(r['failures_total'].values()):,}",
-             f"{r['pending_answered_total']:,}",
-             f"{r['client_cpu_us_per_call']:.0f}", f"{r['client_cpu_cores']:.2f}",
-             f"{r['nodes_cpu_cores']:.2f}", f"{r['nodes_cpu_us_per_transfer']:.1f}",
-             f"{r['raft_entries_per_s']:,.0f}", f"{r['transfers_per_entry']:.1f}")
-            for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-    print()
-    print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-    if any(r["mix"] == "uniform" for r in records):
-        print("uniform mix: transfers/s counts final SUCCEEDED transfers; p50/p99 are the time "
-              "to the final outcome of every transfer of a call (PENDING: answered PENDING, "
-              "followed up with GetTransfer)")
+def print_table(records: list[dict[str, Any]], ceilings: dict[int, dict[str, Any]],
+                console: Any) -> None:
+    """Two rich tables (throughput and latency; CPU) of TABLE_WIDTH_MIN columns, then notes."""
+    from rich import box
+    from rich.table import Table
+
+    def table(title: str, headers: Sequence[str]) -> Table:
+        made = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        for header in headers:
+            made.add_column(header, justify="left" if header in ("workload", "mix")
+                            else "right", no_wrap=header == "workload")
+        return made
+
+    def offered(r: dict[str, Any]) -> str:
+        return f"{r['offered_per_s']:,.0f}" if "offered_per_s" in r else "closed"
+
+    speed = table("committed transfers/s and time to final outcome (median of runs)",
+                  ("workload", "parts", "mix", "cross %", "offered/s", "transfers/s",
+                   "of ceiling", "p50 ms", "p99 ms", "p999 ms", "failed", "PENDING"))
+    cpu = table("CPU (median of runs)",
+                ("workload", "parts", "offered/s", "node us/transfer", "client us/transfer",
+                 "nodes cores", "client cores", "entries/s", "transfers/entry"))
+    for r in records:
+        of_ceiling = r.get("of_ceiling")
+        speed.add_row(
+            r["workload"], str(r["partitions"]),
+            r["mix"] + (f" s={r['zipf_s']}" if "zipf_s" in r else ""),
+            f"{100 * r['cross_share']:.0f}", offered(r), f"{r['transfers_per_s']:,}",
+            f"{100 * of_ceiling:.0f} %" if of_ceiling is not None else "-",
+            f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['p999_ms']:.1f}",
+            f"{sum(r['failures_total'].values()):,}", f"{r['pending_answered_total']:,}")
+        cpu.add_row(
+            r["workload"], str(r["partitions"]), offered(r),
+            f"{r['nodes_cpu_us_per_transfer']:.1f}", f"{r['client_cpu_us_per_transfer']:.1f}",
+            f"{r['nodes_cpu_cores']:.2f}", f"{r['client_cpu_cores']:.2f}",
+            f"{r['raft_entries_per_s']:,.0f}", f"{r['transfers_per_entry']:.1f}")
+    console.print()
+    console.print(speed)
+    console.print(cpu)
+    for r in records:
+        if r["failures_total"]:
+            console.print(f"failures of {r['workload']} (p{r['partitions']}) by reason: "
+                          f"{r['failures_total']}", markup=False)
+    if ceilings:
+        console.print(ceiling_line(ceilings) + " (same load generator, no-op server; "
+                      "'of ceiling' = cluster transfers/s / ceiling)", markup=False)
+    for r in records:
+        if (r.get("of_ceiling") or 0.0) >= NEAR_CEILING:
+            console.print(f"WARNING: {r['workload']} (p{r['partitions']}) reached "
+                          f"{100 * r['of_ceiling']:.0f} % of the load generator's ceiling: the "
+                          f"harness may be the limit (more --client-processes, if cores allow)",
+                          markup=False)
+    if any(r["mix"] != "intra" for r in records):
+        console.print("uniform and zipf mixes: transfers/s counts final SUCCEEDED transfers; "
+                      "latency is the time to the final outcome of every transfer of a call "
+                      "(PENDING: answered PENDING, followed up with GetTransfer)", markup=False)
+    if any(r["loop"] == "open" for r in records):
+        console.print("open loop: offered = target rate, transfers/s = committed in the window "
+                      "(achieved); latency from each transfer's intended send time",
+                      markup=False)
+
+
+def table_console() -> Any:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if console.is_terminal and console.width >= TABLE_WIDTH_MIN:
+        return console
+    return Console(highlight=False, width=TABLE_WIDTH_MIN)  # never squeezed into ellipses
 
 
 @contextmanager
@@ -937,57 +1438,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     environment = describe()
     root = Path(tempfile.mkdtemp(prefix="raftwallet-bench-", dir=args.data_dir))
     workers: Workers | None = None
-    cluster: BenchCluster | None = None
+    noop: NoopServer | None = None
     progress = Progress()
     status = 1
+    started = time.monotonic()
     with _terminate_on_sigterm():
         try:
             # Load generators first: spawned, so they share nothing with this process.
             workers = Workers(args.procs)
-            cluster = BenchCluster(root, args.partitions, args.uvloop,
-                                   http=any(WORKLOADS[w].protocol == "http"
-                                            for w in args.workload_list))
-            cluster.start()
-            print(f"cluster: {NODES} nodes x {args.partitions} partitions (3 replicas each, "
-                  f"durable journal) in {root}; node pids {cluster.pids()}; load generator "
-                  f"pids {workers.pids()}", flush=True)
-            cluster.wait_for_leaders()
-            cluster.wait_for_gateways()
-            if cluster.http_addresses:
-                print(f"http gateways: {cluster.http_addresses}", flush=True)
-            if args.leader_wait_s > 0:
-                started = time.monotonic()
-                settled = cluster.wait_for_preferred_leaders(args.leader_wait_s)
-                print(f"leaders {'/'.join(cluster.leaders()[1])} "
-                      + (f"(the preferred ones, after {time.monotonic() - started:.0f} s)"
-                         if settled else f"(not all preferred after {args.leader_wait_s:.0f} s: "
-                         "measuring with these)"), flush=True)
-            accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
-            bench = Bench(args, cluster, workers, accounts,
-                          [partition_of(a, args.partitions) for a in accounts], progress)
-            bench.setup_accounts()
-            bench.check_books()
-            records = []
-            for workload in args.workload_list:
-                runs = [bench.one_run(workload, run) for run in range(args.runs)]
-                records.append(summarize(workload, runs, args, environment))
+            print(f"load generator pids {workers.pids()}", flush=True)
+            plan = cluster_plan(args)
+            processes: dict[str, Any] = {"nodes": {}, "load_generators": workers.pids()}
+            ceilings: dict[int, dict[str, Any]] = {}
+            if args.ceiling:
+                noop = NoopServer(root / "noop-server.log")
+                processes["noop_server"] = [noop.process.pid]
+                noop.wait_ready()
+                print(f"no-op server pid {noop.process.pid} on {noop.address}", flush=True)
+                ceilings = measure_ceilings(
+                    args, workers, progress, noop,
+                    ceiling_batch_sizes(w for _, names in plan for w in names), environment)
+                noop.stop()
+                print(ceiling_line(ceilings), flush=True)
+            records: list[dict[str, Any]] = []
+            for partitions, names in plan:
+                records.extend(measure_cluster(args, root / f"p{partitions}", partitions,
+                                               names, workers, progress, environment,
+                                               processes["nodes"]))
+            annotate_ceiling(records, ceilings)
             report = {
                 "benchmark": "tps",
                 "what": "committed transfers/s of a local 3-node cluster (3 replicas per "
                         "partition, durable journal), median of runs: intra-partition "
-                        "transfers (mix intra) and a uniform random mix over all partitions "
-                        "whose cross-partition transfers run as a saga (mix uniform; latency "
-                        "and transfers/s to the final outcome)",
+                        "transfers (mix intra), a uniform random mix over all partitions "
+                        "whose cross-partition transfers run as a saga (mix uniform), a Zipf "
+                        "hot-account mix (mix zipf); closed loop, and open loop at offered "
+                        "rates (latency from the intended send time); the load generator's "
+                        "own ceiling against a no-op server",
                 "records": records,
+                "loadgen_ceiling": [ceilings[size] for size in sorted(ceilings)],
                 "conservation_passed": all(r["conservation_passed"] for r in records),
-                "processes": {"nodes": cluster.pids(), "load_generators": workers.pids()},
+                "processes": processes,
+                "elapsed_s": round(time.monotonic() - started, 1),
                 "environment": environment,
             }
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            print_table(records)
+            from bench.plot import latency_plot, plot_paths, scaling_plot
+
+            scaling_png, latency_png = plot_paths(args.output)
+            plots = [p for p in (scaling_plot(records, scaling_png),
+                                 latency_plot(records, latency_png)) if p is not None]
+            print_table(records, ceilings, table_console())
             print(f"\nconservation: every run's balances sum to the deposits; written to "
-                  f"{args.output}")
+                  f"{args.output}" + "".join(f", {p}" for p in plots)
+                  + f" in {time.monotonic() - started:.0f} s")
             status = 0
         except BenchFailed as failure:
             print(f"\nbench FAILED: {failure}", file=sys.stderr, flush=True)
@@ -997,11 +1502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = 130
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
+            progress.close()
             try:
+                if noop is not None:
+                    noop.stop()
                 if workers is not None:
                     workers.close(hurry=status != 0)
-                if cluster is not None:
-                    cluster.stop()
             finally:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 if args.keep_data or status not in (0, 130):

@@ -21,6 +21,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
+from client.auth import TlsOptions
 from client.errors import RETRYABLE_STATUSES, from_rpc_error
 from client.sdk import (
     CHANNEL_OPTIONS,
@@ -29,6 +30,7 @@ from client.sdk import (
     Account,
     Balance,
     BatchResult,
+    ClusterMapView,
     ClusterStatus,
     Consistency,
     MovementResult,
@@ -42,6 +44,7 @@ from client.sdk import (
     _Op,
     _op_abort_transfer,
     _op_balance,
+    _op_cluster_map,
     _op_cluster_status,
     _op_create_account,
     _op_get_transfer,
@@ -60,7 +63,10 @@ T = TypeVar("T")
 
 
 class AsyncWalletClient(_ClientBase):
-    """An asyncio RaftWallet client; one grpc.aio channel per node address."""
+    """An asyncio RaftWallet client; one grpc.aio channel per node address.
+
+    `token`, `admin_token` and `tls` as for `client.sdk.WalletClient`.
+    """
 
     def __init__(
         self,
@@ -69,8 +75,12 @@ class AsyncWalletClient(_ClientBase):
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         *,
         learn_routes: bool = True,
+        token: str = "",
+        admin_token: str = "",
+        tls: TlsOptions | None = None,
     ) -> None:
-        super().__init__(targets, timeout_s, retry_deadline_s, learn_routes=learn_routes)
+        super().__init__(targets, timeout_s, retry_deadline_s, learn_routes=learn_routes,
+                         token=token, admin_token=admin_token, tls=tls)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}
 
@@ -130,6 +140,12 @@ class AsyncWalletClient(_ClientBase):
         self._routes.update(response)
         return _cluster_status(response)
 
+    async def cluster_map(self) -> ClusterMapView:
+        """The cluster map as the answering node knows it (also refreshes routing)."""
+        view = await self._run(_op_cluster_map())
+        self._routes.update_map(view)
+        return view
+
     async def route(self, account_id: str) -> Route:
         return route_of(await self.cluster_status(), account_id)
 
@@ -164,7 +180,12 @@ class AsyncWalletClient(_ClientBase):
         if method is None:
             channel = self._channels.get(address)
             if channel is None:
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                tls = self._credentials.tls
+                channel = (
+                    grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) if tls is None
+                    else grpc.aio.secure_channel(
+                        address, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+                )
                 self._channels[address] = channel
             method = channel.unary_unary(
                 path, request_serializer=_serialize, response_deserializer=response_type.FromString
@@ -175,11 +196,22 @@ class AsyncWalletClient(_ClientBase):
     async def _refresh_routes(self, retry: _Retry) -> None:
         if not self._routes.claim_refresh():
             return
+        address = self._address(None, retry.attempt)
+        map_op = _op_cluster_map()
+        try:
+            map_call = self._callable(address, map_op.path, map_op.response_type)
+            self._routes.update_map(map_op.convert(await map_call(
+                map_op.request, timeout=self._lookup_timeout(retry),
+                metadata=self._credentials.metadata_for(map_op.path))))
+        except grpc.RpcError:
+            pass  # an old server without the map, or this node is down: keep what we know
+        if not self._routes.wants_status:
+            return
         op = _op_cluster_status()
-        address = self.targets[retry.attempt % len(self.targets)]
         try:
             call = self._callable(address, op.path, op.response_type)
-            response = await call(op.request, timeout=self._lookup_timeout(retry))
+            response = await call(op.request, timeout=self._lookup_timeout(retry),
+                                  metadata=self._credentials.metadata_for(op.path))
         except grpc.RpcError as error:
             self._routes.lookup_failed(error)
             return
@@ -193,7 +225,8 @@ class AsyncWalletClient(_ClientBase):
             address = self._address(op.account, retry.attempt)
             try:
                 call = self._callable(address, op.path, op.response_type)
-                response = await call(op.request, timeout=retry.attempt_timeout())
+                response = await call(op.request, timeout=retry.attempt_timeout(),
+                                      metadata=self._credentials.metadata_for(op.path))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
                 if error.status not in RETRYABLE_STATUSES:

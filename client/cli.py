@@ -5,7 +5,8 @@
     walletctl --target 127.0.0.1:7101 --json transfer alice bob 12.34 --currency USD
     walletctl --config cluster-configs/local-3node.toml cluster status
 
-Global options (--target, --config, --json, --timeout) go before or after the
+Global options (--target, --config, --json, --timeout, and the credentials
+--token, --admin-token, --tls-ca, --tls-cert, --tls-key) go before or after the
 command. With --json every command prints exactly one JSON object on stdout
 (an `{"error": {...}}` object when it fails); amounts are decimal strings next
 to their `currency`. Exit status: 0 done, 1 the cluster refused the request
@@ -34,6 +35,17 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
+from client import membership_cli
+from client.auth import (
+    ENV_ADMIN_TOKEN,
+    ENV_TOKEN,
+    Credentials,
+    CredentialsError,
+    TlsOptions,
+    credentials_from_cluster_file,
+    credentials_from_environment,
+    open_channel,
+)
 from client.errors import OutcomeUnknown, Unavailable, WalletError
 from client.sdk import (
     Account,
@@ -103,6 +115,23 @@ def resolve_targets(target_args: Sequence[str], config: str | None) -> tuple[str
     if config:
         return targets_from_config(Path(config))
     raise UsageError("no cluster to talk to: pass --target HOST:PORT or --config FILE")
+
+
+def resolve_credentials(args: argparse.Namespace) -> Credentials:
+    """Each part from its flag, else from the --config cluster file, else from the
+    environment (RAFTWALLET_TOKEN, RAFTWALLET_ADMIN_TOKEN)."""
+    try:
+        tls = None
+        ca, cert, key = (getattr(args, name, None) for name in ("tls_ca", "tls_cert", "tls_key"))
+        if ca or cert or key:
+            tls = TlsOptions.from_files(ca, cert, key)
+        given = Credentials(getattr(args, "token", None) or "",
+                            getattr(args, "admin_token", None) or "", tls)
+        if args.config:
+            given = given.with_defaults(credentials_from_cluster_file(args.config))
+        return given.with_defaults(credentials_from_environment())
+    except CredentialsError as error:
+        raise UsageError(str(error)) from None
 
 
 # --- JSON objects ---------------------------------------------------------------------
@@ -239,9 +268,12 @@ Handler = Callable[[argparse.Namespace, Output], int]
 def _client(args: argparse.Namespace) -> WalletClient:
     targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
                               args.config)
+    credentials = resolve_credentials(args)
     # One request per run: a ClusterStatus look-up for routing would only add a round trip.
     return WalletClient(
-        targets, timeout_s=args.timeout, retry_deadline_s=args.timeout, learn_routes=False
+        targets, timeout_s=args.timeout, retry_deadline_s=args.timeout, learn_routes=False,
+        token=credentials.wallet_token, admin_token=credentials.admin_token,
+        tls=credentials.tls,
     )
 
 
@@ -413,8 +445,9 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
     verdicts: list[dict[str, Any]] = []
     seen: dict[tuple[int, int], set[str]] = {}
     unreachable: list[str] = []
+    credentials = resolve_credentials(args)
     for target in targets:
-        channel = grpc.insecure_channel(target)
+        channel = open_channel(target, credentials)
         try:
             stub = wallet_pb2_grpc.AdminServiceStub(channel)
             answer = stub.Verify(pb.VerifyRequest(), timeout=max(args.timeout, 60.0))
@@ -502,10 +535,112 @@ def cmd_node_start(args: argparse.Namespace, out: Output) -> int:
             node_id=args.node_id,
             data_dir=args.data_dir,
             bootstrap=args.bootstrap,
+            join=args.join,
             insecure_dev_mode=args.insecure_dev_mode,
             http_listen=args.http_listen,
         )
     )
+
+
+def _admin_client(args: argparse.Namespace) -> membership_cli.AdminClient:
+    targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
+                              args.config)
+    return membership_cli.AdminClient(targets, resolve_credentials(args), args.timeout)
+
+
+def _membership(args: argparse.Namespace, out: Output,
+                run: Callable[[membership_cli.AdminClient, Callable[[str], None]], object]
+                ) -> int:
+    lines: list[str] = []
+
+    def say(line: str) -> None:
+        lines.append(line)
+        if not out.as_json:
+            out.out.write(line + "\n")
+            out.out.flush()
+
+    try:
+        result = run(_admin_client(args), say)
+    except membership_cli.MembershipError as error:
+        out.error(str(error))
+        if out.as_json:
+            out.emit({"ok": False, "error": str(error), "progress": lines}, "")
+        return EXIT_REFUSED
+    if out.as_json:
+        out.emit({"ok": True, "map_version": result, "progress": lines}, "")
+    return EXIT_OK
+
+
+def cmd_node_add(args: argparse.Namespace, out: Output) -> int:
+    request = pb.AddNodeRequest(node_id=args.id, host=args.host, grpc_port=args.grpc_port,
+                                raft_port_base=args.raft_port_base,
+                                metrics_port=args.metrics_port or 0)
+
+    def run(client: membership_cli.AdminClient, say: Callable[[str], None]) -> int:
+        response = client.admin("AddNode", request)
+        say(f"{response.detail} (map v{response.map_version})")
+        return int(response.map_version)
+
+    return _membership(args, out, run)
+
+
+def cmd_node_remove(args: argparse.Namespace, out: Output) -> int:
+    def run(client: membership_cli.AdminClient, say: Callable[[str], None]) -> int:
+        response = client.admin("RemoveNode", pb.RemoveNodeRequest(node_id=args.node))
+        say(f"{response.detail} (map v{response.map_version})")
+        return int(response.map_version)
+
+    return _membership(args, out, run)
+
+
+def cmd_node_drain(args: argparse.Namespace, out: Output) -> int:
+    return _membership(args, out, lambda client, say: membership_cli.drain(
+        client, args.node, args.wait_s, say))
+
+
+def _replica_group(args: argparse.Namespace) -> int:
+    if args.metadata == (args.partition is not None):
+        raise UsageError("give exactly one of --partition P and --metadata")
+    return membership_cli.META if args.metadata else int(args.partition)
+
+
+def cmd_replica_add(args: argparse.Namespace, out: Output) -> int:
+    group = _replica_group(args)
+    return _membership(args, out, lambda client, say: membership_cli.add_replica(
+        client, group, args.node, not args.no_wait, args.wait_s, say))
+
+
+def cmd_replica_remove(args: argparse.Namespace, out: Output) -> int:
+    group = _replica_group(args)
+    return _membership(args, out, lambda client, say: membership_cli.remove_replica(
+        client, group, args.node, not args.no_wait, args.wait_s, say))
+
+
+def cmd_cluster_map(args: argparse.Namespace, out: Output) -> int:
+    try:
+        view = _admin_client(args).cluster_map()
+    except membership_cli.MembershipError as error:
+        out.error(str(error))
+        return EXIT_USAGE
+    if out.as_json:
+        out.emit(view.raw, "")
+        return EXIT_OK
+    table = Table(title=f"cluster map v{view.version}")
+    table.add_column("group")
+    table.add_column("replicas (preferred leader first)")
+    for name, slots in membership_cli.map_rows(view):
+        table.add_row(name, slots)
+    out.console().print(table)
+    return EXIT_OK
+
+
+def cmd_rebalance_leaders(args: argparse.Namespace, out: Output) -> int:
+    def run(client: membership_cli.AdminClient, say: Callable[[str], None]) -> int:
+        response = client.admin("RebalanceLeaders", pb.RebalanceLeadersRequest())
+        say(f"{response.detail} (map v{response.map_version})")
+        return int(response.map_version)
+
+    return _membership(args, out, run)
 
 
 def cmd_gateway(args: argparse.Namespace, out: Output) -> int:
@@ -561,6 +696,15 @@ def _position(text: str) -> int:
 _TARGET_HELP = "a node's gRPC address; repeat it or separate with commas (default: --config)"
 _CONFIG_HELP = "cluster TOML file: without --target, talk to every [[nodes]] host:grpc_port"
 _JSON_HELP = "print exactly one JSON object on stdout"
+_TOKEN_HELP = (
+    f"WalletService token (default: --config's wallet_token, else ${ENV_TOKEN}); "
+    "prefer the variable: a flag shows in the process list"
+)
+_ADMIN_TOKEN_HELP = (
+    f"AdminService token, for cluster status and verify (default: --config's admin_token, "
+    f"else ${ENV_ADMIN_TOKEN})"
+)
+_TLS_CA_HELP = "connect with TLS, verifying the nodes with this CA (default: --config's [tls])"
 _TIMEOUT_HELP = (
     f"give up after SECONDS, retrying transient failures until then (default {DEFAULT_TIMEOUT_S:g})"
 )
@@ -583,6 +727,16 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool, config: bool 
         "--timeout", type=_positive_float, metavar="SECONDS", help=_TIMEOUT_HELP,
         default=DEFAULT_TIMEOUT_S if top else default,
     )
+    options.add_argument("--token", metavar="TOKEN", help=_TOKEN_HELP, default=default)
+    options.add_argument(
+        "--admin-token", metavar="TOKEN", help=_ADMIN_TOKEN_HELP, default=default
+    )
+    options.add_argument("--tls-ca", metavar="FILE", help=_TLS_CA_HELP, default=default)
+    options.add_argument(
+        "--tls-cert", metavar="FILE", default=default,
+        help="client certificate (PEM) for clusters that require one (mTLS); with --tls-key",
+    )
+    options.add_argument("--tls-key", metavar="FILE", help="its private key", default=default)
 
 
 def _command(
@@ -767,11 +921,75 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this node's data directory")
     p.add_argument("--bootstrap", action="store_true",
                    help="initialise an empty data dir (first start of a new cluster)")
+    p.add_argument("--join", action="store_true",
+                   help="initialise an empty data dir for a node registered with `node add` "
+                        "(the cluster map is fetched from the nodes of --config)")
     p.add_argument("--insecure-dev-mode", action="store_true",
                    help="allow a cluster file without secret: unencrypted Raft, loopback only")
     p.add_argument("--http-listen", metavar="HOST:PORT", default=None,
                    help="also serve the HTTP/JSON gateway in this process (see "
                         "`walletctl gateway`)")
+    p = _command(node_commands, "add", "register a new node in the cluster map",
+                 cmd_node_add,
+                 "Register node ID in the cluster map (through the metadata group). Then start "
+                 "it on its host with `node start --join`, and move replicas onto it with "
+                 "`replica add` (docs/operations.md).")
+    p.add_argument("--id", required=True, metavar="ID", help="the new node's id (never reuse "
+                   "the id of a node whose disk was lost)")
+    p.add_argument("--host", required=True, metavar="HOST", help="its host name or IPv4 address")
+    p.add_argument("--grpc-port", required=True, type=int, metavar="PORT")
+    p.add_argument("--raft-port-base", required=True, type=int, metavar="PORT",
+                   help="partition p listens on PORT + p, the metadata group on PORT + "
+                        "partitions")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT")
+    _global_options(p, top=False)
+    p = _command(node_commands, "remove", "remove a node that hosts no replica",
+                 cmd_node_remove,
+                 "Remove NODE from the cluster map; refused while it still hosts a replica "
+                 "(run `node drain` first).")
+    p.add_argument("node", metavar="NODE")
+    _global_options(p, top=False)
+    p = _command(node_commands, "drain", "move every replica of a node to other nodes",
+                 cmd_node_drain,
+                 "For each replica of NODE (partitions and metadata group): add a replica on "
+                 "the least loaded other node, wait until it has caught up and votes, then "
+                 "remove NODE's (its leadership is handed over first). One group at a time.")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--wait-s", type=float, default=membership_cli.DEFAULT_WAIT_S,
+                   metavar="SECONDS", help="how long to wait for each step (default "
+                   f"{membership_cli.DEFAULT_WAIT_S:g})")
+    _global_options(p, top=False)
+
+    replica = commands.add_parser("replica", help="add or remove one replica",
+                                  description="Add or remove one replica of a partition or "
+                                  "of the metadata group (one change per group at a time).")
+    replica_commands = replica.add_subparsers(title="commands", metavar="COMMAND",
+                                              required=True)
+    for name, handler, text in (
+            ("add", cmd_replica_add, "add a replica on NODE; it catches up (snapshot, then "
+             "log) and becomes a voter"),
+            ("remove", cmd_replica_remove, "remove NODE's replica (leadership is handed over "
+             "first if NODE leads)")):
+        p = _command(replica_commands, name, text, handler)
+        p.add_argument("--partition", type=int, default=None, metavar="P")
+        p.add_argument("--metadata", action="store_true",
+                       help="the metadata group (cluster map) instead of a partition")
+        p.add_argument("--node", required=True, metavar="NODE")
+        membership_cli.add_arguments_for_target(p)
+        _global_options(p, top=False)
+
+    p = _command(cluster_commands, "map", "the cluster map: nodes and each group's replicas",
+                 cmd_cluster_map,
+                 "Show the cluster map as the answering node knows it: each partition's and "
+                 "the metadata group's replicas, preferred leader first, with their state "
+                 "(joining, leaving) when not a plain voter.")
+    _global_options(p, top=False)
+    p = _command(cluster_commands, "rebalance-leaders", "spread partition leaders evenly",
+                 cmd_rebalance_leaders,
+                 "Choose a preferred leader per partition so that nodes lead equally many, "
+                 "and record it in the cluster map; each leader then hands over to its "
+                 "preferred node (within about a minute, proposals paused briefly).")
+    _global_options(p, top=False)
     return parser
 
 

@@ -11,14 +11,16 @@ ledger's machine-readable reason (a `ledger.results.Code` name such as
     │                            mismatch, same account, closed account...
     ├── AlreadyExists            ALREADY_EXISTS: id reused with other content,
     │                            account exists
+    ├── Unauthenticated          UNAUTHENTICATED: no (or a malformed) token was sent
+    ├── PermissionDenied         PERMISSION_DENIED: the token is not accepted
     ├── Unavailable              UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
     │                            RESOURCE_EXHAUSTED: transient (a read gave up)
     └── OutcomeUnknown           a write whose retries ran out on a transient
                                  failure: it may or may not have happened;
                                  retry it with .transaction_id
 
-Other statuses (UNIMPLEMENTED, INTERNAL, PERMISSION_DENIED...) are a plain
-`WalletError`.
+Other statuses (UNIMPLEMENTED, INTERNAL...) are a plain `WalletError`.
+Authentication failures are never retried: the same credentials would fail again.
 """
 
 from __future__ import annotations
@@ -77,6 +79,14 @@ class AlreadyExists(WalletError):
     """The id was used with other content, or the account exists (ALREADY_EXISTS)."""
 
 
+class Unauthenticated(WalletError):
+    """UNAUTHENTICATED: the call carried no credentials, or malformed ones (give a token)."""
+
+
+class PermissionDenied(WalletError):
+    """PERMISSION_DENIED: the credentials are well-formed but not accepted (wrong token)."""
+
+
 class Unavailable(WalletError):
     """A transient failure that outlived the retries (the status says which)."""
 
@@ -112,6 +122,8 @@ _CLASS_OF_STATUS: dict[grpc.StatusCode, type[WalletError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     **{status: Unavailable for status in RETRYABLE_STATUSES},
 }
 

@@ -24,11 +24,17 @@ the partition count and each partition's leader from `ClusterStatus`, sends a
 request for an account to its partition leader first, and falls back to the
 configured targets. If `ClusterStatus` fails, it simply uses the targets.
 
+Authentication: `token=` is sent to WalletService and `admin_token=` to
+AdminService as `authorization: Bearer ...` metadata (ClusterStatus, and so
+route learning, needs the admin token; without it the client uses its
+targets); `tls=TlsOptions(...)` makes every channel TLS (`client.auth`).
+
 `client.aio.AsyncWalletClient` offers the same methods on grpc.aio.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 import threading
@@ -43,6 +49,7 @@ from typing import Any, Generic, Literal, TypeVar
 import grpc
 from google.protobuf.message import Message
 
+from client.auth import Credentials, TlsOptions
 from client.errors import (
     RETRYABLE_STATUSES,
     OutcomeUnknown,
@@ -58,6 +65,7 @@ __all__ = [
     "Account",
     "Balance",
     "BatchResult",
+    "ClusterMapView",
     "ClusterStatus",
     "Consistency",
     "MovementResult",
@@ -613,6 +621,52 @@ def _op_list_transfers(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterMapView:
+    """The cluster map as a node serves it (GetClusterMap): membership, versioned.
+
+    `groups[p]` lists partition p's replicas as (node id, state), preferred leader
+    first; state is "voter", "joining" or "leaving". `metadata_group` is the same
+    for the group that holds the map.
+    """
+
+    version: int
+    name: str
+    partition_count: int
+    node_addresses: dict[str, str]
+    """node id -> gRPC address"""
+    groups: tuple[tuple[tuple[str, str], ...], ...]
+    metadata_group: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_json(cls, map_json: str) -> ClusterMapView:
+        document = json.loads(map_json)
+        count = int(document["partition_count"])
+        groups = tuple(tuple((str(n), str(s)) for n, s in slots)
+                       for slots in document["groups"])
+        return cls(
+            version=int(document["version"]), name=str(document["name"]),
+            partition_count=count,
+            node_addresses={n["id"]: f"{n['host']}:{n['grpc_port']}" for n in document["nodes"]},
+            groups=groups[:count], metadata_group=groups[count])
+
+    def preferred_leader(self, partition: int) -> str | None:
+        """gRPC address of the partition's first voter (where its leader is kept)."""
+        for node_id, state in self.groups[partition]:
+            if state == "voter":
+                return self.node_addresses.get(node_id)
+        return None
+
+
+def _op_cluster_map() -> _Op[ClusterMapView]:
+    return _Op(
+        _WALLET + "GetClusterMap",
+        pb.GetClusterMapRequest(),
+        pb.GetClusterMapResponse,
+        lambda r: ClusterMapView.from_json(r.map_json),
+    )
+
+
 def _op_cluster_status() -> _Op[pb.ClusterStatusResponse]:
     return _Op(
         _ADMIN + "ClusterStatus",
@@ -657,15 +711,44 @@ class _Retry:
 
 
 class _RouteTable:
-    """Partition count and leader addresses learnt from ClusterStatus; optional."""
+    """What the client learnt about the cluster; optional (any node accepts any request).
+
+    From the cluster map (GetClusterMap, open to every client): the nodes, so that
+    a client configured with one address finds the others, and each partition's
+    preferred leader. From ClusterStatus (needs the admin token): the actual leaders.
+    """
 
     def __init__(self, enabled: bool = True) -> None:
         self._lock = threading.Lock()
         self._partition_count = 0
         self._leaders: dict[int, str] = {}
+        self._preferred: dict[int, str] = {}
+        self.cluster_map: ClusterMapView | None = None
         self._stale = True
         self._disabled = not enabled
+        self._status_refused = False
         self._last_lookup = float("-inf")
+
+    def update_map(self, view: ClusterMapView) -> None:
+        with self._lock:
+            if self.cluster_map is not None and view.version < self.cluster_map.version:
+                return  # an older map from a node that has not caught up
+            self.cluster_map = view
+            self._partition_count = view.partition_count
+            self._preferred = {p: a for p in range(view.partition_count)
+                               if (a := view.preferred_leader(p)) is not None}
+            if self._status_refused:
+                self._stale = False
+
+    def discovered(self) -> list[str]:
+        """gRPC addresses of every node in the newest map seen."""
+        with self._lock:
+            view = self.cluster_map
+        return [] if view is None else list(view.node_addresses.values())
+
+    @property
+    def wants_status(self) -> bool:
+        return not self._status_refused
 
     def claim_refresh(self) -> bool:
         """True when the caller should look the routes up now (at most once per interval)."""
@@ -685,9 +768,12 @@ class _RouteTable:
             self._stale = False
 
     def lookup_failed(self, error: grpc.RpcError) -> None:
-        if status_of(error) is grpc.StatusCode.UNIMPLEMENTED:
+        # A server without ClusterStatus, or one that does not let this client call it.
+        if status_of(error) in _ROUTES_REFUSED:
             with self._lock:
-                self._disabled = True  # a server without ClusterStatus: use the targets
+                self._status_refused = True  # route by the map's preferred leaders
+                if self.cluster_map is None:
+                    self._disabled = True  # no map either (an old server): use the targets
 
     def invalidate(self) -> None:
         with self._lock:
@@ -697,7 +783,15 @@ class _RouteTable:
         with self._lock:
             if self._partition_count < 1:
                 return None
-            return self._leaders.get(partition_of(account_id, self._partition_count))
+            partition = partition_of(account_id, self._partition_count)
+            return self._leaders.get(partition) or self._preferred.get(partition)
+
+
+_ROUTES_REFUSED = frozenset({
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+})
 
 
 class _ClientBase:
@@ -710,6 +804,9 @@ class _ClientBase:
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         *,
         learn_routes: bool = True,
+        token: str = "",
+        admin_token: str = "",
+        tls: TlsOptions | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
@@ -720,6 +817,7 @@ class _ClientBase:
         self.retry_deadline_s = retry_deadline_s
         self._routes = _RouteTable(enabled=learn_routes)
         self._closed = False
+        self._credentials = Credentials(token, admin_token, tls)
 
     def _has_channel(self, address: str) -> bool:
         raise NotImplementedError
@@ -728,13 +826,19 @@ class _ClientBase:
         raise NotImplementedError
 
     def _address(self, account: str | None, attempt: int) -> str:
-        """Attempt k goes to candidate k mod n: the account's leader first, then the targets."""
+        """Attempt k goes to candidate k mod n: the account's leader first, then the targets,
+        then the nodes learnt from the cluster map (a client given one address survives
+        that node's loss, and finds nodes added later)."""
         candidates = list(self.targets)
+        if len(candidates) < MAX_CHANNELS:
+            known = set(candidates)
+            learnt = [a for a in self._routes.discovered() if a not in known]
+            candidates += learnt[:MAX_CHANNELS - len(candidates)]
         leader = self._routes.leader_for(account) if account is not None else None
         if leader is not None and (
             self._has_channel(leader) or self._channel_count() < MAX_CHANNELS
         ):
-            candidates = [leader, *(t for t in self.targets if t != leader)]
+            candidates = [leader, *(t for t in candidates if t != leader)]
         return candidates[attempt % len(candidates)]
 
     def _lookup_timeout(self, retry: _Retry) -> float:
@@ -754,7 +858,8 @@ class WalletClient(_ClientBase):
     `timeout_s` is the deadline of each attempt, `retry_deadline_s` how long a call
     keeps retrying transient failures (0: never retry). `learn_routes=False` makes
     the client never call ClusterStatus on its own (one-shot clients such as
-    walletctl, where the look-up would cost more than it saves).
+    walletctl, where the look-up would cost more than it saves). `token`,
+    `admin_token` and `tls`: see "Authentication" above.
     """
 
     def __init__(
@@ -764,8 +869,12 @@ class WalletClient(_ClientBase):
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         *,
         learn_routes: bool = True,
+        token: str = "",
+        admin_token: str = "",
+        tls: TlsOptions | None = None,
     ) -> None:
-        super().__init__(targets, timeout_s, retry_deadline_s, learn_routes=learn_routes)
+        super().__init__(targets, timeout_s, retry_deadline_s, learn_routes=learn_routes,
+                         token=token, admin_token=admin_token, tls=tls)
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}
@@ -843,6 +952,12 @@ class WalletClient(_ClientBase):
         self._routes.update(response)
         return _cluster_status(response)
 
+    def cluster_map(self) -> ClusterMapView:
+        """The cluster map as the answering node knows it (also refreshes routing)."""
+        view = self._run(_op_cluster_map())
+        self._routes.update_map(view)
+        return view
+
     def route(self, account_id: str) -> Route:
         """The account's partition (with the cluster's partition count) and its leader."""
         return route_of(self.cluster_status(), account_id)
@@ -884,7 +999,12 @@ class WalletClient(_ClientBase):
             if method is None:
                 channel = self._channels.get(address)
                 if channel is None:
-                    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                    tls = self._credentials.tls
+                    channel = (
+                        grpc.insecure_channel(address, options=CHANNEL_OPTIONS) if tls is None
+                        else grpc.secure_channel(
+                            address, tls.channel_credentials(), options=CHANNEL_OPTIONS)
+                    )
                     self._channels[address] = channel
                 method = channel.unary_unary(
                     path,
@@ -897,11 +1017,22 @@ class WalletClient(_ClientBase):
     def _refresh_routes(self, retry: _Retry) -> None:
         if not self._routes.claim_refresh():
             return
+        address = self._address(None, retry.attempt)
+        map_op = _op_cluster_map()
+        try:
+            call = self._callable(address, map_op.path, map_op.response_type)
+            self._routes.update_map(map_op.convert(call(
+                map_op.request, timeout=self._lookup_timeout(retry),
+                metadata=self._credentials.metadata_for(map_op.path))))
+        except grpc.RpcError:
+            pass  # an old server without the map, or this node is down: keep what we know
+        if not self._routes.wants_status:
+            return
         op = _op_cluster_status()
-        address = self.targets[retry.attempt % len(self.targets)]
         try:
             call = self._callable(address, op.path, op.response_type)
-            response = call(op.request, timeout=self._lookup_timeout(retry))
+            response = call(op.request, timeout=self._lookup_timeout(retry),
+                            metadata=self._credentials.metadata_for(op.path))
         except grpc.RpcError as error:
             self._routes.lookup_failed(error)
             return
@@ -915,7 +1046,8 @@ class WalletClient(_ClientBase):
             address = self._address(op.account, retry.attempt)
             try:
                 call = self._callable(address, op.path, op.response_type)
-                response = call(op.request, timeout=retry.attempt_timeout())
+                response = call(op.request, timeout=retry.attempt_timeout(),
+                                metadata=self._credentials.metadata_for(op.path))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
                 if error.status not in RETRYABLE_STATUSES:

@@ -12,9 +12,12 @@ from ledger import commands as c
 from ledger.money import format_amount
 from ledger.results import Code
 from ledger.routing import partition_of
-from node import api
+from node import api, cluster_map
 from node.api import ApiError
+from node.cluster_map import META, VOTER, ClusterMap
+from node.config import HOST, NODE_ID, NodeConfig
 from node.host import NodeHost, deadline_of
+from node.membership import Membership
 from node.replay_cli import Bound, replay_partition
 from node.replica import PartitionReplica
 from node.wallet_service import _handler
@@ -193,17 +196,67 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
                                             destination_partition=destination,
                                             sequence=entry.sequence)
 
+    # -- membership (docs/operations.md) -------------------------------------------
+
+    def _membership(self) -> Membership:
+        membership = self.host.membership
+        if membership is None:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "STARTING", "the node is starting")
+        return membership
+
+    @_handler
+    async def AddNode(self, request: pb.AddNodeRequest,
+                      context: grpc.aio.ServicerContext) -> pb.ChangeClusterMapResponse:
+        node = checked_node(request)
+        version = await self._membership().propose(cluster_map.node_command("add_node",
+                                                                            node=node))
+        return pb.ChangeClusterMapResponse(
+            map_version=version,
+            detail=f"node {node.id} registered; start it with `walletctl node start "
+                   f"--node-id {node.id} --join ...`, then move replicas onto it")
+
+    @_handler
+    async def RemoveNode(self, request: pb.RemoveNodeRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ChangeClusterMapResponse:
+        node_id = checked_node_id(request.node_id, "node_id")
+        version = await self._membership().propose({"op": "remove_node", "node_id": node_id})
+        return pb.ChangeClusterMapResponse(map_version=version,
+                                           detail=f"node {node_id} removed from the map")
+
     @_handler
     async def AddReplica(self, request: pb.AddReplicaRequest,
                          context: grpc.aio.ServicerContext) -> pb.AddReplicaResponse:
-        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
-                       "membership changes arrive with the operators feature")
+        group = META if request.metadata_group else int(request.partition)
+        node_id = checked_node_id(request.node_id, "node_id")
+        version = await self._membership().propose(
+            {"op": "add_replica", "group": group, "node_id": node_id})
+        return pb.AddReplicaResponse(map_version=version)
 
     @_handler
     async def RemoveReplica(self, request: pb.RemoveReplicaRequest,
                             context: grpc.aio.ServicerContext) -> pb.RemoveReplicaResponse:
-        raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED",
-                       "membership changes arrive with the operators feature")
+        group = META if request.metadata_group else int(request.partition)
+        node_id = checked_node_id(request.node_id, "node_id")
+        version = await self._membership().propose(
+            {"op": "remove_replica", "group": group, "node_id": node_id})
+        return pb.RemoveReplicaResponse(map_version=version)
+
+    @_handler
+    async def RebalanceLeaders(self, request: pb.RebalanceLeadersRequest,
+                               context: grpc.aio.ServicerContext,
+                               ) -> pb.ChangeClusterMapResponse:
+        membership = self._membership()
+        leaders = balanced_leaders(membership.map)
+        version = await membership.propose({"op": "set_preferred_leaders",
+                                            "leaders": {str(p): n for p, n in leaders.items()}})
+        per_node: dict[str, int] = {}
+        for node_id in leaders.values():
+            per_node[node_id] = per_node.get(node_id, 0) + 1
+        spread = ", ".join(f"{n}: {k}" for n, k in sorted(per_node.items()))
+        return pb.ChangeClusterMapResponse(
+            map_version=version,
+            detail=f"preferred leaders set ({spread}); leaders move to them within "
+                   "about a minute")
 
     @_handler
     async def Verify(self, request: pb.VerifyRequest,
@@ -215,4 +268,42 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
                                  partitions=verdicts)
 
 
-__all__ = ["AdminService", "api", "local_partition_status"]
+def checked_node_id(text: str, field: str) -> str:
+    if not NODE_ID.fullmatch(text):
+        raise api.invalid(field, f"{text[:40]!r} is not a node id (1 to 32 of a-z, 0-9, '-')")
+    return text
+
+
+def checked_node(request: pb.AddNodeRequest) -> NodeConfig:
+    node_id = checked_node_id(request.node_id, "node_id")
+    if not HOST.fullmatch(request.host):
+        raise api.invalid("host", f"{request.host[:60]!r} is not a host name or IPv4 address")
+    for field in ("grpc_port", "raft_port_base"):
+        if not 1 <= getattr(request, field) <= 65535:
+            raise api.invalid(field, "must be a port number 1..65535")
+    if request.metrics_port > 65535:
+        raise api.invalid("metrics_port", "must be a port number 1..65535 (0: none)")
+    return NodeConfig(node_id, request.host, request.grpc_port, request.raft_port_base,
+                      request.metrics_port or None)
+
+
+def balanced_leaders(current: ClusterMap) -> dict[int, str]:
+    """A preferred leader per partition, spreading leaders evenly over the nodes.
+
+    Greedy in partition order: each partition goes to the voter with the fewest
+    leaders so far, ties broken by the current preference order (so a balanced
+    cluster keeps its leaders where they are).
+    """
+    counts: dict[str, int] = {n.id: 0 for n in current.nodes}
+    chosen: dict[int, str] = {}
+    for partition in range(current.partition_count):
+        voters = [s.node_id for s in current.slots(partition) if s.state == VOTER]
+        if not voters:
+            continue
+        best = min(voters, key=lambda n: (counts[n], voters.index(n)))
+        counts[best] += 1
+        chosen[partition] = best
+    return chosen
+
+
+__all__ = ["AdminService", "api", "balanced_leaders", "local_partition_status"]

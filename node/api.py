@@ -47,6 +47,10 @@ def parse_uuid(text: str, field: str) -> bytes:
     return bytes.fromhex(text.replace("-", ""))
 
 
+PAGE_TOKEN_CHARS_MAX = 20
+"""A page token is a list index in decimal (below 2**64). Longer ones are refused before
+int() sees them: CPython raises on more than 4300 digits, and long ones cost quadratic time."""
+
 DEDUP_WINDOW_S = 7 * 24 * 3600
 """How long a transaction id is remembered; see docs/ledger.md, "Retention"."""
 
@@ -102,6 +106,9 @@ def check_account_id(text: str, field: str) -> str:
 
 
 def check_currency(code: str, field: str = "currency") -> Currency:
+    if len(code) != 3:  # refused here, so that the message quotes a long code only in part
+        raise invalid(field, f"{_show(code)} is not a three-letter upper-case ISO 4217 code",
+                      Code.INVALID_CURRENCY.name)
     try:
         return currency(code)
     except MoneyError as exc:

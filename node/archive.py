@@ -162,6 +162,18 @@ def _digest(payload: bytes) -> bytes:
     return hashlib.blake2b(payload, digest_size=32).digest()
 
 
+def record_hash(record: ArchiveRecord) -> bytes:
+    """The hash `record` must carry given its other fields (BLAKE2b-256 of its payload).
+
+    For checking a record received from elsewhere (archive seeding) before it
+    is appended: `EventArchive.append` of the same fields after a record whose
+    hash is `record.prev_hash` writes exactly this record.
+    """
+    return _digest(_encode_payload(record.prev_hash, record.position, record.log_index,
+                                   record.term, record.stamp_ms, record.entry_blob,
+                                   record.results_blob))
+
+
 def _check_int(name: str, value: int, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")

@@ -10,11 +10,17 @@ errors, the line and column reported by `tomllib`.
 
 The format is described in `cluster-configs/README.md`:
 
-    [cluster]       name, partitions, replication_factor, secret, insecure_dev_mode
+    [cluster]       name, partitions, replication_factor, secret, insecure_dev_mode,
+                    admin_token, previous_admin_tokens, wallet_token, previous_wallet_tokens
+    [tls]           cert_file, key_file, ca_file, require_client_cert   (optional)
     [[nodes]]       id, host, grpc_port, raft_port_base, metrics_port (optional)
     [[partitions]]  id, replicas                (optional: explicit placement)
 
-Partition p of a node listens for Raft traffic on `raft_port_base + p`: each
+Secrets (the Raft secret and the API tokens) never appear in a repr or an error
+message: errors name the field and the rule, not the value.
+
+Partition p of a node listens for Raft traffic on `raft_port_base + p`, and the
+metadata group (the cluster map) on `raft_port_base + partitions`: each
 pysyncobj group owns its own TCP server, so each needs its own port.
 """
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import secrets
@@ -32,10 +39,12 @@ from pathlib import Path
 __all__ = [
     "MAX_PARTITIONS",
     "MIN_SECRET_CHARS",
+    "MIN_TOKEN_CHARS",
     "ClusterConfig",
     "ConfigError",
     "NodeConfig",
     "PortAllocator",
+    "TlsConfig",
     "dump_cluster_config",
     "load_cluster_config",
     "local_cluster_config",
@@ -44,6 +53,10 @@ __all__ = [
 
 MAX_PARTITIONS = 4096
 MIN_SECRET_CHARS = 16
+MIN_TOKEN_CHARS = 16
+MAX_TOKEN_CHARS = 256
+MAX_PREVIOUS_TOKENS = 8
+"""Tokens still accepted during a rotation (`previous_*_tokens`): a short list, by design."""
 MAX_PORT = 65535
 LOOPBACK_HOST = "127.0.0.1"
 
@@ -57,18 +70,31 @@ _GENERATE_SECRET_HINT = (
     'generate one with `python -c "import secrets; print(secrets.token_urlsafe(32))"`'
 )
 
-_NODE_ID = re.compile(r"[a-z0-9-]{1,32}")
+NODE_ID = re.compile(r"[a-z0-9-]{1,32}")
 # Cluster names end up in paths and metric labels: no separators, no leading dot.
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # Host names and IPv4 addresses. IPv6 literals are refused: gRPC wants "[::1]:port"
 # while pysyncobj wants "::1:port", and one address format for both keeps this simple.
-_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
+HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+# A bearer token travels in gRPC metadata: printable ASCII without spaces.
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 _TOML_LINE = re.compile(r"\bat line (\d+)")
 _PORT_TEXT = re.compile(r"[0-9]{1,5}")
 
-_ROOT_KEYS = ("cluster", "nodes", "partitions")
-_CLUSTER_KEYS = ("name", "partitions", "replication_factor", "secret", "insecure_dev_mode")
+_ROOT_KEYS = ("cluster", "tls", "nodes", "partitions")
+_CLUSTER_KEYS = (
+    "name",
+    "partitions",
+    "replication_factor",
+    "secret",
+    "insecure_dev_mode",
+    "admin_token",
+    "previous_admin_tokens",
+    "wallet_token",
+    "previous_wallet_tokens",
+)
+_TLS_KEYS = ("cert_file", "key_file", "ca_file", "require_client_cert")
 _NODE_KEYS = ("id", "host", "grpc_port", "raft_port_base", "metrics_port")
 _PARTITION_KEYS = ("id", "replicas")
 
@@ -110,12 +136,35 @@ class NodeConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS of the gRPC port (`[tls]`); paths are absolute (resolved against the cluster file).
+
+    `cert_file`/`key_file` are the nodes' certificate chain and private key (one
+    certificate whose subjectAltNames cover every node's host). `ca_file` is the
+    CA that clients verify the nodes with and, with `require_client_cert`, that
+    the nodes verify client certificates with; without it clients use the
+    system's roots. Nodes present `cert_file` as their client certificate to
+    each other.
+    """
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None
+    require_client_cert: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ClusterConfig:
     """A validated cluster file. Build it with the functions below, which check every rule.
 
     `placement[p]` is the tuple of node ids hosting partition p, its preferred
-    leader first. `secret` is left out of the repr so that logging a config, or
-    a failing assertion printing one, does not leak it.
+    leader first. `secret` and the tokens are left out of the repr so that
+    logging a config, or a failing assertion printing one, does not leak them.
+
+    `admin_token` is what AdminService callers present and `wallet_token` what
+    WalletService callers present (empty: WalletService needs no token); the
+    `previous_*` tokens are still accepted, so that a token can be rotated
+    with a rolling restart (docs/cluster.md, "Security").
     """
 
     name: str
@@ -125,6 +174,22 @@ class ClusterConfig:
     insecure_dev_mode: bool
     nodes: tuple[NodeConfig, ...]
     placement: tuple[tuple[str, ...], ...]
+    admin_token: str = dataclasses.field(default="", repr=False)
+    previous_admin_tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    wallet_token: str = dataclasses.field(default="", repr=False)
+    previous_wallet_tokens: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    tls: TlsConfig | None = None
+
+    @property
+    def accepted_admin_tokens(self) -> tuple[str, ...]:
+        """Tokens AdminService accepts, the current one first; empty: AdminService is open
+        (only possible in insecure dev mode)."""
+        return _accepted(self.admin_token, self.previous_admin_tokens)
+
+    @property
+    def accepted_wallet_tokens(self) -> tuple[str, ...]:
+        """Tokens WalletService accepts, the current one first; empty: no token needed."""
+        return _accepted(self.wallet_token, self.previous_wallet_tokens)
 
     @property
     def raft_password(self) -> str | None:
@@ -175,6 +240,13 @@ class ClusterConfig:
         raise KeyError(f"no node of cluster {self.name!r} has Raft address {address!r}")
 
 
+def _accepted(current: str, previous: tuple[str, ...]) -> tuple[str, ...]:
+    if not current:
+        assert not previous, "previous tokens without a current one"
+        return ()
+    return (current, *previous)
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -190,11 +262,17 @@ def load_cluster_config(path: str | os.PathLike[str]) -> ClusterConfig:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(source, None, f"not UTF-8 text (byte {exc.start})") from exc
-    return parse_cluster_config(text, source)
+    return parse_cluster_config(text, source, base_dir=Path(path).resolve().parent)
 
 
-def parse_cluster_config(text: str, source: str = "<string>") -> ClusterConfig:
-    """Parse and validate the TOML text of a cluster file; `source` names it in errors."""
+def parse_cluster_config(
+    text: str, source: str = "<string>", base_dir: Path | None = None
+) -> ClusterConfig:
+    """Parse and validate the TOML text of a cluster file; `source` names it in errors.
+
+    Relative `[tls]` paths are resolved against `base_dir` (the cluster file's
+    directory when loaded from a file; the working directory by default).
+    """
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -202,7 +280,7 @@ def parse_cluster_config(text: str, source: str = "<string>") -> ClusterConfig:
         match = _TOML_LINE.search(str(exc))
         line = int(match.group(1)) if match else None
         raise ConfigError(source, None, f"invalid TOML: {exc}", line=line) from exc
-    return _build(document, source)
+    return _build(document, source, base_dir or Path.cwd())
 
 
 class _Table:
@@ -281,6 +359,9 @@ class _Table:
             raise self.error(key, f"expected an array, got {_describe(value)}")
         return value
 
+    def optional_table(self, key: str) -> _Table | None:
+        return self.table(key) if key in self.values else None
+
 
 def _describe(value: object) -> str:
     """A value's TOML type, and the value itself when short, for 'expected X, got Y'."""
@@ -307,14 +388,20 @@ class _ClusterSection:
     replication_factor: int
     secret: str
     insecure_dev_mode: bool
+    admin_token: str
+    previous_admin_tokens: tuple[str, ...]
+    wallet_token: str
+    previous_wallet_tokens: tuple[str, ...]
 
 
-def _build(document: Mapping[str, object], source: str) -> ClusterConfig:
+def _build(document: Mapping[str, object], source: str, base_dir: Path) -> ClusterConfig:
     """Validate a parsed document, section by section, in file order."""
     root = _Table(document, "", source)
     root.reject_unknown_keys(_ROOT_KEYS)
     cluster_table = root.table("cluster")
     cluster = _read_cluster(cluster_table)
+    tls_table = root.optional_table("tls")
+    tls = None if tls_table is None else _read_tls(tls_table, base_dir)
     node_tables = root.tables("nodes")
     if not node_tables:
         raise root.error("nodes", "a cluster needs at least one [[nodes]] table")
@@ -327,6 +414,7 @@ def _build(document: Mapping[str, object], source: str) -> ClusterConfig:
             f"{cluster.replication_factor} is more than the {len(nodes)} nodes of the cluster: "
             "each replica of a partition needs its own node",
         )
+    _check_wallet_protected(cluster_table, cluster, tls, nodes)
     node_ids = tuple(node.id for node in nodes)
     if "partitions" in root.values:
         placement = _read_placement(root, cluster, node_ids)
@@ -342,6 +430,11 @@ def _build(document: Mapping[str, object], source: str) -> ClusterConfig:
         insecure_dev_mode=cluster.insecure_dev_mode,
         nodes=tuple(nodes),
         placement=placement,
+        admin_token=cluster.admin_token,
+        previous_admin_tokens=cluster.previous_admin_tokens,
+        wallet_token=cluster.wallet_token,
+        previous_wallet_tokens=cluster.previous_wallet_tokens,
+        tls=tls,
     )
 
 
@@ -358,13 +451,141 @@ def _read_cluster(table: _Table) -> _ClusterSection:
     # The upper bound (the number of nodes) is checked once the nodes are read.
     replication_factor = table.integer("replication_factor", 1, MAX_PARTITIONS)
     insecure = table.boolean("insecure_dev_mode", default=False)
+    secret = _read_secret(table, insecure)
+    admin_token = _read_token(table, "admin_token", required=not insecure)
+    wallet_token = _read_token(table, "wallet_token", required=False)
     return _ClusterSection(
         name=name,
         partition_count=partition_count,
         replication_factor=replication_factor,
-        secret=_read_secret(table, insecure),
+        secret=secret,
         insecure_dev_mode=insecure,
+        admin_token=admin_token,
+        previous_admin_tokens=_read_previous_tokens(table, "previous_admin_tokens",
+                                                    "admin_token", admin_token),
+        wallet_token=wallet_token,
+        previous_wallet_tokens=_read_previous_tokens(table, "previous_wallet_tokens",
+                                                     "wallet_token", wallet_token),
     )
+
+
+def _check_token(table: _Table, key: str, token: object, index: int | None = None) -> str:
+    """One bearer token: a string of printable ASCII, no spaces, 16..256 characters.
+
+    Messages give the rule and the length, never the value.
+    """
+    if not isinstance(token, str):
+        kind = "a string" if index is None else "an array of strings"
+        raise table.error(key, f"expected {kind}, got {_describe_secret(token)}", index)
+    if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS:
+        raise table.error(
+            key,
+            f"{len(token)} characters: a token needs {MIN_TOKEN_CHARS} to {MAX_TOKEN_CHARS}; "
+            f"{_GENERATE_SECRET_HINT}",
+            index,
+        )
+    if not _TOKEN.fullmatch(token):
+        raise table.error(
+            key, "a token may only hold printable ASCII characters, without spaces", index
+        )
+    return token
+
+
+def _describe_secret(value: object) -> str:
+    """Like `_describe`, without showing a string's value: it may be a secret."""
+    return "a string" if isinstance(value, str) else _describe(value)
+
+
+def _read_token(table: _Table, key: str, required: bool) -> str:
+    if key not in table.values:
+        if required:
+            raise table.error(
+                key,
+                f"missing: AdminService needs a token; {_GENERATE_SECRET_HINT} "
+                "(or set insecure_dev_mode = true, for a loopback development cluster only)",
+            )
+        return ""
+    return _check_token(table, key, table.values[key])
+
+
+def _read_previous_tokens(
+    table: _Table, key: str, current_key: str, current: str
+) -> tuple[str, ...]:
+    """Tokens still accepted during a rotation; they need a current token next to them."""
+    if key not in table.values:
+        return ()
+    values = table.values[key]
+    if not isinstance(values, list):
+        raise table.error(key, f"expected an array of strings, got {_describe_secret(values)}")
+    if values and not current:
+        raise table.error(key, f"previous tokens need a current {current_key}")
+    if len(values) > MAX_PREVIOUS_TOKENS:
+        raise table.error(key, f"{len(values)} tokens: at most {MAX_PREVIOUS_TOKENS}")
+    tokens: list[str] = []
+    for index, value in enumerate(values):
+        token = _check_token(table, key, value, index)
+        if token == current or token in tokens:
+            raise table.error(key, "a token is listed twice (or equals the current one)", index)
+        tokens.append(token)
+    return tuple(tokens)
+
+
+def _read_tls(table: _Table, base_dir: Path) -> TlsConfig:
+    table.reject_unknown_keys(_TLS_KEYS)
+    cert_file = _read_path(table, "cert_file", base_dir)
+    key_file = _read_path(table, "key_file", base_dir)
+    ca_file = _read_path(table, "ca_file", base_dir) if "ca_file" in table.values else None
+    require_client_cert = table.boolean("require_client_cert", default=False)
+    if require_client_cert and ca_file is None:
+        raise table.error(
+            "require_client_cert",
+            "needs ca_file: the CA that client certificates are verified with",
+        )
+    return TlsConfig(cert_file, key_file, ca_file, require_client_cert)
+
+
+def _read_path(table: _Table, key: str, base_dir: Path) -> Path:
+    """A readable file; relative paths are relative to the cluster file's directory."""
+    text = table.string(key)
+    if not text:
+        raise table.error(key, "an empty path")
+    path = Path(text)
+    resolved = path if path.is_absolute() else (base_dir / path).resolve()
+    if not resolved.is_file() or not os.access(resolved, os.R_OK):
+        raise table.error(key, f"{resolved} is not a readable file")
+    return resolved
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_wallet_protected(
+    table: _Table,
+    cluster: _ClusterSection,
+    tls: TlsConfig | None,
+    nodes: Sequence[NodeConfig],
+) -> None:
+    """WalletService served plain AND without a token is refused beyond loopback.
+
+    Anyone on the network could move money; on 127.0.0.1 only local processes
+    can reach it, and insecure_dev_mode says so explicitly.
+    """
+    if cluster.insecure_dev_mode or cluster.wallet_token or tls is not None:
+        return
+    exposed = [node.id for node in nodes if not _is_loopback(node.host)]
+    if exposed:
+        raise table.error(
+            "wallet_token",
+            f"missing: nodes {', '.join(exposed)} would serve WalletService over the network "
+            "in plaintext to anyone; set wallet_token and/or a [tls] table "
+            "(or insecure_dev_mode = true, for a development cluster only)",
+        )
 
 
 def _read_secret(table: _Table, insecure: bool) -> str:
@@ -393,14 +614,14 @@ def _read_secret(table: _Table, insecure: bool) -> str:
 def _read_node(table: _Table, partition_count: int) -> NodeConfig:
     table.reject_unknown_keys(_NODE_KEYS)
     node_id = table.string("id")
-    if not _NODE_ID.fullmatch(node_id):
+    if not NODE_ID.fullmatch(node_id):
         raise table.error(
             "id",
             f"{_toml_string(node_id)} is not a valid node id: "
             "use 1 to 32 characters from a-z, 0-9 and '-'",
         )
     host = table.string("host")
-    if not _HOST.fullmatch(host):
+    if not HOST.fullmatch(host):
         raise table.error(
             "host",
             f"{_toml_string(host)} is not a host name or IPv4 address "
@@ -408,12 +629,12 @@ def _read_node(table: _Table, partition_count: int) -> NodeConfig:
         )
     grpc_port = table.integer("grpc_port", 1, MAX_PORT)
     raft_port_base = table.integer("raft_port_base", 1, MAX_PORT)
-    last_raft_port = raft_port_base + partition_count - 1
+    last_raft_port = raft_port_base + partition_count  # the metadata group's port
     if last_raft_port > MAX_PORT:
         raise table.error(
             "raft_port_base",
-            f"partition {partition_count - 1} would listen on port {last_raft_port}: "
-            f"raft_port_base + partitions - 1 must be at most {MAX_PORT}",
+            f"the metadata group would listen on port {last_raft_port}: "
+            f"raft_port_base + partitions must be at most {MAX_PORT}",
         )
     metrics_port = table.optional_integer("metrics_port", 1, MAX_PORT)
     return NodeConfig(node_id, host, grpc_port, raft_port_base, metrics_port)
@@ -434,6 +655,7 @@ def _ports_of(node: NodeConfig, partition_count: int) -> Iterator[tuple[str, int
         yield "metrics_port", node.metrics_port, "metrics"
     for partition in range(partition_count):
         yield "raft_port_base", node.raft_port_base + partition, f"Raft of partition {partition}"
+    yield "raft_port_base", node.raft_port_base + partition_count, "Raft of the metadata group"
 
 
 def _check_ports_distinct(
@@ -544,6 +766,26 @@ def dump_cluster_config(config: ClusterConfig) -> str:
         f"secret = {_toml_string(config.secret)}",
         f"insecure_dev_mode = {'true' if config.insecure_dev_mode else 'false'}",
     ]
+    for key, token, previous in (
+        ("admin", config.admin_token, config.previous_admin_tokens),
+        ("wallet", config.wallet_token, config.previous_wallet_tokens),
+    ):
+        if token:
+            lines.append(f"{key}_token = {_toml_string(token)}")
+        if previous:
+            listed = ", ".join(_toml_string(t) for t in previous)
+            lines.append(f"previous_{key}_tokens = [{listed}]")
+    if config.tls is not None:
+        tls = config.tls
+        lines += [
+            "",
+            "[tls]",
+            f"cert_file = {_toml_string(str(tls.cert_file))}",
+            f"key_file = {_toml_string(str(tls.key_file))}",
+        ]
+        if tls.ca_file is not None:
+            lines.append(f"ca_file = {_toml_string(str(tls.ca_file))}")
+        lines.append(f"require_client_cert = {'true' if tls.require_client_cert else 'false'}")
     for node in config.nodes:
         lines += [
             "",
@@ -595,14 +837,17 @@ def local_cluster_config(
     ports: Sequence[int] | PortAllocator,
     secret: str | None = None,
     replication_factor: int = 3,
+    admin_token: str | None = None,
 ) -> ClusterConfig:
     """A cluster of `node_count` nodes on 127.0.0.1, for tests and `cluster up`.
 
     Each node takes, in this order, a gRPC port, a metrics port and
-    `partition_count` consecutive Raft ports. `ports` is either a list of free
-    ports used in that order (at least `node_count * (partition_count + 2)` of
+    `partition_count + 1` consecutive Raft ports (the partitions, then the
+    metadata group). `ports` is either a list of free
+    ports used in that order (at least `node_count * (partition_count + 3)` of
     them, each node's Raft ports consecutive) or a `PortAllocator`. The secret
-    defaults to a fresh random one. Placement is the computed round-robin one.
+    and the admin token default to fresh random ones (no wallet token, no TLS:
+    loopback only). Placement is the computed round-robin one.
     The result goes through the same validation as a file, so it is valid or
     this raises ConfigError.
     """
@@ -614,18 +859,18 @@ def local_cluster_config(
     if callable(ports):
         allocate = ports
     else:
-        needed = node_count * (partition_count + 2)
+        needed = node_count * (partition_count + 3)
         if len(ports) < needed:
             raise ValueError(
                 f"{len(ports)} ports given; {node_count} nodes with {partition_count} "
-                f"partitions need {needed} (per node: gRPC, metrics, one per partition)"
+                f"partitions need {needed} (per node: gRPC, metrics, one per partition + metadata)"
             )
         allocate = _allocator_from_list(ports)
     nodes: list[dict[str, object]] = []
     for number in range(1, node_count + 1):
         grpc_port = allocate(1)
         metrics_port = allocate(1)
-        raft_port_base = allocate(partition_count)
+        raft_port_base = allocate(partition_count + 1)  # + the metadata group
         nodes.append(
             {
                 "id": f"n{number}",
@@ -641,10 +886,11 @@ def local_cluster_config(
             "partitions": partition_count,
             "replication_factor": replication_factor,
             "secret": secrets.token_urlsafe(32) if secret is None else secret,
+            "admin_token": secrets.token_urlsafe(32) if admin_token is None else admin_token,
         },
         "nodes": nodes,
     }
-    return _build(document, "<local_cluster_config>")
+    return _build(document, "<local_cluster_config>", Path.cwd())
 
 
 def _allocator_from_list(ports: Sequence[int]) -> PortAllocator:

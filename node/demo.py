@@ -23,14 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 
-import grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from client.auth import open_channel
 from client.errors import WalletError
 from client.sdk import WalletClient
 from ledger.routing import partition_of
+from node.auth import node_client_credentials
 from node.config import ClusterConfig, load_cluster_config
 from node.launcher import cluster_down, cluster_up
 from proto.wallet.v1 import wallet_pb2 as pb
@@ -43,7 +44,7 @@ DEPOSIT = "1000.00"
 def replica_views(config: ClusterConfig) -> dict[str, pb.ClusterStatusResponse]:
     views = {}
     for node in config.nodes:
-        with grpc.insecure_channel(node.grpc_address) as channel:
+        with open_channel(node.grpc_address, node_client_credentials(config)) as channel:
             views[node.id] = wallet_pb2_grpc.AdminServiceStub(channel).ClusterStatus(
                 pb.ClusterStatusRequest(local_only=True), timeout=10)
     return views
@@ -75,7 +76,9 @@ def run_demo(config_path: Path, data_dir: Path, wallets: int, transfers: int, ca
     rng = random.Random(7)
     names = [f"wallet-{i:04d}" for i in range(wallets)]
     outcomes: Counter[str] = Counter()
-    with WalletClient(targets) as client:
+    credentials = node_client_credentials(config)
+    with WalletClient(targets, token=credentials.wallet_token,
+                      admin_token=credentials.admin_token, tls=credentials.tls) as client:
         with ThreadPoolExecutor(callers) as pool:
             list(pool.map(lambda n: client.create_account(n, "USD"), names))
             list(pool.map(lambda n: client.deposit(n, DEPOSIT, "USD"), names))

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
+from client.auth import open_aio_channel
 from ledger import commands as c
 from ledger.results import EntryResult
 from node.api import ApiError
+from node.auth import node_client_credentials
+from node.cluster_map import META, ClusterMap
 from node.config import ClusterConfig
 from node.history import History
+from node.metadata_group import MetadataGroup
 from node.proposer import (
     Applied,
     NotApplied,
@@ -33,6 +39,9 @@ from node.proposer import (
 )
 from node.replica import PartitionReplica
 from proto.wallet.v1 import wallet_pb2_grpc
+
+if TYPE_CHECKING:
+    from node.membership import Membership
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,30 @@ CHANNEL_OPTIONS = (
     ("grpc.so_reuseport", 0),
 )
 
+REQUEST_BYTES_MAX = 4 * 2**20
+"""Largest request a node's gRPC server accepts (clients and peers alike); a larger one
+is refused with RESOURCE_EXHAUSTED before any handler runs. It holds the largest valid
+request with room to spare: a TransferBatch of TRANSFERS_PER_BATCH_MAX transfers whose
+fields all have their longest allowed length is about 2.1 MiB, an ApplyCredits batch of
+CREDITS_PER_BATCH_MAX credits under 1 MiB (tests/test_hostile_input.py checks it)."""
+
+SERVER_OPTIONS = (
+    ("grpc.max_send_message_length", 64 * 2**20),
+    ("grpc.max_receive_message_length", REQUEST_BYTES_MAX),
+    ("grpc.so_reuseport", 0),
+)
+"""The gRPC server's options: requests are bounded; answers (pages of history) and the
+node's own client channels (CHANNEL_OPTIONS) keep the larger bound."""
+
+
+PROPOSAL_HOLD_S = 1.0
+"""Proposals paused on a partition while its leadership is handed over."""
+
+
+class GroupFactory(Protocol):
+    def create(self, group: int, cluster_map: ClusterMap, joining: bool
+               ) -> PartitionReplica | MetadataGroup: ...
+
 
 @dataclass
 class _PositionWaiters:
@@ -61,12 +94,23 @@ class NodeHost:
                  replicas: dict[int, PartitionReplica], loop: asyncio.AbstractEventLoop,
                  proposer_settings: ProposerSettings) -> None:
         self.config = config
+        """The cluster map laid over the cluster file (node.membership swaps it on change)."""
         self.node_id = node_id
         self.replicas = replicas
         self.loop = loop
+        self.proposer_settings = proposer_settings
         self.proposers = {p: Proposer(r, proposer_settings, loop) for p, r in replicas.items()}
+        self.meta: MetadataGroup | None = None
+        """This node's replica of the metadata group, when the map makes it a voter."""
+        self.group_factory: GroupFactory | None = None
+        """Creates replicas the cluster map assigns at run time (set by the server)."""
+        self.membership: Membership | None = None
+        """The cluster map and its changes (set by the server)."""
         self._position_waiters = {p: _PositionWaiters() for p in replicas}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._credentials = node_client_credentials(config)
+        """What this node presents to the others: the cluster's tokens and, under TLS,
+        its CA (and its certificate, with mTLS)."""
         self.histories: dict[int, History] = {}
         """Read models of the archives, built on the first history request."""
         self.applied_listeners: list[Callable[[int], None]] = []
@@ -82,6 +126,63 @@ class NodeHost:
         for channel in self._channels.values():
             await channel.close()
 
+    # -- membership -----------------------------------------------------------------
+
+    def group(self, group: int) -> PartitionReplica | MetadataGroup | None:
+        return self.meta if group == META else self.replicas.get(group)
+
+    def add_replica(self, replica: PartitionReplica) -> None:
+        """Start serving a replica created after the node started (loop thread)."""
+        partition = replica.partition
+        assert partition not in self.replicas, f"partition {partition} is already hosted"
+        replica._on_applied = self.on_applied
+        self._position_waiters[partition] = _PositionWaiters()
+        proposer = Proposer(replica, self.proposer_settings, self.loop)
+        self.replicas[partition] = replica
+        self.proposers[partition] = proposer
+        replica.start()
+        proposer.start()
+
+    async def start_group(self, group: int, cluster_map: ClusterMap, joining: bool) -> None:
+        factory = self.group_factory
+        assert factory is not None, "the server sets group_factory before serving"
+        created = await asyncio.to_thread(factory.create, group, cluster_map, joining)
+        if isinstance(created, MetadataGroup):
+            assert self.meta is None, "the metadata group is hosted once"
+            self.meta = created
+            created.start()
+        else:
+            self.add_replica(created)
+
+    async def stop_group(self, group: int, map_version: int) -> None:
+        """Stop a replica the map no longer assigns here; its data dir is moved aside."""
+        if group == META:
+            meta, self.meta = self.meta, None
+            if meta is None:
+                return
+            await asyncio.to_thread(meta.destroy)
+            data_dir = meta.data_dir
+        else:
+            replica = self.replicas.pop(group)
+            proposer = self.proposers.pop(group)
+            self.histories.pop(group, None)
+            await proposer.stop()
+            await asyncio.to_thread(replica.destroy)
+            data_dir = replica.data_dir
+        if os.path.isdir(data_dir):
+            os.replace(data_dir, f"{data_dir}.removed-v{map_version}")
+
+    def hold_proposals(self, group: int, duration_s: float) -> None:
+        proposer = self.proposers.get(group)
+        if proposer is not None:
+            proposer.hold(duration_s)
+
+    def transfer_leadership(self, partition: int, to_address: str) -> None:
+        """Hand a led partition to `to_address`, pausing proposals briefly: pysyncobj
+        refuses unless the target has every entry, which a busy group never shows."""
+        self.hold_proposals(partition, PROPOSAL_HOLD_S)
+        self.replicas[partition].transfer_leadership(to_address)
+
     # -- applying ---------------------------------------------------------------
 
     def on_applied(self, replica: PartitionReplica, outcome: EntryResult) -> None:
@@ -95,7 +196,9 @@ class NodeHost:
     def _release_waiters(self, partition: int, position: int) -> None:
         for listener in self.applied_listeners:
             listener(partition)
-        box = self._position_waiters[partition]
+        box = self._position_waiters.get(partition)
+        if box is None:
+            return
         still = []
         for wanted, future in box.waiters:
             if wanted <= position:
@@ -173,8 +276,8 @@ class NodeHost:
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS)
+            channel = self._channels[address] = open_aio_channel(
+                address, self._credentials, CHANNEL_OPTIONS)
         return channel
 
 

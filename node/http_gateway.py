@@ -39,6 +39,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.aio import AsyncWalletClient
+from client.auth import (
+    NO_CREDENTIALS,
+    Credentials,
+    CredentialsError,
+    credentials_from_cluster_file,
+    credentials_from_environment,
+)
 from client.errors import OutcomeUnknown, WalletError
 from client.sdk import (
     MovementResult,
@@ -433,24 +440,30 @@ class _Clients:
     """The SDK clients of one app; created on the serving event loop, closed at shutdown."""
 
     def __init__(self, targets: tuple[str, ...], timeout_s: float,
-                 retry_deadline_s: float) -> None:
+                 retry_deadline_s: float, credentials: Credentials = NO_CREDENTIALS) -> None:
         self.targets = targets
         self.timeout_s = timeout_s
         self.retry_deadline_s = retry_deadline_s
+        self.credentials = credentials
         self._wallet: AsyncWalletClient | None = None
         self._ready: AsyncWalletClient | None = None
 
     def wallet(self) -> AsyncWalletClient:
         if self._wallet is None:
             self._wallet = AsyncWalletClient(self.targets, timeout_s=self.timeout_s,
-                                             retry_deadline_s=self.retry_deadline_s)
+                                             retry_deadline_s=self.retry_deadline_s,
+                                             token=self.credentials.wallet_token,
+                                             admin_token=self.credentials.admin_token,
+                                             tls=self.credentials.tls)
         return self._wallet
 
     def readiness(self) -> AsyncWalletClient:
         if self._ready is None:
             self._ready = AsyncWalletClient(
                 self.targets, timeout_s=min(READY_TIMEOUT_S, self.timeout_s),
-                retry_deadline_s=READY_RETRY_DEADLINE_S, learn_routes=False)
+                retry_deadline_s=READY_RETRY_DEADLINE_S, learn_routes=False,
+                token=self.credentials.wallet_token, admin_token=self.credentials.admin_token,
+                tls=self.credentials.tls)
         return self._ready
 
     async def close(self) -> None:
@@ -532,9 +545,15 @@ withdrawals, balances and transfer status, in front of a Raft-replicated cluster
 
 
 def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
-               retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S) -> FastAPI:
-    """The gateway application for a cluster reachable at `targets` (node gRPC addresses)."""
-    clients = _Clients(normalize_targets(list(targets)), timeout_s, retry_deadline_s)
+               retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
+               credentials: Credentials = NO_CREDENTIALS) -> FastAPI:
+    """The gateway application for a cluster reachable at `targets` (node gRPC addresses).
+
+    It calls the cluster with `credentials` (the wallet token; the admin token for
+    /readyz's ClusterStatus). The HTTP side has no authentication of its own:
+    bind it where only trusted callers reach it."""
+    clients = _Clients(normalize_targets(list(targets)), timeout_s, retry_deadline_s,
+                       credentials)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -762,11 +781,12 @@ class EmbeddedGateway(uvicorn.Server):
         yield
 
 
-def embedded_gateway(targets: Sequence[str], listen: str) -> EmbeddedGateway:
+def embedded_gateway(targets: Sequence[str], listen: str,
+                     credentials: Credentials = NO_CREDENTIALS) -> EmbeddedGateway:
     """A gateway to run as a task of a node's event loop (`await server.serve()`);
     set `should_exit` to stop it."""
     host, port = parse_listen(listen)
-    app = create_app(list(targets))
+    app = create_app(list(targets), credentials=credentials)
     config = uvicorn.Config(app, host=host, port=port, loop="none", lifespan="on",
                             log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                             server_header=False, log_config=None)
@@ -798,11 +818,16 @@ def run_gateway(config_path: Path | None, targets: list[str], listen: str, *,
     try:
         host, port = parse_listen(listen)
         resolved = _resolve_targets(config_path, targets)
-    except ValueError as error:
+        # The cluster file's tokens and TLS, else RAFTWALLET_TOKEN / RAFTWALLET_ADMIN_TOKEN.
+        credentials = credentials_from_environment()
+        if config_path is not None:
+            credentials = credentials_from_cluster_file(config_path).with_defaults(credentials)
+    except (ValueError, CredentialsError) as error:
         print(f"walletctl gateway: {error}", file=sys.stderr)
         return EXIT_USAGE
     app = create_app(resolved, timeout_s=timeout_s,
-                     retry_deadline_s=timeout_s if retry_deadline_s is None else retry_deadline_s)
+                     retry_deadline_s=timeout_s if retry_deadline_s is None else retry_deadline_s,
+                     credentials=credentials)
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="on",
                             log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                             server_header=False)

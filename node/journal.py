@@ -56,7 +56,9 @@ import json
 import logging
 import os
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from typing import Any, BinaryIO, Final, SupportsIndex, overload
 
 import pysyncobj.journal
@@ -214,6 +216,9 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
     Raises `JournalCorrupt` when either file fails its checks.
     """
 
+    observe_fsync_s: Callable[[float], object] | None = None
+    """Called with the duration of each group-commit fsync (node.metrics sets it)."""
+
     def __init__(self, path: str, fsync: bool = True) -> None:
         self.path = os.fspath(path)
         self.meta_path = self.path + META_SUFFIX
@@ -305,11 +310,14 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             return
         fd = self._writable_fd()
         if self.fsync_enabled:
+            started_s = time.perf_counter()
             try:
                 datasync(fd)
             except OSError as exc:
                 self._fail("fsync of the journal", exc)
                 raise
+            if self.observe_fsync_s is not None:
+                self.observe_fsync_s(time.perf_counter() - started_s)
         self._dirty = False
 
     def flush(self) -> None:

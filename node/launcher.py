@@ -19,6 +19,8 @@ from pathlib import Path
 
 import grpc
 
+from client.auth import open_channel
+from node.auth import node_client_credentials
 from node.config import ClusterConfig, ConfigError, load_cluster_config
 from node.server import IDENTITY_FILE
 from proto.wallet.v1 import wallet_pb2 as pb
@@ -62,9 +64,10 @@ def start_node(config_path: Path, node_id: str, node_dir: Path, bootstrap: bool 
 
 def cluster_status(config: ClusterConfig,
                    timeout_s: float = 2.0) -> pb.ClusterStatusResponse | None:
-    """ClusterStatus from the first node that answers, or None."""
+    """ClusterStatus from the first node that answers, or None (with the cluster's admin token)."""
+    credentials = node_client_credentials(config)
     for node in config.nodes:
-        with grpc.insecure_channel(node.grpc_address) as channel:
+        with open_channel(node.grpc_address, credentials) as channel:
             stub = wallet_pb2_grpc.AdminServiceStub(channel)
             try:
                 response: pb.ClusterStatusResponse = stub.ClusterStatus(

@@ -21,7 +21,7 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pysyncobj import FAIL_REASON
@@ -106,8 +106,11 @@ class Proposer:
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._hold_until = 0.0
         self.entries_proposed = 0
         self.commands_proposed = 0
+        self.observe_entry_commands: Callable[[int], object] | None = None
+        """Called with each proposed entry's command count (node.metrics sets it)."""
 
     def start(self) -> None:
         self._task = self._loop.create_task(self._flush_forever(),
@@ -136,10 +139,18 @@ class Proposer:
         self._wakeup.set()
         return future
 
+    def hold(self, duration_s: float) -> None:
+        """Propose nothing new for `duration_s` (requests keep queueing): a leadership
+        transfer needs the target to have every entry, which a busy group never shows."""
+        self._hold_until = max(self._hold_until, time.monotonic() + duration_s)
+
     async def _flush_forever(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
+            held_s = self._hold_until - time.monotonic()
+            if held_s > 0:
+                await asyncio.sleep(held_s)
             while self._queue and self._in_flight < self.settings.entries_in_flight_max:
                 self._propose_one()
 
@@ -161,6 +172,8 @@ class Proposer:
         self._in_flight += 1
         self.entries_proposed += 1
         self.commands_proposed += len(commands)
+        if self.observe_entry_commands is not None:
+            self.observe_entry_commands(len(commands))
         finished = False
 
         def finish(outcome: EntryResult | None, error: int | None) -> None:

@@ -76,6 +76,44 @@ def halt(reason: str) -> None:
     os._exit(HALT_EXIT_CODE)
 
 
+def raft_conf(settings: RaftSettings, secret: str | None, bind_address: str, journal_path: str,
+              **extra: Any) -> SyncObjConf:
+    """pysyncobj settings shared by every Raft group of a node (partitions, metadata)."""
+    return SyncObjConf(
+        password=secret or None,
+        bindAddress=bind_address,
+        # Our own tick thread (see PartitionReplica.start), so that the first tick
+        # (which loads the snapshot) always runs before any journal entry is applied.
+        autoTick=False,
+        bindRetryTime=0.2,
+        maxBindRetries=settings.bind_retries,
+        appendEntriesUseBatch=False,
+        appendEntriesPeriod=settings.heartbeat_period_s,
+        raftMinTimeout=settings.election_timeout_min_s,
+        raftMaxTimeout=settings.election_timeout_max_s,
+        leaderFallbackTimeout=settings.leader_fallback_timeout_s,
+        connectionTimeout=settings.connection_timeout_s,
+        connectionRetryTime=settings.connection_retry_s,
+        commandsWaitLeader=False,
+        journalFile=journal_path,
+        dynamicMembershipChange=True,
+        useFork=False,
+        **extra,
+    )
+
+
+def hold_elections(syncobj: Any, settings: RaftSettings) -> None:
+    """Keep a joining replica from calling an election until it hears from a leader.
+
+    pysyncobj has no pre-vote: a new member whose election timer ran out while
+    nobody knew it would, on its first connection, send a RequestVote with a
+    higher term and depose a healthy leader (it cannot win: its log is behind).
+    Pushing its election deadline forward until a leader's AppendEntries
+    arrives avoids that needless election. Tick thread only.
+    """
+    syncobj._SyncObj__raftElectionDeadline = time.monotonic() + settings.election_timeout_max_s
+
+
 class _SyncingTransport(TCPTransport):  # type: ignore[misc]
     """Makes pending journal records durable before any message leaves (group commit)."""
 
@@ -191,35 +229,21 @@ class PartitionReplica:
         self.archive = EventArchive(os.path.join(data_dir, "archive"), partition,
                                     fsync=settings.fsync)
         self.archive_lagging = False
-        self._archive_synced_at = time.monotonic()
         """True when this replica's state moved past its archive (a snapshot installed
         from the leader): history is then served by other replicas until re-seeded."""
-        conf = SyncObjConf(
-            password=secret or None,
-            bindAddress=bind_address,
-            # Our own tick thread (see `start`), so that the first tick (which loads
-            # the snapshot) always runs before any journal entry is applied.
-            autoTick=False,
-            bindRetryTime=0.2,
-            maxBindRetries=settings.bind_retries,
-            appendEntriesUseBatch=False,
-            appendEntriesPeriod=settings.heartbeat_period_s,
-            raftMinTimeout=settings.election_timeout_min_s,
-            raftMaxTimeout=settings.election_timeout_max_s,
-            leaderFallbackTimeout=settings.leader_fallback_timeout_s,
-            connectionTimeout=settings.connection_timeout_s,
-            connectionRetryTime=settings.connection_retry_s,
+        self.joining = False
+        """Set by the node for a replica just added to its group: no elections until a
+        leader has been heard from (`hold_elections`)."""
+        self._archive_synced_at = time.monotonic()
+        conf = raft_conf(
+            settings, secret, bind_address, self.journal_path,
             commandsQueueSize=settings.queue_size,
-            commandsWaitLeader=False,
-            journalFile=self.journal_path,
             fullDumpFile=self.snapshot_path,
             serializer=self._save_snapshot,
             deserializer=self._load_snapshot,
             serializeChecker=self._snapshot_state,
             logCompactionMinEntries=settings.log_compaction_min_entries,
             logCompactionMinTime=settings.log_compaction_min_time_s,
-            dynamicMembershipChange=True,
-            useFork=False,
         )
         self._consumer = _LedgerConsumer(self)
         self.syncobj = _PartitionSyncObj(
@@ -249,6 +273,10 @@ class PartitionReplica:
             try:
                 while self._on_tick_calls:
                     self._on_tick_calls.popleft()()
+                if self.joining:
+                    hold_elections(syncobj, self.settings)
+                    if syncobj._getLeader() is not None:
+                        self.joining = False
                 syncobj.doTick(period_s)
             except Exception:
                 # The library's own tick thread logs and goes on; so do we. Apply
@@ -299,6 +327,8 @@ class PartitionReplica:
             self.archive_lagging = True
             return
         archive = self.archive
+        if self.archive_lagging:
+            return  # the archive seeder (node/archive_seed.py) owns the archive until caught up
         if result.position > archive.last_position + 1:
             if not self.archive_lagging:
                 self.archive_lagging = True

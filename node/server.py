@@ -14,6 +14,7 @@ transfers. The cure for a lost disk is to add a node under a new id.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
@@ -21,24 +22,33 @@ import os
 import signal
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from client.auth import Credentials
 from ledger import commands as c
 from node import journal as journal_patch
 from node import logs, snapshot_file
 from node.admin_service import AdminService
 from node.api import DEDUP_WINDOW_S
 from node.archive import ArchiveCorrupt
+from node.archive_seed import ArchiveSeeder
+from node.auth import AccessPolicy, AuthInterceptor, node_client_credentials, server_credentials
+from node.cluster_map import JOINING, META, ClusterMap, bootstrap_map
 from node.config import ClusterConfig, ConfigError, load_cluster_config
-from node.host import CHANNEL_OPTIONS, NodeHost
+from node.host import SERVER_OPTIONS, NodeHost
 from node.journal import JournalCorrupt
+from node.membership import MAP_FILE, MapCache, MapFileCorrupt, Membership, fetch_map
+from node.metadata_group import MetadataGroup
+from node.metrics import NodeMetrics
 from node.proposer import ProposerSettings
 from node.replica import PartitionReplica, RaftSettings
-from node.saga_driver import PeerService, SagaDriver
+from node.request_guard import RequestGuard
+from node.saga_driver import PEER_TOKEN_METADATA_KEY, PeerService, SagaDriver, peer_token
 from node.wallet_service import WalletService
 from proto.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
@@ -62,7 +72,15 @@ class StartRefused(Exception):
     """The node must not start; the message says why and what to do."""
 
 
-def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstrap: bool) -> None:
+def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstrap: bool,
+                   join: bool = False) -> str:
+    """Bind the data dir to this node id; the node's incarnation (a new one per data dir).
+
+    `bootstrap` (a new cluster) and `join` (a node registered with `walletctl node
+    add`) both need an EMPTY data dir and write its identity file; a plain start
+    needs one. The incarnation lets the cluster map refuse a node whose data dir
+    was lost and that comes back under its old id.
+    """
     identity_path = data_dir / IDENTITY_FILE
     if identity_path.exists():
         identity = json.loads(identity_path.read_text(encoding="utf-8"))
@@ -70,57 +88,160 @@ def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstra
             raise StartRefused(
                 f"data dir {data_dir} belongs to node {identity.get('node_id')!r} of cluster "
                 f"{identity.get('cluster')!r}, not node {node_id!r} of {config.name!r}")
-        return
-    if not bootstrap:
+        if "incarnation" not in identity:  # a data dir from before incarnations
+            identity["incarnation"] = uuid.uuid4().hex
+            _write_identity(data_dir, identity)
+        return str(identity["incarnation"])
+    if not (bootstrap or join):
         raise StartRefused(
             f"data dir {data_dir} has no RaftWallet identity: this node has no log and no vote. "
             "To create a NEW cluster, start every node with --bootstrap (or run `walletctl "
-            "cluster up`). To replace a node whose disk was lost, do not reuse its id: remove "
-            "it and add a node under a new id (docs/operations.md)")
+            "cluster up`); to start a node added with `walletctl node add`, use --join. To "
+            "replace a node whose disk was lost, do not reuse its id: remove it and add a node "
+            "under a new id (docs/operations.md)")
+    flag = "--bootstrap" if bootstrap else "--join"
     if data_dir.exists() and any(data_dir.iterdir()):
-        raise StartRefused(f"--bootstrap needs an empty data dir; {data_dir} is not empty")
+        raise StartRefused(f"{flag} needs an empty data dir; {data_dir} is not empty")
     data_dir.mkdir(parents=True, exist_ok=True)
+    incarnation = uuid.uuid4().hex
+    _write_identity(data_dir, {"cluster": config.name, "node_id": node_id,
+                               "incarnation": incarnation, "created_at": time.time()})
+    return incarnation
+
+
+def _write_identity(data_dir: Path, identity: dict[str, object]) -> None:
+    identity_path = data_dir / IDENTITY_FILE
     temporary = identity_path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"cluster": config.name, "node_id": node_id,
-                                     "created_at": time.time()}), encoding="utf-8")
+    temporary.write_text(json.dumps(identity), encoding="utf-8")
     os.replace(temporary, identity_path)
     snapshot_file.fsync_directory(str(data_dir))
 
 
-def build_replicas(config: ClusterConfig, node_id: str, data_dir: Path,
-                   settings: RaftSettings) -> dict[int, PartitionReplica]:
-    node = config.node(node_id)
-    replicas: dict[int, PartitionReplica] = {}
-    for partition in sorted(config.partitions_of(node_id)):
-        peers = [config.node(other).raft_address(partition)
-                 for other in config.replicas_of(partition) if other != node_id]
-        replicas[partition] = PartitionReplica(
-            partition=partition,
-            self_address=node.raft_address(partition),
+def initial_map(config: ClusterConfig, node_id: str, data_dir: Path, incarnation: str,
+                credentials: Credentials) -> ClusterMap:
+    """The map this node starts from: its cached copy, else the newest a peer serves,
+    else (a new cluster) version 1 built from the cluster file. Refuses a node the
+    map does not know, and a node whose id already runs with another data dir."""
+    cluster_map = MapCache.load(data_dir / MAP_FILE)
+    if cluster_map is None:
+        seeds = [n.grpc_address for n in config.nodes if n.id != node_id]
+        cluster_map = fetch_map(seeds, credentials, timeout_s=1.0)
+        if cluster_map is None:
+            if node_id not in {n.id for n in config.nodes}:
+                raise StartRefused(
+                    f"no node of the cluster file answered with the cluster map, and node "
+                    f"{node_id!r} is not in the file: start it when the cluster is up")
+            cluster_map = bootstrap_map(config)
+    if cluster_map.name != config.name:
+        raise StartRefused(f"the cluster map is of cluster {cluster_map.name!r}, "
+                           f"not {config.name!r}")
+    if not cluster_map.has_node(node_id):
+        raise StartRefused(
+            f"node {node_id!r} is not in the cluster map (version {cluster_map.version}): "
+            f"register it first with `walletctl node add --id {node_id} ...`, or it was "
+            "removed from the cluster")
+    known = cluster_map.incarnation_of(node_id)
+    if known is not None and known != incarnation:
+        raise StartRefused(
+            f"node {node_id!r} already ran with another data dir (incarnation {known}): a "
+            "node whose disk was lost must not come back under its old id (it forgot its "
+            "log and votes); remove it and add a node under a new id (docs/operations.md)")
+    return cluster_map
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeGroupFactory:
+    """Creates the Raft groups the cluster map assigns to this node.
+
+    Each advertises its Raft address from the map and binds `raft_bind_port_offset`
+    ports higher (0 but for fault-injection proxies, which listen on the advertised
+    port and forward to the bound one).
+    """
+
+    node_id: str
+    data_dir: Path
+    secret: str | None
+    settings: RaftSettings
+    raft_bind_port_offset: int = 0
+
+    def create(self, group: int, cluster_map: ClusterMap, joining: bool
+               ) -> PartitionReplica | MetadataGroup:
+        address = cluster_map.raft_address(group, self.node_id)
+        host, _, port = address.rpartition(":")
+        bind_address = f"{host}:{int(port) + self.raft_bind_port_offset}"
+        peers = [cluster_map.raft_address(group, slot.node_id)
+                 for slot in cluster_map.slots(group) if slot.node_id != self.node_id]
+        if group == META:
+            meta = MetadataGroup(address, peers, bind_address, str(self.data_dir / "meta"),
+                                 self.secret, self.settings)
+            meta.joining = joining
+            return meta
+        replica = PartitionReplica(
+            partition=group,
+            self_address=address,
             peer_addresses=peers,
-            bind_address=node.raft_address(partition),
-            data_dir=str(data_dir / f"partition-{partition}"),
-            secret=config.secret or None,
-            settings=settings,
+            bind_address=bind_address,
+            data_dir=str(self.data_dir / f"partition-{group}"),
+            secret=self.secret,
+            settings=self.settings,
         )
-    return replicas
+        replica.joining = joining
+        return replica
 
 
-async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, PartitionReplica],
-                 proposer_settings: ProposerSettings, http_listen: str | None = None) -> None:
+def build_groups(cluster_map: ClusterMap, factory: NodeGroupFactory
+                 ) -> tuple[dict[int, PartitionReplica], MetadataGroup | None]:
+    """The partition replicas and metadata replica the map assigns to this node."""
+    replicas: dict[int, PartitionReplica] = {}
+    meta: MetadataGroup | None = None
+    for group in cluster_map.groups_of(factory.node_id):
+        slot = cluster_map.slot_of(group, factory.node_id)
+        assert slot is not None
+        created = factory.create(group, cluster_map, joining=slot.state == JOINING)
+        if isinstance(created, MetadataGroup):
+            meta = created
+        else:
+            replicas[group] = created
+    return replicas, meta
+
+
+async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
+                 groups: tuple[dict[int, PartitionReplica], MetadataGroup | None],
+                 factory: NodeGroupFactory, incarnation: str,
+                 proposer_settings: ProposerSettings, http_listen: str | None = None) -> int:
     loop = asyncio.get_running_loop()
+    replicas, meta = groups
+    config = cache.current.as_config(base_config)
     host = NodeHost(config, node_id, replicas, loop, proposer_settings)
+    host.group_factory = factory
+    host.meta = meta
     for replica in replicas.values():
         replica._on_applied = host.on_applied
         replica.start()
+    if meta is not None:
+        meta.start()
     host.start()
+    peer_metadata = ((PEER_TOKEN_METADATA_KEY, peer_token(config.secret)),) if config.secret else ()
+    membership = Membership(host, base_config, cache, lambda: host.meta, incarnation,
+                            peer_metadata)
+    host.membership = membership
     driver = SagaDriver(host)
     host.applied_listeners.append(lambda partition: driver.wake())
     driver.start()
-    server = grpc.aio.server(options=(*CHANNEL_OPTIONS,
+    seeder = ArchiveSeeder(host, peer_metadata)  # lagging archives, from peers
+    seeder.start()
+    metrics = NodeMetrics(node_id, config.name)
+    metrics.attach(host, driver)
+    # The metrics interceptor goes first: it then also measures calls refused by later ones.
+    interceptors: list[grpc.aio.ServerInterceptor] = [metrics.rpc_interceptor]
+    interceptors.append(AuthInterceptor(AccessPolicy.from_config(config)))
+    interceptors.append(RequestGuard())  # last: it wraps the servicers' own handlers
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=(*SERVER_OPTIONS,
                                       ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                                       ("grpc.max_concurrent_streams", 1000)))
-    wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletService(host), server)
+    wallet_pb2_grpc.add_WalletServiceServicer_to_server(WalletService(host, metrics.transfers),
+                                                        server)
     wallet_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(host), server)
     wallet_pb2_grpc.add_PeerServiceServicer_to_server(PeerService(host), server)
     health_servicer = health.aio.HealthServicer()
@@ -134,10 +255,22 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     reflection.enable_server_reflection(services, server)
     node = config.node(node_id)
     address = node.grpc_address
-    if server.add_insecure_port(address) == 0:
+    tls_credentials = server_credentials(config)
+    bound_port = (server.add_insecure_port(address) if tls_credentials is None
+                  else server.add_secure_port(address, tls_credentials))
+    if bound_port == 0:
         raise StartRefused(f"cannot bind the gRPC port {address}")
+    metrics_server = None
+    if node.metrics_port is not None:
+        try:
+            metrics_server = metrics.serve(node.host, node.metrics_port)
+        except OSError as exc:
+            raise StartRefused(f"cannot bind the metrics port {node.host}:{node.metrics_port}: "
+                               f"{exc}") from None
+        log.info("metrics serving", extra={"metrics": f"{node.host}:{metrics_server.port}"})
     await server.start()
-    log.info("node serving", extra={"grpc": address, "partitions": sorted(replicas)})
+    log.info("node serving", extra={"grpc": address, "partitions": sorted(replicas),
+                                    "map_version": cache.current.version})
     gateway_task: asyncio.Task[None] | None = None
     gateway = None
     if http_listen is not None:
@@ -145,7 +278,7 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
 
         own = node.grpc_address
         targets = [own, *(n.grpc_address for n in config.nodes if n.grpc_address != own)]
-        gateway = embedded_gateway(targets, http_listen)
+        gateway = embedded_gateway(targets, http_listen, node_client_credentials(config))
         gateway_task = loop.create_task(gateway.serve(), name="http-gateway")
         log.info("http gateway serving", extra={"http": http_listen})
     stop = asyncio.Event()
@@ -158,12 +291,14 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     # causes elections: move everything loaded at start out of its reach.
     gc.freeze()
     last_prune = time.monotonic()
+    reconciler = loop.create_task(membership.run(stop), name="membership")
     while not stop.is_set():
+        config = host.config
         if time.monotonic() - last_prune > PRUNE_PERIOD_S:
             last_prune = time.monotonic()
             _propose_prune(host)
         serving = True
-        for partition, replica in replicas.items():
+        for partition, replica in list(host.replicas.items()):
             status = replica.status()
             leader = replica.leader_address()
             term = int(status.get("raft_term", 0))
@@ -172,11 +307,14 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
             if leaders.get(partition) != (leader, term):
                 leaders[partition] = (leader, term)
                 leader_since[partition] = time.monotonic()
-                leader_node = config.node_by_raft_address(leader) if leader else None
+                try:
+                    leader_node = config.node_by_raft_address(leader) if leader else None
+                except KeyError:
+                    leader_node = None
                 log.info("leader changed", extra={
                     "partition": partition, "term": term,
                     "leader": leader_node.id if leader_node else "none"})
-        _move_to_preferred_leaders(config, node_id, replicas, leader_since, moved_at)
+        _move_to_preferred_leaders(host, leader_since, moved_at)
         await health_servicer.set(
             "", health_pb2.HealthCheckResponse.SERVING if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -185,12 +323,18 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
         except TimeoutError:
             pass
     log.info("stopping")
+    reconciler.cancel()
+    exit_code = 0
+    if membership.refused is not None:
+        log.error("node refused to run", extra={"reason": membership.refused})
+        exit_code = EXIT_REFUSED
     # Everything acknowledged is already durable, so a shutdown that hangs can end the
     # process like kill -9 would: bounded, never stuck waiting for a peer or a call.
     watchdog = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_after_slow_shutdown)
     watchdog.daemon = True
     watchdog.start()
     await driver.stop()
+    await seeder.stop()
     if gateway is not None and gateway_task is not None:
         gateway.should_exit = True
         await asyncio.wait({gateway_task}, timeout=GRACE_S + 1)
@@ -199,19 +343,26 @@ async def _serve(config: ClusterConfig, node_id: str, replicas: dict[int, Partit
     except TimeoutError:
         log.warning("gRPC server did not stop in time")
     await host.stop()
+    if host.meta is not None:
+        host.meta.destroy()
+    if metrics_server is not None:
+        metrics_server.close()
+    return exit_code
 
 
-def _move_to_preferred_leaders(config: ClusterConfig, node_id: str,
-                               replicas: dict[int, PartitionReplica],
-                               leader_since: dict[int, float], moved_at: dict[int, float]) -> None:
-    """Spread leaders as the cluster file says: hand a led partition to its preferred node.
+def _move_to_preferred_leaders(host: NodeHost, leader_since: dict[int, float],
+                               moved_at: dict[int, float]) -> None:
+    """Spread leaders as the cluster map says: hand a led partition to its preferred node.
 
-    The preferred node is the first replica in the placement. Only a leadership
+    The preferred node is the first voter of the partition in the map (the cluster
+    file's first replica until `walletctl cluster rebalance-leaders` changes it;
+    never a joining or leaving replica). Only a leadership
     stable for a while is moved, at most every LEADER_MOVE_PERIOD_S per
     partition, and pysyncobj refuses unless the target is fully caught up.
     """
     now = time.monotonic()
-    for partition, replica in replicas.items():
+    config, node_id = host.config, host.node_id
+    for partition, replica in list(host.replicas.items()):
         preferred = config.replicas_of(partition)[0]
         if (preferred == node_id or not replica.is_leader()
                 or now - leader_since.get(partition, now) < LEADER_STABLE_S
@@ -220,7 +371,7 @@ def _move_to_preferred_leaders(config: ClusterConfig, node_id: str,
         moved_at[partition] = now
         log.info("moving leadership to the preferred node",
                  extra={"partition": partition, "to": preferred})
-        replica.transfer_leadership(config.node(preferred).raft_address(partition))
+        host.transfer_leadership(partition, config.node(preferred).raft_address(partition))
 
 
 def _exit_after_slow_shutdown() -> None:
@@ -244,41 +395,52 @@ def _propose_prune(host: NodeHost) -> None:
 
 
 def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = False,
-             insecure_dev_mode: bool = False, http_listen: str | None = None) -> int:
+             insecure_dev_mode: bool = False, http_listen: str | None = None,
+             raft_bind_port_offset: int = 0, join: bool = False) -> int:
     """Run a node until SIGTERM; returns the process exit status."""
     logs.configure(node_id)
     try:
         config = load_cluster_config(config_path)
-        config.node(node_id)
         if not config.secret and not (config.insecure_dev_mode or insecure_dev_mode):
             raise StartRefused("the cluster file has no secret: Raft ports would accept "
                                "unauthenticated pickled messages. Set cluster.secret, or use "
                                "--insecure-dev-mode on a development machine only")
-        check_identity(data_dir, config, node_id, bootstrap)
+        if bootstrap:
+            config.node(node_id)  # a typo in --node-id fails here, before the data dir
+        # Otherwise the node may be one added later (`node add`): the cluster map, not
+        # the bootstrap file, says whether it belongs (initial_map below).
+        incarnation = check_identity(data_dir, config, node_id, bootstrap, join)
+        cache = MapCache(data_dir / MAP_FILE, initial_map(
+            config, node_id, data_dir, incarnation, node_client_credentials(config)))
+        cache.save()
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
                                 archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")
         journal_patch.install(fsync=settings.fsync)
-        replicas = build_replicas(config, node_id, data_dir, settings)
+        factory = NodeGroupFactory(node_id, data_dir, config.secret or None, settings,
+                                   raft_bind_port_offset)
+        groups = build_groups(cache.current, factory)
     except (ConfigError, KeyError, StartRefused, JournalCorrupt, ArchiveCorrupt,
-            snapshot_file.SnapshotFileCorrupt) as exc:
+            snapshot_file.SnapshotFileCorrupt, MapFileCorrupt) as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
         print(f"walletctl node start: {exc}", flush=True)
         return EXIT_REFUSED
+    host_replicas = groups[0]  # grows and shrinks with the map while serving
     try:
         try:
             import uvloop
             runner = uvloop.run if os.environ.get("RAFTWALLET_UVLOOP") == "1" else asyncio.run
         except ImportError:
             runner = asyncio.run
-        runner(_serve(config, node_id, replicas, ProposerSettings(), http_listen))
+        exit_code = runner(_serve(config, node_id, cache, groups, factory, incarnation,
+                                  ProposerSettings(), http_listen))
     except StartRefused as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
         return EXIT_REFUSED
     finally:
-        for replica in replicas.values():
+        for replica in host_replicas.values():
             replica.destroy()
         logging.shutdown()
-    return 0
+    return int(exit_code)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,13 +451,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--node-id", required=True)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--bootstrap", action="store_true")
+    parser.add_argument("--bootstrap", action="store_true",
+                        help="create a NEW cluster: this node's data dir must be empty")
+    parser.add_argument("--join", action="store_true",
+                        help="first start of a node registered with `walletctl node add` "
+                             "(empty data dir; the cluster map is fetched from the nodes of "
+                             "the cluster file)")
     parser.add_argument("--insecure-dev-mode", action="store_true")
     parser.add_argument("--http-listen", metavar="HOST:PORT", default=None,
                         help="also serve the HTTP/JSON gateway in this process")
+    parser.add_argument("--raft-bind-port-offset", type=int, default=0, metavar="N",
+                        help="TESTS ONLY (fault-injection proxies, tests/chaos): bind each Raft "
+                             "port N higher than the cluster file says, so that a proxy can "
+                             "listen on the advertised port; default 0")
     args = parser.parse_args(argv)
+    if args.bootstrap and args.join:
+        parser.error("--bootstrap and --join exclude each other")
     return run_node(args.config, args.node_id, args.data_dir, args.bootstrap,
-                    args.insecure_dev_mode, args.http_listen)
+                    args.insecure_dev_mode, args.http_listen,
+                    raft_bind_port_offset=args.raft_bind_port_offset, join=args.join)
 
 
 if __name__ == "__main__":

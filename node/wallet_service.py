@@ -24,8 +24,10 @@ from ledger.routing import partition_of
 from ledger.state import DedupRecord, RecordKind, StateMachine
 from node import api
 from node.api import ApiError
+from node.cluster_map import encode_map
 from node.history import History, HistoryUnavailable, TransferRef
 from node.host import NodeHost, deadline_of
+from node.metrics import TransferOutcomes
 from node.proposer import Applied
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -88,8 +90,10 @@ async def forward(host: NodeHost, partition: int, method: str, request: Any,
 
 
 class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc]
-    def __init__(self, host: NodeHost) -> None:
+    def __init__(self, host: NodeHost, transfer_outcomes: TransferOutcomes | None = None) -> None:
         self.host = host
+        self.transfer_outcomes = transfer_outcomes or TransferOutcomes(registry=None)
+        """Counts the transfers answered here (an unregistered counter when not given)."""
         self.partition_count = host.config.partition_count
         self.waiting = 0
         count = self.partition_count
@@ -229,15 +233,20 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         if not self.host.hosts(partition):
             return cast("pb.TransferResponse",
                         await forward(self.host, partition, "Transfer", request, deadline))
-        applied = await self._one(partition, command, deadline)
+        cross = isinstance(command, c.DebitForTransfer)
+        try:
+            applied = await self._one(partition, command, deadline)
+        except ApiError as error:
+            self.transfer_outcomes.record_error(error.reason, cross)
+            raise
         code = applied.result.code
         if code is Code.PENDING:
             key = (command.from_account, command.transaction_id)
             (code,) = await self._final_codes(partition, [key], deadline)
-            if code is Code.PENDING:
-                return pb.TransferResponse(status=pb.PENDING,
-                                           transaction_id=request.transaction_id,
-                                           position=applied.position)
+        self.transfer_outcomes.record(code, cross)
+        if code is Code.PENDING:
+            return pb.TransferResponse(status=pb.PENDING, transaction_id=request.transaction_id,
+                                       position=applied.position)
         if code is not Code.OK:
             raise api.ledger_error(code, self._transfer_message(partition, command, code))
         return pb.TransferResponse(status=pb.SUCCEEDED, transaction_id=request.transaction_id,
@@ -323,17 +332,22 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         """One partition's share of a TransferBatch: propose, then wait for saga finals."""
         outcomes = await self.host.execute(partition, [cmd for _, cmd in items], deadline)
         pending: list[tuple[int, tuple[str, bytes]]] = []
+        answered: list[tuple[Code | str, bool]] = []  # (code or error reason, cross)
         for (index, command), outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, ApiError):
                 reasons[index] = outcome.reason
+                answered.append((outcome.reason, isinstance(command, c.DebitForTransfer)))
             elif outcome.result.code is Code.PENDING:
                 pending.append((index, (command.from_account, command.transaction_id)))
             else:
                 self._set_outcome(statuses, reasons, index, outcome.result.code)
+                answered.append((outcome.result.code, isinstance(command, c.DebitForTransfer)))
         if pending:
             finals = await self._final_codes(partition, [key for _, key in pending], deadline)
             for (index, _), code in zip(pending, finals, strict=True):
                 self._set_outcome(statuses, reasons, index, code)
+                answered.append((code, True))  # only a saga's debit is ever PENDING
+        self.transfer_outcomes.record_many(answered)
 
     @staticmethod
     def _set_outcome(statuses: list[pb.TransferStatus], reasons: dict[int, str], index: int,
@@ -433,6 +447,17 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
                               stale=False)
 
+    @_handler
+    async def GetClusterMap(self, request: pb.GetClusterMapRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetClusterMapResponse:
+        membership = self.host.membership
+        if membership is None:
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, "STARTING", "the node is starting")
+        current = membership.map
+        return pb.GetClusterMapResponse(
+            version=current.version, map_json=encode_map(current).decode(),
+            metadata_leader_node_id=membership.metadata_leader() or "")
+
     async def _history(self, partition: int) -> History:
         """This node's history of `partition`, caught up with everything applied so far."""
         replica = self.host.replicas[partition]
@@ -455,7 +480,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         account_id = api.check_account_id(request.account_id, "account_id")
         start: int | None = None
         if request.page_token:
-            if not request.page_token.isascii() or not request.page_token.isdigit():
+            if (not request.page_token.isascii() or not request.page_token.isdigit()
+                    or len(request.page_token) > api.PAGE_TOKEN_CHARS_MAX):
                 raise api.invalid("page_token", "not a token from a previous page")
             start = int(request.page_token)
         partition = self._partition(account_id)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import grpc
 
+from client.auth import open_channel
+from node.auth import node_client_credentials
 from node.config import ClusterConfig, dump_cluster_config, local_cluster_config
 from node.launcher import cluster_status, start_node
 from proto.wallet.v1 import wallet_pb2 as pb
@@ -69,9 +71,10 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT
 
 class LocalCluster:
     def __init__(self, root: Path, nodes: int = 3, partitions: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, config: ClusterConfig | None = None) -> None:
+        """`config` replaces the generated loopback cluster (e.g. one with TLS or tokens)."""
         self.root = root
-        self.config: ClusterConfig = local_cluster_config(
+        self.config: ClusterConfig = config if config is not None else local_cluster_config(
             "test", nodes, partitions, allocate_ports, replication_factor=min(3, nodes))
         self.config_path = root / "cluster.toml"
         self.config_path.write_text(dump_cluster_config(self.config), encoding="utf-8")
@@ -151,7 +154,9 @@ class LocalCluster:
 
     def channel(self, node_id: str) -> grpc.Channel:
         if node_id not in self._channels:
-            self._channels[node_id] = grpc.insecure_channel(self.config.node(node_id).grpc_address)
+            # With the cluster's tokens (and TLS), like an operator holding the cluster file.
+            self._channels[node_id] = open_channel(self.config.node(node_id).grpc_address,
+                                                   node_client_credentials(self.config))
         return self._channels[node_id]
 
     def wallet(self, node_id: str = "n1") -> wallet_pb2_grpc.WalletServiceStub:

@@ -1,16 +1,22 @@
 """`python -m bench.tps` end to end with tiny settings: it runs, reports, balances its books.
 
 A smoke test only: it asserts the shape of the results and that money was
-conserved, never a speed (this machine is shared and small). The load
-generator's accounting of transfers answered PENDING (followed up with
-GetTransfer until final) is checked without a cluster, against fake calls.
+conserved, never a speed (this machine is shared and small); the one run covers
+the closed and the open loop, the three mixes and the load generator's ceiling
+against the no-op server. The load generator's accounting (transfers answered
+PENDING, the open loop's intended send times), the Zipf sampler, the no-op
+server's batch counting, the plots and the cluster plan are checked without a
+cluster, against fake calls.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -20,13 +26,16 @@ from pathlib import Path
 import grpc
 import grpc.aio
 import httpx
+import pytest
 
-from bench import loadgen
+from bench import loadgen, noop_server, plot, tps
 from proto.wallet.v1 import wallet_pb2 as pb
 
 REPO = Path(__file__).resolve().parent.parent
-RECORD_KEYS = {"workload", "partitions", "transfers_per_s", "p50_ms", "p99_ms", "runs",
-               "environment", "conservation_passed", "failures_total", "mix", "cross_share"}
+RECORD_KEYS = {"workload", "partitions", "transfers_per_s", "p50_ms", "p99_ms", "p999_ms",
+               "runs", "environment", "conservation_passed", "failures_total", "mix",
+               "cross_share", "loop", "nodes_cpu_us_per_transfer", "client_cpu_us_per_transfer"}
+OPEN_LOOP_RATE_PER_S = 40
 
 
 def _alive(pid: int) -> bool:
@@ -44,24 +53,26 @@ def _alive(pid: int) -> bool:
 def test_tps_harness_runs_and_conserves_money(tmp_path: Path) -> None:
     output = tmp_path / "tps.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.tps", "--quick", "--duration-s", "1.5", "--warmup-s",
+        [sys.executable, "-m", "bench.tps", "--quick", "--duration-s", "1", "--warmup-s",
          "0.2", "--runs", "1", "--accounts", "50", "--workloads",
-         "unary,http-unary,batch100,cross-batch1000",
-         "--callers", "8", "--batch-callers", "2", "--procs", "1", "--leader-wait-s", "0",
-         "--output", str(output), "--data-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+         "unary,http-unary,batch100,cross-batch1000,zipf-unary,open-unary",
+         "--rate", str(OPEN_LOOP_RATE_PER_S), "--zipf-s", "1.2",
+         "--callers", "8", "--batch-callers", "2", "--client-processes", "1",
+         "--leader-wait-s", "0", "--output", str(output), "--data-dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(output.read_text(encoding="utf-8"))
 
     assert report["conservation_passed"] is True
     records = {r["workload"]: r for r in report["records"]}
-    assert list(records) == ["unary", "http-unary", "batch100", "cross-batch1000"]
+    assert list(records) == ["unary", "http-unary", "batch100", "cross-batch1000",
+                             "zipf-unary", "open-unary"]
     for record in report["records"]:
         assert record.keys() >= RECORD_KEYS, record.keys()
         assert record["partitions"] == 4
         assert record["runs"] == 1
         assert record["transfers_per_s"] > 0
-        assert record["p99_ms"] >= record["p50_ms"] > 0
+        assert record["p999_ms"] >= record["p99_ms"] >= record["p50_ms"] > 0
         assert record["conservation_passed"] is True
         for run in record["raw"]:
             assert run["books"]["passed"]
@@ -82,8 +93,33 @@ def test_tps_harness_runs_and_conserves_money(tmp_path: Path) -> None:
     assert 0.5 < cross["cross_share"] < 0.95, cross["cross_share"]
     assert report["environment"].keys() >= {"cpus", "commit", "date"}
 
+    zipf = records["zipf-unary"]
+    assert zipf["mix"] == "zipf" and zipf["zipf_s"] == 1.2 and zipf["loop"] == "closed"
+    assert zipf["cross_share"] > 0
+    opened = records["open-unary"]
+    assert opened["loop"] == "open" and opened["rpc"] == "Transfer"
+    assert opened["offered_per_s"] == OPEN_LOOP_RATE_PER_S
+    assert opened["offered_measured_per_s"] > 0 and opened["achieved_per_s"] > 0
+    assert opened["offered_fraction_of_closed_max"] is None  # --rate, not a sweep
+    assert opened["arrivals"] == "poisson"
+
+    # The load generator's ceiling: the same workloads' batch sizes, against the no-op server.
+    ceilings = {c["workload"]: c for c in report["loadgen_ceiling"]}
+    assert list(ceilings) == ["ceiling-unary", "ceiling-batch100", "ceiling-batch1000"]
+    for ceiling in ceilings.values():
+        assert ceiling["transfers_per_s"] > 0 and not ceiling["failures_total"]
+    assert records["unary"]["loadgen_ceiling_per_s"] == ceilings["ceiling-unary"][
+        "transfers_per_s"]
+    assert records["batch100"]["of_ceiling"] > 0
+    assert "of_ceiling" not in http  # the no-op server speaks gRPC only
+    assert "loadgen ceiling: " in done.stdout
+    # The open loop's latency plot; no scaling curve with --quick.
+    assert (tmp_path / "tps-latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "tps-scaling.png").exists()
+
     # Nothing left behind: no node, no load generator, no cluster directory.
-    pids = [*report["processes"]["nodes"].values(), *report["processes"]["load_generators"]]
+    pids = [*report["processes"]["nodes"].values(), *report["processes"]["load_generators"],
+            *report["processes"]["noop_server"]]
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -239,3 +275,152 @@ def test_uniform_templates_cross_partitions_and_pools_count_them() -> None:
         for count in (0, 1, 5, 7, 9, 20):
             expected = sum(flags[(offset + k) % 7] for k in range(count))
             assert pool.cross_in(offset, count) == expected, (offset, count)
+
+
+# --- the open loop, without a cluster -----------------------------------------------------------
+
+
+def _open_loop(call: object, rate_per_s: float, duration_s: float, arrivals: str,
+               in_flight_max: int = loadgen.OPEN_LOOP_IN_FLIGHT_MAX,
+               ) -> tuple[loadgen.RunStats, Counter[str]]:
+    flat = [(call, None, loadgen.transfer_prefix("a", "b", "1.00", "USD"), "a", False)]
+    stats = loadgen.RunStats()
+    failures: Counter[str] = Counter()
+
+    async def run() -> None:
+        now = time.monotonic()
+        go = loadgen.Go(now, now, now + duration_s)
+        await loadgen._Worker._open_loop_unary(flat, random.Random(7), loadgen.IdSource(), go,
+                                               stats, failures, 5, True, rate_per_s, arrivals,
+                                               in_flight_max)
+
+    asyncio.run(run())
+    return stats, failures
+
+
+def test_open_loop_offers_its_rate_whatever_the_answers_and_awaits_every_transfer() -> None:
+    async def refuses_every_other(request: bytes, timeout: float) -> bytes:
+        if int(request[-1:], 16) % 2:  # the transaction id's last hex digit
+            raise _error(grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
+        return pb.TransferResponse(status=pb.SUCCEEDED).SerializeToString()
+
+    rate_per_s, duration_s = 400.0, 0.5
+    stats, failures = _open_loop(refuses_every_other, rate_per_s, duration_s, "poisson")
+
+    # The schedule comes from a seeded generator, not from answers or clocks: the count
+    # is that of a Poisson process, and every arrival was sent and awaited.
+    expected = rate_per_s * duration_s
+    assert abs(stats.offered - expected) < 4 * math.sqrt(expected), stats.offered
+    assert stats.calls_total == stats.offered == len(stats.latencies_s)
+    assert stats.succeeded + sum(failures.values()) == stats.calls
+    assert set(failures) == {"INSUFFICIENT_FUNDS"}
+    assert stats.committed == stats.calls  # recorded refusals are committed outcomes
+
+
+def test_open_loop_latency_runs_from_the_intended_send_time() -> None:
+    """A server slower than the offered rate: the queue it builds is in the latencies.
+
+    One transfer in flight at most (the bound), 30 ms per call, an arrival every 10 ms:
+    the k-th arrival cannot start before k calls ended, so its latency from its
+    intended time is at least (k + 1) * 20 ms, though each call takes only ~30 ms.
+    """
+    call_s, gap_s = 0.03, 0.01
+
+    async def slow(request: bytes, timeout: float) -> bytes:
+        await asyncio.sleep(call_s)
+        return pb.TransferResponse(status=pb.SUCCEEDED).SerializeToString()
+
+    stats, _ = _open_loop(slow, 1 / gap_s, 0.2, "fixed", in_flight_max=1)
+
+    arrivals = stats.calls_total
+    assert arrivals == len(stats.latencies_s) >= 19  # every 10 ms over 0.2 s
+    for k, latency_s in enumerate(stats.latencies_s):
+        assert latency_s >= (k + 1) * (call_s - gap_s) * 0.99, (k, latency_s)
+    assert stats.dispatch_lag_max_s >= (arrivals - 1) * (call_s - gap_s) * 0.99
+
+
+# --- mixes, the no-op server, plots, the plan ---------------------------------------------------
+
+
+def test_zipf_sampler_follows_its_law_and_is_deterministic() -> None:
+    zipf = loadgen.ZipfSampler(100, 1.1)
+    probabilities = [zipf.probability(k) for k in range(100)]
+    assert math.isclose(sum(probabilities), 1.0)
+    assert all(a > b for a, b in itertools.pairwise(probabilities))
+    assert math.isclose(probabilities[0] / probabilities[1], 2 ** 1.1)
+    draws = [zipf.sample(random.Random(5)) for _ in range(3)]
+    assert len(set(draws)) == 1  # the same seed, the same draw
+    rng = random.Random(11)
+    counts = Counter(zipf.sample(rng) for _ in range(20_000))
+    assert set(counts) <= set(range(100))
+    assert abs(counts[0] / 20_000 - probabilities[0]) < 0.02
+    with pytest.raises(ValueError):
+        loadgen.ZipfSampler(0, 1.1)
+
+
+def test_zipf_templates_share_their_hot_accounts_across_workers() -> None:
+    by_partition = [[f"acct-{p}-{i:02d}" for i in range(25)] for p in range(4)]
+    hottest = []
+    for seed in (1, 2):
+        templates = loadgen.build_templates(by_partition, "USD", seed=seed, mix="zipf",
+                                            per_partition=500, zipf_s=1.1)
+        assert len(templates) == 2000
+        assert all(t.from_account.startswith(f"acct-{t.source}-") for t in templates)
+        assert 0.5 < sum(t.cross for t in templates) / len(templates) < 0.95
+        hottest.append(Counter(t.from_account for t in templates).most_common(1)[0][0])
+    # Ranked by a stable hash of the id, whatever the seed: the same hot account everywhere.
+    first = min((a for accounts in by_partition for a in accounts), key=loadgen.zipf_rank_key)
+    assert hottest == [first, first]
+    again = loadgen.build_templates(by_partition, "USD", seed=1, mix="zipf", per_partition=500)
+    assert [t.prefix for t in again] == [t.prefix for t in loadgen.build_templates(
+        by_partition, "USD", seed=1, mix="zipf", per_partition=500)]
+
+
+def test_noop_server_counts_a_batch_without_parsing_it() -> None:
+    transfers = [pb.TransferRequest(from_account="a", to_account="b", amount="1.00",
+                                    currency="USD", transaction_id=f"{i:036d}")
+                 for i in range(300)]
+    request = pb.TransferBatchRequest(transfers=transfers).SerializeToString()
+    assert noop_server.count_transfers(request) == 300
+    assert noop_server.count_transfers(b"") == 0
+    with pytest.raises(ValueError):
+        noop_server.count_transfers(request[:-1])
+    with pytest.raises(ValueError):
+        noop_server.count_transfers(pb.TransferRequest(to_account="b").SerializeToString())
+
+
+def test_plots_draw_the_scaling_curve_and_latency_against_offered_load(tmp_path: Path) -> None:
+    records = [
+        {"workload": "unary", "partitions": p, "transfers_per_s": 1000 * p} for p in (1, 2, 4)
+    ] + [
+        {"workload": "batch1000", "partitions": 4, "transfers_per_s": 40_000},  # one point
+        {"workload": "open-unary", "mix": "intra", "partitions": 4, "offered_per_s": 500,
+         "transfers_per_s": 500, "p50_ms": 3.0, "p99_ms": 9.0},
+        {"workload": "open-unary", "mix": "intra", "partitions": 4, "offered_per_s": 250,
+         "transfers_per_s": 250, "p50_ms": 2.0, "p99_ms": 5.0},
+    ]
+    assert plot.scaling_series(records) == {"unary": [(1, 1000.0), (2, 2000.0), (4, 4000.0)]}
+    assert plot.latency_series(records) == {
+        "open-unary (intra, 4 p)": [(250.0, 2.0, 5.0), (500.0, 3.0, 9.0)]}
+    scaling_png, latency_png = plot.plot_paths(tmp_path / "tps.json")
+    assert (scaling_png.name, latency_png.name) == ("tps-scaling.png", "tps-latency.png")
+    for written in (plot.scaling_plot(records, scaling_png),
+                    plot.latency_plot(records, latency_png)):
+        assert written is not None and written.read_bytes()[:4] == b"\x89PNG"
+    assert plot.latency_plot(records[:3], tmp_path / "none.png") is None
+
+
+def test_scaling_plan_reuses_the_main_cluster_and_adds_one_per_partition_count() -> None:
+    args = tps.parse_args(["--workloads", "unary,open-unary", "--partitions", "4", "--scaling",
+                           "--scaling-workloads", "unary,batch1000",
+                           "--scaling-partitions", "8,1,4"])
+    assert tps.cluster_plan(args) == [(4, ["unary", "open-unary", "batch1000"]),
+                                      (1, ["unary", "batch1000"]), (8, ["unary", "batch1000"])]
+    quick = tps.parse_args(["--quick"])
+    assert quick.scaling is False and quick.sweep_fractions == [0.5, 1.0]
+    assert tps.cluster_plan(quick) == [(4, quick.workload_list)]
+    # The scaling curve is part of the full run only, unless asked for.
+    assert tps.parse_args([]).scaling is True
+    assert tps.parse_args(["--workloads", "batch1000"]).scaling is False
+    assert tps.ceiling_batch_sizes(["http-unary", "unary", "batch1000", "cross-unary"]) == [
+        1, 1000]

@@ -18,6 +18,8 @@ from client.errors import (
     InvalidArgument,
     NotFound,
     OutcomeUnknown,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
     WalletError,
 )
@@ -80,7 +82,9 @@ def test_a_given_transaction_id_is_sent_as_is(fake: FakeWalletServer, wallet: Wa
         (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND", NotFound),
         (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS", FailedPrecondition),
         (grpc.StatusCode.ALREADY_EXISTS, "ID_CONFLICT", AlreadyExists),
-        (grpc.StatusCode.PERMISSION_DENIED, "", WalletError),
+        (grpc.StatusCode.PERMISSION_DENIED, "", PermissionDenied),
+        (grpc.StatusCode.UNAUTHENTICATED, "", Unauthenticated),
+        (grpc.StatusCode.UNIMPLEMENTED, "", WalletError),
     ],
 )
 def test_errors_map_to_their_exception_with_the_reason(

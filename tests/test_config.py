@@ -21,6 +21,7 @@ from node.config import (
 
 CLUSTER_CONFIGS = Path(__file__).resolve().parent.parent / "cluster-configs"
 SECRET = "a-test-secret-of-32-characters.."
+ADMIN_TOKEN = "an-admin-token-of-32-characters."
 
 # A valid file; the validation tests each change one line of it.
 VALID = f"""\
@@ -29,6 +30,7 @@ name = "test"
 partitions = 4
 replication_factor = 3
 secret = "{SECRET}"
+admin_token = "{ADMIN_TOKEN}"
 
 [[nodes]]
 id = "n1"
@@ -110,7 +112,8 @@ def all_ports(config: ClusterConfig) -> list[tuple[str, int]]:
         ports.append((node.host, node.grpc_port))
         if node.metrics_port is not None:
             ports.append((node.host, node.metrics_port))
-        ports += [(node.host, node.raft_port_base + p) for p in range(config.partition_count)]
+        # The partitions' Raft ports, then the metadata group's.
+        ports += [(node.host, node.raft_port_base + p) for p in range(config.partition_count + 1)]
     return ports
 
 
@@ -150,9 +153,12 @@ def test_multi_host_example_refuses_to_load_until_a_secret_is_filled_in() -> Non
         load_cluster_config(CLUSTER_CONFIGS / "multi-host.example.toml")
 
 
-def test_multi_host_example_is_valid_once_a_secret_is_filled_in() -> None:
+def test_multi_host_example_is_valid_once_its_secrets_are_filled_in() -> None:
     text = (CLUSTER_CONFIGS / "multi-host.example.toml").read_text(encoding="utf-8")
-    config = parse_cluster_config(edited('secret = ""', f'secret = "{SECRET}"', text))
+    text = edited('secret = ""', f'secret = "{SECRET}"', text)
+    text = edited('admin_token = ""', 'admin_token = "an-admin-token-of-32-characters."', text)
+    text = edited('wallet_token = ""', 'wallet_token = "a-wallet-token-of-32-characters."', text)
+    config = parse_cluster_config(text)
     assert len({node.host for node in config.nodes}) == len(config.nodes)
     assert config.insecure_dev_mode is False
 
@@ -271,7 +277,7 @@ def test_dump_then_parse_gives_back_an_equal_config() -> None:
 
 def test_dump_escapes_quotes_backslashes_control_and_unicode_characters_in_strings() -> None:
     secret = 'quote " backslash \\ tab \t newline \n del \x7f bell \x07 euro € emoji 🙂'
-    config = local_cluster_config("odd", 3, 2, list(range(9000, 9012)), secret=secret)
+    config = local_cluster_config("odd", 3, 2, list(range(9000, 9015)), secret=secret)
     assert parse_cluster_config(dump_cluster_config(config)).secret == secret
 
 
@@ -315,8 +321,8 @@ def test_a_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 def test_a_toml_syntax_error_names_the_file_and_the_line() -> None:
     error = error_of(edited("grpc_port = 7102", "grpc_port 7102"))
     assert str(error).startswith("cluster.toml: invalid TOML: ")
-    assert "line 17" in str(error)
-    assert error.line == 17
+    assert "line 18" in str(error)
+    assert error.line == 18
 
 
 def test_a_missing_cluster_table_is_named() -> None:
@@ -520,7 +526,8 @@ def test_a_port_must_be_between_1_and_65535(old: str, port: int, field: str) -> 
 
 def test_every_raft_port_must_be_at_most_65535() -> None:
     error = error_of(edited("raft_port_base = 7210", "raft_port_base = 65533"))
-    assert_names(error, "nodes[1].raft_port_base", "partition 3 would listen on port 65536")
+    assert_names(error, "nodes[1].raft_port_base",
+                 "the metadata group would listen on port 65537")
 
 
 # --- validation: ports on one host ---------------------------------------------------------
@@ -603,14 +610,14 @@ def test_an_explicit_placement_lists_exactly_replication_factor_replicas(
 
 
 def test_local_cluster_config_is_valid_and_on_loopback() -> None:
-    config = local_cluster_config("dev", 3, 4, list(range(30000, 30018)))
+    config = local_cluster_config("dev", 3, 4, list(range(30000, 30021)))
     assert parse_cluster_config(dump_cluster_config(config)) == config
     assert [node.id for node in config.nodes] == ["n1", "n2", "n3"]
     assert {node.host for node in config.nodes} == {"127.0.0.1"}
 
 
 def test_local_cluster_config_uses_each_port_once_and_only_the_ports_given() -> None:
-    given = list(range(30000, 30000 + 5 * (8 + 2)))
+    given = list(range(30000, 30000 + 5 * (8 + 3)))
     config = local_cluster_config("dev", 5, 8, given)
     used = [port for _, port in all_ports(config)]
     assert len(used) == len(set(used))
@@ -624,18 +631,18 @@ def test_local_cluster_config_takes_a_port_allocator() -> None:
 
 
 def test_local_cluster_config_rejects_too_few_ports() -> None:
-    with pytest.raises(ValueError, match="17 ports given; 3 nodes with 4 partitions need 18"):
-        local_cluster_config("dev", 3, 4, list(range(30000, 30017)))
+    with pytest.raises(ValueError, match="20 ports given; 3 nodes with 4 partitions need 21"):
+        local_cluster_config("dev", 3, 4, list(range(30000, 30020)))
 
 
 def test_local_cluster_config_needs_consecutive_ports_for_a_nodes_raft_groups() -> None:
     with pytest.raises(ValueError, match="must be consecutive"):
-        local_cluster_config("dev", 3, 4, list(range(30000, 30036, 2)))
+        local_cluster_config("dev", 3, 4, list(range(30000, 30042, 2)))
 
 
 def test_local_cluster_config_generates_a_fresh_secret_by_default() -> None:
-    first = local_cluster_config("dev", 3, 4, list(range(30000, 30018)))
-    second = local_cluster_config("dev", 3, 4, list(range(30000, 30018)))
+    first = local_cluster_config("dev", 3, 4, list(range(30000, 30021)))
+    second = local_cluster_config("dev", 3, 4, list(range(30000, 30021)))
     assert len(first.secret) >= 16
     assert first.secret != second.secret
 
@@ -644,4 +651,4 @@ def test_local_cluster_config_validates_like_a_file() -> None:
     with pytest.raises(
         ConfigError, match=r"cluster\.replication_factor: 3 is more than the 2 nodes"
     ):
-        local_cluster_config("dev", 2, 4, list(range(30000, 30012)))
+        local_cluster_config("dev", 2, 4, list(range(30000, 30014)))

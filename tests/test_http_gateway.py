@@ -44,6 +44,7 @@ from client.errors import OutcomeUnknown, WalletError
 from ledger.money import MoneyError, parse_amount
 from ledger.routing import partition_of
 from ledger.state import ACCOUNT_ID_RE
+from node.auth import node_client_credentials
 from node.http_gateway import MAX_BODY_BYTES, create_app, http_error_of, parse_listen
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
@@ -121,7 +122,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def gateway(cluster: LocalCluster) -> Iterator[str]:
-    with serving(create_app([n.grpc_address for n in cluster.config.nodes])) as url:
+    # The cluster's tokens, as a gateway started with --config has them (/readyz needs the
+    # admin token).
+    with serving(create_app([n.grpc_address for n in cluster.config.nodes],
+                            credentials=node_client_credentials(cluster.config))) as url:
         yield url
 
 

@@ -356,28 +356,88 @@ class ClusterStatusResponse(_message.Message):
     def __init__(self, partition_count: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
 
 class AddReplicaRequest(_message.Message):
-    __slots__ = ("partition", "node_id")
+    __slots__ = ("partition", "node_id", "metadata_group")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_GROUP_FIELD_NUMBER: _ClassVar[int]
     partition: int
     node_id: str
-    def __init__(self, partition: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+    metadata_group: bool
+    def __init__(self, partition: _Optional[int] = ..., node_id: _Optional[str] = ..., metadata_group: _Optional[bool] = ...) -> None: ...
 
 class AddReplicaResponse(_message.Message):
+    __slots__ = ("map_version",)
+    MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    map_version: int
+    def __init__(self, map_version: _Optional[int] = ...) -> None: ...
+
+class GetClusterMapRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class GetClusterMapResponse(_message.Message):
+    __slots__ = ("version", "map_json", "metadata_leader_node_id")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAP_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_LEADER_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    map_json: str
+    metadata_leader_node_id: str
+    def __init__(self, version: _Optional[int] = ..., map_json: _Optional[str] = ..., metadata_leader_node_id: _Optional[str] = ...) -> None: ...
+
+class AddNodeRequest(_message.Message):
+    __slots__ = ("node_id", "host", "grpc_port", "raft_port_base", "metrics_port")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    GRPC_PORT_FIELD_NUMBER: _ClassVar[int]
+    RAFT_PORT_BASE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_PORT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    host: str
+    grpc_port: int
+    raft_port_base: int
+    metrics_port: int
+    def __init__(self, node_id: _Optional[str] = ..., host: _Optional[str] = ..., grpc_port: _Optional[int] = ..., raft_port_base: _Optional[int] = ..., metrics_port: _Optional[int] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class RebalanceLeadersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ChangeClusterMapResponse(_message.Message):
+    __slots__ = ("map_version", "detail")
+    MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    map_version: int
+    detail: str
+    def __init__(self, map_version: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ProposeMapChangeRequest(_message.Message):
+    __slots__ = ("command_json",)
+    COMMAND_JSON_FIELD_NUMBER: _ClassVar[int]
+    command_json: str
+    def __init__(self, command_json: _Optional[str] = ...) -> None: ...
 
 class RemoveReplicaRequest(_message.Message):
-    __slots__ = ("partition", "node_id")
+    __slots__ = ("partition", "node_id", "metadata_group")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_GROUP_FIELD_NUMBER: _ClassVar[int]
     partition: int
     node_id: str
-    def __init__(self, partition: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+    metadata_group: bool
+    def __init__(self, partition: _Optional[int] = ..., node_id: _Optional[str] = ..., metadata_group: _Optional[bool] = ...) -> None: ...
 
 class RemoveReplicaResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("map_version",)
+    MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    map_version: int
+    def __init__(self, map_version: _Optional[int] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("partition",)
@@ -432,6 +492,44 @@ class VerifyResponse(_message.Message):
     ok: bool
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionVerdict]
     def __init__(self, ok: _Optional[bool] = ..., partitions: _Optional[_Iterable[_Union[PartitionVerdict, _Mapping]]] = ...) -> None: ...
+
+class FetchArchiveRequest(_message.Message):
+    __slots__ = ("partition", "from_position", "max_records")
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    FROM_POSITION_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    from_position: int
+    max_records: int
+    def __init__(self, partition: _Optional[int] = ..., from_position: _Optional[int] = ..., max_records: _Optional[int] = ...) -> None: ...
+
+class ArchivedRecord(_message.Message):
+    __slots__ = ("position", "log_index", "term", "stamp_ms", "entry_blob", "results_blob", "prev_hash", "hash")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    LOG_INDEX_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    STAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_BLOB_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_BLOB_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    log_index: int
+    term: int
+    stamp_ms: int
+    entry_blob: bytes
+    results_blob: bytes
+    prev_hash: bytes
+    hash: bytes
+    def __init__(self, position: _Optional[int] = ..., log_index: _Optional[int] = ..., term: _Optional[int] = ..., stamp_ms: _Optional[int] = ..., entry_blob: _Optional[bytes] = ..., results_blob: _Optional[bytes] = ..., prev_hash: _Optional[bytes] = ..., hash: _Optional[bytes] = ...) -> None: ...
+
+class FetchArchiveResponse(_message.Message):
+    __slots__ = ("records", "last_position")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_POSITION_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ArchivedRecord]
+    last_position: int
+    def __init__(self, records: _Optional[_Iterable[_Union[ArchivedRecord, _Mapping]]] = ..., last_position: _Optional[int] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("sequence", "from_account", "to_account", "amount_minor", "currency", "transaction_id")

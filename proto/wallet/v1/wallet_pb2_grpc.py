@@ -84,6 +84,11 @@ class WalletServiceStub:
                 request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.AbortTransferRequest.SerializeToString,
                 response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetTransferResponse.FromString,
                 _registered_method=True)
+        self.GetClusterMap = channel.unary_unary(
+                '/raftwallet.wallet.v1.WalletService/GetClusterMap',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetClusterMapRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetClusterMapResponse.FromString,
+                _registered_method=True)
 
 
 class WalletServiceServicer:
@@ -153,6 +158,14 @@ class WalletServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClusterMap(self, request, context):
+        """The cluster map (nodes, their addresses, each partition's replicas) as this
+        node knows it: clients bootstrap from any node and refresh on UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WalletServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +218,11 @@ def add_WalletServiceServicer_to_server(servicer, server):
                     servicer.AbortTransfer,
                     request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.AbortTransferRequest.FromString,
                     response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetTransferResponse.SerializeToString,
+            ),
+            'GetClusterMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClusterMap,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetClusterMapRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.GetClusterMapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -487,6 +505,33 @@ class WalletService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetClusterMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.WalletService/GetClusterMap',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.GetClusterMapRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.GetClusterMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class AdminServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -526,6 +571,21 @@ class AdminServiceStub:
                 '/raftwallet.wallet.v1.AdminService/ForceFailTransfer',
                 request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferRequest.SerializeToString,
                 response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferResponse.FromString,
+                _registered_method=True)
+        self.AddNode = channel.unary_unary(
+                '/raftwallet.wallet.v1.AdminService/AddNode',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.AddNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/raftwallet.wallet.v1.AdminService/RemoveNode',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+                _registered_method=True)
+        self.RebalanceLeaders = channel.unary_unary(
+                '/raftwallet.wallet.v1.AdminService/RebalanceLeaders',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.RebalanceLeadersRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
                 _registered_method=True)
 
 
@@ -571,6 +631,27 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddNode(self, request, context):
+        """Membership (docs/operations.md). Each changes the cluster map through the
+        metadata group; the nodes then make the Raft groups converge to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RebalanceLeaders(self, request, context):
+        """Spreads preferred leaders evenly over the nodes; leaders then move to them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -603,6 +684,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ForceFailTransfer,
                     request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferRequest.FromString,
                     response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ForceFailTransferResponse.SerializeToString,
+            ),
+            'AddNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddNode,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.AddNodeRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.SerializeToString,
+            ),
+            'RebalanceLeaders': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebalanceLeaders,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.RebalanceLeadersRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -777,6 +873,87 @@ class AdminService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def AddNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.AdminService/AddNode',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.AddNodeRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.AdminService/RemoveNode',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.RemoveNodeRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebalanceLeaders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.AdminService/RebalanceLeaders',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.RebalanceLeadersRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class PeerServiceStub:
     """Node to node, not for clients: the saga driver of a source partition asks a
@@ -795,6 +972,16 @@ class PeerServiceStub:
                 request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsRequest.SerializeToString,
                 response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsResponse.FromString,
                 _registered_method=True)
+        self.ProposeMapChange = channel.unary_unary(
+                '/raftwallet.wallet.v1.PeerService/ProposeMapChange',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ProposeMapChangeRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+                _registered_method=True)
+        self.FetchArchive = channel.unary_unary(
+                '/raftwallet.wallet.v1.PeerService/FetchArchive',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -809,6 +996,24 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeMapChange(self, request, context):
+        """A cluster map command for the metadata group's leader (forwarded by the
+        node that received an admin call, or proposed by a node's reconciler).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchArchive(self, request, context):
+        """Raw records of this node's event archive of a partition, for seeding the
+        archive of a replica that installed a snapshot (node/archive_seed.py).
+        FAILED_PRECONDITION when this node's own archive lacks `from_position`
+        because it lags its state too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -816,6 +1021,16 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ApplyCredits,
                     request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsRequest.FromString,
                     response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsResponse.SerializeToString,
+            ),
+            'ProposeMapChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeMapChange,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ProposeMapChangeRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.SerializeToString,
+            ),
+            'FetchArchive': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchArchive,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -848,6 +1063,60 @@ class PeerService:
             '/raftwallet.wallet.v1.PeerService/ApplyCredits',
             proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsRequest.SerializeToString,
             proto_dot_wallet_dot_v1_dot_wallet__pb2.ApplyCreditsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeMapChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.PeerService/ProposeMapChange',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ProposeMapChangeRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.ChangeClusterMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchArchive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftwallet.wallet.v1.PeerService/FetchArchive',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
