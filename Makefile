@@ -53,6 +53,14 @@ bench-quick: setup
 bench-peers: setup
 	$(BIN)/python -m bench.peers.run
 
+.PHONY: chaos
+DURATION ?= 600
+SEED ?=
+NETWORK ?= auto
+## chaos: a seeded chaos run (faults + bank workload + checker), e.g. make chaos DURATION=600 SEED=8; see docs/reliability.md
+chaos: setup
+	$(BIN)/python -m tests.chaos.runner --duration-s $(DURATION) --network $(NETWORK) --nodes 3 --partitions 4 --faults all $(if $(SEED),--seed $(SEED),)
+
 ## proto: regenerate the checked-in Python modules after editing proto/**/*.proto
 proto: setup
 	$(BIN)/python -m proto.generate
