@@ -486,6 +486,9 @@ def cmd_cluster_status(args: argparse.Namespace, out: Output) -> int:
     console = out.console()
     for table in cluster_tables(status):
         console.print(table)
+    console.print(f"cluster map v{status.map_version}")
+    for difference in status.membership_differences:
+        console.print(f"[yellow]membership difference:[/yellow] {difference}")
     return EXIT_OK
 
 

@@ -341,6 +341,8 @@ class ClusterStatus:
     partition_count: int
     partitions: tuple[PartitionInfo, ...]
     nodes: tuple[NodeInfo, ...]
+    map_version: int = 0
+    membership_differences: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,6 +393,8 @@ def _cluster_status(r: pb.ClusterStatusResponse) -> ClusterStatus:
             NodeInfo(n.node_id, n.address, n.up, tuple(n.partitions), tuple(n.leader_of))
             for n in r.nodes
         ),
+        map_version=r.map_version,
+        membership_differences=tuple(r.membership_differences),
     )
 
 

@@ -123,11 +123,15 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
                             context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
         config = self.host.config
         views: dict[str, list[pb.PartitionStatus] | None] = {self.host.node_id: self._local()}
+        membership = self.host.membership
+        differences = set(membership.differences) if membership is not None else set()
         if not request.local_only:
             peers = [n.id for n in config.nodes if n.id != self.host.node_id]
             answers = await asyncio.gather(*(self._peer(n) for n in peers))
             for node_id, answer in zip(peers, answers, strict=True):
                 views[node_id] = list(answer.partitions) if answer is not None else None
+                if answer is not None:
+                    differences.update(answer.membership_differences)
         best: dict[int, pb.PartitionStatus] = {}
         for partitions in views.values():
             for partition_view in partitions or ():
@@ -143,8 +147,11 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             nodes.append(pb.NodeStatus(node_id=node.id, address=node.grpc_address,
                                        up=node_view is not None, partitions=hosted,
                                        leader_of=leader_of))
-        return pb.ClusterStatusResponse(partition_count=config.partition_count,
-                                        partitions=[best[p] for p in sorted(best)], nodes=nodes)
+        return pb.ClusterStatusResponse(
+            partition_count=config.partition_count,
+            partitions=[best[p] for p in sorted(best)], nodes=nodes,
+            map_version=membership.map.version if membership is not None else 0,
+            membership_differences=sorted(differences))
 
     @_handler
     async def Snapshot(self, request: pb.SnapshotRequest,

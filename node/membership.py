@@ -195,7 +195,9 @@ class Membership:
         self.refused: str | None = None
         """Set when the map says this node must not run (another incarnation): stop."""
         self.differences: list[str] = []
-        """What the reconciler found different between the map and the Raft groups."""
+        """What the reconciler found different between the map and the Raft groups (of the
+        groups this node leads), as of its last pass."""
+        self._found: list[str] = []
 
     # -- the map ----------------------------------------------------------------------
 
@@ -364,10 +366,12 @@ class Membership:
         self._bootstrap_if_needed()
         await self._record_start()
         await self._host_assigned_groups()
+        self._found = []
         for group in [*range(self.map.partition_count), META]:
             replica = self.host.group(group)
             if replica is not None and replica.is_leader():
                 await self._lead_membership(group, replica)
+        self.differences = self._found
 
     def _bootstrap_if_needed(self) -> None:
         """The first metadata leader of a new cluster writes version 1 of the map."""
@@ -436,7 +440,6 @@ class Membership:
             if now - progress.raft_change_since < RAFT_CHANGE_TIMEOUT_S:
                 return  # a Raft membership change is in flight: one at a time
             progress.raft_change_since = None
-        self.differences = [d for d in self.differences if not d.startswith(group_name(group))]
         for slot in slots:
             address = address_of[slot.node_id]
             if slot.state == JOINING:
@@ -461,9 +464,12 @@ class Membership:
                                                     "node_id": slot.node_id})
                 return
         known = set(address_of.values())
+        for missing in sorted(known - members):
+            self._found.append(f"{group_name(group)}: voter {missing} of the cluster map "
+                               f"v{current.version} is not a Raft member")
         for stray in sorted(members - known):
             first_seen = progress.stray_since.setdefault(stray, now)
-            self.differences.append(
+            self._found.append(
                 f"{group_name(group)}: Raft member {stray} is not in the cluster map "
                 f"v{current.version}")
             if now - first_seen > STRAY_MEMBER_GRACE_S:

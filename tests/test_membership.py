@@ -111,6 +111,13 @@ def test_a_new_node_takes_over_an_old_one_while_transfers_flow(cluster: LocalClu
         sdk_view = client.cluster_map()
     assert sdk_view.version == final["version"]
     assert sorted(sdk_view.node_addresses) == list(survivors)
+
+    def status_agrees() -> bool:
+        status = cluster.admin("n2").ClusterStatus(pb.ClusterStatusRequest(), timeout=10)
+        return (status.map_version == final["version"]
+                and not list(status.membership_differences))
+
+    wait_until(status_agrees, "the Raft groups to match the map, as ClusterStatus reports")
     assert [n["id"] for n in final["nodes"]] == list(survivors)  # type: ignore[attr-defined]
     for group_index in range(PARTITIONS + 1):
         members = sorted(node for node, state in slots(final, group_index))

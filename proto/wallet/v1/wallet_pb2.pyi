@@ -346,14 +346,18 @@ class NodeStatus(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., up: _Optional[bool] = ..., partitions: _Optional[_Iterable[int]] = ..., leader_of: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ClusterStatusResponse(_message.Message):
-    __slots__ = ("partition_count", "partitions", "nodes")
+    __slots__ = ("partition_count", "partitions", "nodes", "map_version", "membership_differences")
     PARTITION_COUNT_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMBERSHIP_DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
     partition_count: int
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionStatus]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
-    def __init__(self, partition_count: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+    map_version: int
+    membership_differences: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, partition_count: _Optional[int] = ..., partitions: _Optional[_Iterable[_Union[PartitionStatus, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., map_version: _Optional[int] = ..., membership_differences: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AddReplicaRequest(_message.Message):
     __slots__ = ("partition", "node_id", "metadata_group")
