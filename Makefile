@@ -37,9 +37,10 @@ bench-core: setup
 
 .PHONY: bench bench-quick bench-replay bench-peers
 
-## bench-replay: replay speed of an archive of 1,000,000 transfers; writes bench/results/replay.json
+## bench-replay: replay speed of an archive of 1,000,000 transfers, against the code of REPLAY_BASELINE in the same run; writes bench/results/replay.json
+REPLAY_BASELINE ?= 198bb9c
 bench-replay: setup
-	$(BIN)/python -m bench.replay
+	$(BIN)/python -m bench.replay --baseline-rev $(REPLAY_BASELINE)
 
 ## bench: committed transfers/s of a local 3-node cluster: closed and open loop, intra/uniform/zipf mixes, the load generator's ceiling, scaling over 1/2/4/8 partitions (~15 min); writes bench/results/tps.json, tps-scaling.png, tps-latency.png
 bench: setup

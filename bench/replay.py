@@ -6,13 +6,21 @@ archived exactly as a replica does (entry blob + encoded results, after a live
 apply), then measures, as the median of `--runs` runs:
 
 - replay: `node.replay_cli.replay_partition`, what `walletctl replay` runs:
-  read the archive (checksums and hash chain verified), decode every entry,
-  apply it to a fresh StateMachine, compare its results with the archived
-  ones; the cyclic GC is paused meanwhile;
-- replay, GC on: read + decode + apply with the cyclic GC left running;
-- decode + apply: the entry blobs already in memory (GC paused);
-- apply only: the entries already decoded (GC paused);
+  read the archive (checksums and hash chain verified), parse every entry and
+  apply it to a fresh StateMachine on the fast path (`parse_entry`,
+  `apply_wire_entry`), compare its results with the archived ones; the
+  cyclic GC is paused meanwhile;
+- replay, GC on: read + parse + apply with the cyclic GC left running;
+- parse + apply: the fast path, the entry blobs already in memory (GC paused);
+- decode + apply: the plain (live) path, `decode_entry` + `apply_entry`, the
+  entry blobs already in memory (GC paused);
+- apply only: the entries already decoded, `apply_entry` (GC paused);
 - read only: reading and verifying the archive, nothing applied.
+
+With `--baseline-rev REV`, each run also times the replay of the code of
+commit REV (its ledger/, node/ and proto/, exported with `git archive`) and
+of the current code, each in a fresh process, one after the other: on a
+shared machine the ratio of their medians is the figure to trust.
 
 Transfers/s divide the transfers by the whole time, which also includes the
 setup entries (accounts created and funded: 2 commands per account).
@@ -21,15 +29,20 @@ Every run must reach the live state hash. Writes bench/results/replay.json.
 
     python -m bench.replay                      # 1,000,000 transfers in a temp dir
     python -m bench.replay --archive /tmp/arch  # generate once, reuse afterwards
+    python -m bench.replay --archive /tmp/arch --baseline-rev 198bb9c
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
 import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,7 +51,7 @@ from typing import Any
 
 from bench.environment import describe
 from ledger import commands as c
-from ledger.codec import decode_entry, encode_entry
+from ledger.codec import decode_entry, encode_entry, parse_entry
 from ledger.results_codec import encode_results
 from ledger.state import StateMachine
 from node.archive import EventArchive, read_archive
@@ -49,6 +62,20 @@ META_NAME = "bench-replay.json"
 """Written next to the segments: what the archive holds and the live state hash to reach."""
 PARTITION = 0
 TARGET_TRANSFERS_PER_S = 300_000
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASELINE_TREES = ("ledger", "node", "proto")
+"""What `--baseline-rev` exports of the old commit: everything a replay imports of ours."""
+SUBPROCESS_TIMEOUT_S = 600
+
+_TIME_ONE_REPLAY = """
+import json, sys, time
+from node.replay_cli import Bound, replay_partition
+started, cpu = time.perf_counter(), time.process_time()
+state = replay_partition(sys.argv[1], int(sys.argv[2]), Bound()).state
+wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+print(json.dumps({"wall_s": wall_s, "cpu_s": cpu_s, "state_hash": state.state_hash()}))
+"""
+"""One `replay_partition` of the code in the working directory, timed in a fresh process."""
 
 
 def _setup_batches(names: list[str], batch_size: int) -> list[list[c.Command]]:
@@ -118,7 +145,7 @@ def one_run(directory: str, expected_hash: str) -> dict[str, float]:
     def replay_gc_on() -> StateMachine:  # the same loop, the cyclic GC left running
         state = StateMachine(PARTITION)
         for record in read_archive(directory, PARTITION):
-            state.apply_entry(decode_entry(record.entry_blob), record.log_index)
+            state.apply_wire_entry(parse_entry(record.entry_blob), record.log_index)
         return state
 
     def read_only() -> None:
@@ -126,6 +153,13 @@ def one_run(directory: str, expected_hash: str) -> dict[str, float]:
             pass
 
     blobs = [(r.log_index, r.entry_blob) for r in read_archive(directory, PARTITION)]
+
+    def parse_apply() -> StateMachine:
+        state = StateMachine(PARTITION)
+        with paused_cyclic_gc():
+            for log_index, blob in blobs:
+                state.apply_wire_entry(parse_entry(blob), log_index)
+        return state
 
     def decode_apply() -> StateMachine:
         state = StateMachine(PARTITION)
@@ -136,7 +170,8 @@ def one_run(directory: str, expected_hash: str) -> dict[str, float]:
 
     seconds: dict[str, float] = {}
     for name, run in (("replay_s", replay), ("replay_gc_on_s", replay_gc_on),
-                      ("decode_apply_s", decode_apply), ("read_only_s", read_only)):
+                      ("parse_apply_s", parse_apply), ("decode_apply_s", decode_apply),
+                      ("read_only_s", read_only)):
         seconds[name], state = _timed(run)
         if state is not None and state.state_hash() != expected_hash:
             raise AssertionError(f"{name}: replay reached another state than the live one")
@@ -150,6 +185,34 @@ def one_run(directory: str, expected_hash: str) -> dict[str, float]:
     if state.state_hash() != expected_hash:
         raise AssertionError("apply only: replay reached another state than the live one")
     return seconds
+
+
+def export_revision(revision: str, destination: str) -> None:
+    """Write the `BASELINE_TREES` of commit `revision` into `destination` (read-only git)."""
+    done = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=tar", revision,
+                           *BASELINE_TREES], capture_output=True, timeout=SUBPROCESS_TIMEOUT_S,
+                          check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"--baseline-rev {revision}: git archive failed: "
+                         f"{done.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as archive:
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+
+            archive.extractall(destination, filter="data")
+        else:
+            archive.extractall(destination)  # our own commit: trusted
+
+
+def time_replay_in_process(code_root: str, directory: str, expected_hash: str) -> dict[str, float]:
+    """Wall and CPU seconds of one replay by the code under `code_root`, in a fresh process."""
+    done = subprocess.run([sys.executable, "-c", _TIME_ONE_REPLAY, directory, str(PARTITION)],
+                          cwd=code_root, capture_output=True, text=True,
+                          timeout=SUBPROCESS_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"the replay under {code_root} failed:\n{done.stderr}")
+    timing = json.loads(done.stdout)
+    if timing["state_hash"] != expected_hash:
+        raise AssertionError(f"the replay under {code_root} reached another state")
+    return {"wall_s": float(timing["wall_s"]), "cpu_s": float(timing["cpu_s"])}
 
 
 def _load_or_generate(archive: str | None, args: argparse.Namespace,
@@ -175,15 +238,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--baseline-rev", metavar="REV",
+                        help="also time the replay of commit REV's code against the current "
+                        "code, each in a fresh process, alternately (e.g. 198bb9c)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="raftwallet-replay-") as scratch:
         directory, meta = _load_or_generate(args.archive, args, scratch)
-        runs = []
+        expected_hash = str(meta["state_hash"])
+        baseline_root = os.path.join(scratch, "baseline")
+        if args.baseline_rev:
+            export_revision(args.baseline_rev, baseline_root)
+        runs, pairs = [], []
         for number in range(args.runs):
-            runs.append(one_run(directory, str(meta["state_hash"])))
+            runs.append(one_run(directory, expected_hash))
             print(f"run {number + 1}/{args.runs}: " + ", ".join(
                 f"{name} {value:.2f}" for name, value in runs[-1].items()), flush=True)
+            if args.baseline_rev:
+                pairs.append({
+                    "baseline": time_replay_in_process(baseline_root, directory, expected_hash),
+                    "current": time_replay_in_process(str(REPO_ROOT), directory, expected_hash),
+                })
+                print(f"  in fresh processes: {args.baseline_rev} "
+                      f"{pairs[-1]['baseline']['wall_s']:.2f} s, current "
+                      f"{pairs[-1]['current']['wall_s']:.2f} s", flush=True)
 
     def median(name: str) -> float:
         return statistics.median(run[name] for run in runs)
@@ -199,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay_entries_per_s": round(entries / median("replay_s")),
         "replay_transfers_per_s": round(transfers / median("replay_s")),
         "replay_gc_on_transfers_per_s": round(transfers / median("replay_gc_on_s")),
+        "parse_apply_transfers_per_s": round(transfers / median("parse_apply_s")),
         "decode_apply_entries_per_s": round(entries / median("decode_apply_s")),
         "decode_apply_transfers_per_s": round(transfers / median("decode_apply_s")),
         "apply_only_transfers_per_s": round(transfers / median("apply_only_s")),
@@ -209,16 +288,44 @@ def main(argv: list[str] | None = None) -> int:
         "raw_seconds": runs,
     }
     report["target_met"] = report["replay_transfers_per_s"] >= TARGET_TRANSFERS_PER_S
+    if pairs:
+        report["baseline"] = _baseline_report(args.baseline_rev, pairs, transfers)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"replay (median of {args.runs}): {report['replay_entries_per_s']:,} entries/s, "
           f"{report['replay_transfers_per_s']:,} transfers/s (GC on "
-          f"{report['replay_gc_on_transfers_per_s']:,}/s, decode + apply from memory "
+          f"{report['replay_gc_on_transfers_per_s']:,}/s, parse + apply from memory "
+          f"{report['parse_apply_transfers_per_s']:,}/s, decode + apply from memory "
           f"{report['decode_apply_transfers_per_s']:,}/s, apply only "
           f"{report['apply_only_transfers_per_s']:,}/s, read + verify "
           f"{report['read_verify_mib_per_s']} MiB/s); target {TARGET_TRANSFERS_PER_S:,}/s "
           f"{'met' if report['target_met'] else 'NOT met'}; written to {args.output}")
+    if pairs:
+        baseline = report["baseline"]
+        print(f"against {args.baseline_rev} (fresh processes, same runs): "
+              f"{baseline['speedup_wall']}x wall, {baseline['speedup_cpu']}x CPU "
+              f"({baseline['baseline_transfers_per_s']:,} -> "
+              f"{baseline['current_transfers_per_s']:,} transfers/s)")
     return 0
+
+
+def _baseline_report(revision: str, pairs: list[dict[str, dict[str, float]]],
+                     transfers: int) -> dict[str, Any]:
+    """Medians of the paired fresh-process runs, and the speedups they give."""
+
+    def median(side: str, clock: str) -> float:
+        return statistics.median(pair[side][clock] for pair in pairs)
+
+    return {
+        "rev": revision,
+        "what": "replay_partition timed in fresh processes, the baseline and the current code "
+                "one after the other in each run; medians",
+        "baseline_transfers_per_s": round(transfers / median("baseline", "wall_s")),
+        "current_transfers_per_s": round(transfers / median("current", "wall_s")),
+        "speedup_wall": round(median("baseline", "wall_s") / median("current", "wall_s"), 2),
+        "speedup_cpu": round(median("baseline", "cpu_s") / median("current", "cpu_s"), 2),
+        "raw_seconds": pairs,
+    }
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ledger.codec import decode_entry
+from ledger.codec import parse_entry
 from ledger.commands import Entry
 from ledger.state import Balance, StateMachine
 
@@ -20,12 +20,19 @@ LogRecord = tuple[int, Entry | bytes]
 def replay(
     records: Iterable[LogRecord], partition: int, until_position: int | None = None
 ) -> StateMachine:
-    """Apply `records` in order to a fresh state machine, up to `until_position` inclusive."""
+    """Apply `records` in order to a fresh state machine, up to `until_position` inclusive.
+
+    Encoded entries take the replay's fast path (`parse_entry`, `apply_wire_entry`):
+    the same state, bit for bit, as decoding them first.
+    """
     state = StateMachine(partition)
     for log_index, entry in records:
         if until_position is not None and state.position >= until_position:
             break
-        state.apply_entry(decode_entry(entry) if isinstance(entry, bytes) else entry, log_index)
+        if isinstance(entry, bytes):
+            state.apply_wire_entry(parse_entry(entry), log_index)
+        else:
+            state.apply_entry(entry, log_index)
     return state
 
 

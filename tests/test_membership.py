@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
@@ -102,6 +103,11 @@ def test_a_new_node_takes_over_an_old_one_while_transfers_flow(cluster: LocalClu
         stream.wait_for(before + 5)
     cluster.kill("n1", signal.SIGTERM)
     assert_each_applied_once(cluster, payer, payee, stream.acknowledged)
+    balances: list[pb.GetBalanceResponse] = [
+        call_until_done(cluster, "GetBalance", pb.GetBalanceRequest(account_id=a))  # type: ignore[misc]
+        for a in (payer, payee)]
+    total = sum((Decimal(b.balance) for b in balances), Decimal(0))
+    assert total == Decimal("1000000.00"), "money was created or lost"
     survivors = ("n2", "n3", "n4")
     wait_until(lambda: len({cluster_map(cluster, n)["version"] for n in survivors}) == 1,
                "every node to hold the same cluster map")
