@@ -637,6 +637,34 @@ def cmd_cluster_map(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def cmd_node_snapshot(args: argparse.Namespace, out: Output) -> int:
+    targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
+                              args.config)
+    if len(targets) != 1:
+        raise UsageError("node snapshot needs exactly one --target HOST:PORT (the node whose "
+                         "replicas take the snapshot)")
+    channel = open_channel(targets[0], resolve_credentials(args))
+    positions: dict[str, int] = {}
+    try:
+        admin = wallet_pb2_grpc.AdminServiceStub(channel)
+        for partition in args.partition:
+            try:
+                answer = admin.Snapshot(pb.SnapshotRequest(partition=partition),
+                                        timeout=max(args.timeout, 60.0))
+            except grpc.RpcError as exc:
+                out.error(f"partition {partition}: {exc.code().name}: {exc.details()}")
+                return EXIT_REFUSED
+            positions[str(partition)] = int(answer.position)
+            if not out.as_json:
+                out.out.write(f"partition {partition}: snapshot requested at position "
+                              f"{answer.position}\n")
+    finally:
+        channel.close()
+    if out.as_json:
+        out.emit({"target": targets[0], "positions": positions}, "")
+    return EXIT_OK
+
+
 def cmd_rebalance_leaders(args: argparse.Namespace, out: Output) -> int:
     def run(client: membership_cli.AdminClient, say: Callable[[str], None]) -> int:
         response = client.admin("RebalanceLeaders", pb.RebalanceLeadersRequest())
@@ -951,6 +979,14 @@ def build_parser() -> argparse.ArgumentParser:
                  "Remove NODE from the cluster map; refused while it still hosts a replica "
                  "(run `node drain` first).")
     p.add_argument("node", metavar="NODE")
+    _global_options(p, top=False)
+    p = _command(node_commands, "snapshot", "make a node's replicas take a snapshot now",
+                 cmd_node_snapshot,
+                 "Ask the node of --target to compact the log of each given partition now "
+                 "(AdminService.Snapshot): its snapshot is written in the background, and "
+                 "its journal shrinks to the entries after it. Useful before a cold backup.")
+    p.add_argument("--partition", type=int, action="append", required=True, metavar="P",
+                   help="a partition the node hosts (repeat for several)")
     _global_options(p, top=False)
     p = _command(node_commands, "drain", "move every replica of a node to other nodes",
                  cmd_node_drain,

@@ -268,10 +268,13 @@ def _remove_replica(current: ClusterMap, command: Mapping[str, Any]) -> ClusterM
         raise MapChangeRefused(f"node {node_id!r} does not host {group_name(group)}",
                                "not_found")
     busy = current.change_in_progress(group)
-    if busy is not None:
+    cancelling = busy is not None and busy.node_id == node_id and busy.state == JOINING
+    if busy is not None and not cancelling:
         raise MapChangeRefused(
             f"{group_name(group)} already has a membership change in progress "
             f"({busy.node_id} is {busy.state}); one change per group at a time: wait for it")
+    # Removing a joining replica cancels its addition (e.g. its node was lost meanwhile):
+    # it leaves like any other replica, from the Raft group if it got there.
     voters = [s for s in slots if s.state == VOTER and s.node_id != node_id]
     if not voters:
         raise MapChangeRefused(

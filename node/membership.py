@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 MAP_FILE = "cluster-map.json"
 MAP_POLL_PERIOD_S = 1.0
+VOTER_POLL_PERIOD_S = 5.0
 RECONCILE_PERIOD_S = 0.5
 PROPOSE_TIMEOUT_S = 10.0
 CAUGHT_UP_ENTRIES_MAX = 50
@@ -223,14 +224,18 @@ class Membership:
         return None
 
     async def _refresh(self) -> None:
+        """Take the newest map: from this node's metadata replica, and by polling voters
+        (every MAP_POLL_PERIOD_S, or VOTER_POLL_PERIOD_S on a voter). Voters poll too: a
+        voter just removed from the metadata group no longer receives its log (and still
+        believes in its last leader), so only polling shows it the map without itself."""
         meta = self._meta()
+        period_s = MAP_POLL_PERIOD_S
         if meta is not None:
             current = meta.current()
             if current is not None:
                 self.offer(current)
-            if meta.leader_address() is not None or time.monotonic() - self._polled_at < 5.0:
-                return
-        if time.monotonic() - self._polled_at < MAP_POLL_PERIOD_S:
+            period_s = VOTER_POLL_PERIOD_S
+        if time.monotonic() - self._polled_at < period_s:
             return
         self._polled_at = time.monotonic()
         voters = [s.node_id for s in self.map.slots(META) if s.node_id != self.host.node_id]

@@ -118,7 +118,7 @@ def _write_identity(data_dir: Path, identity: dict[str, object]) -> None:
 
 
 def initial_map(config: ClusterConfig, node_id: str, data_dir: Path, incarnation: str,
-                credentials: Credentials) -> ClusterMap:
+                credentials: Credentials, join: bool = False) -> ClusterMap:
     """The map this node starts from: its cached copy, else the newest a peer serves,
     else (a new cluster) version 1 built from the cluster file. Refuses a node the
     map does not know, and a node whose id already runs with another data dir."""
@@ -126,6 +126,10 @@ def initial_map(config: ClusterConfig, node_id: str, data_dir: Path, incarnation
     if cluster_map is None:
         seeds = [n.grpc_address for n in config.nodes if n.id != node_id]
         cluster_map = fetch_map(seeds, credentials, timeout_s=1.0)
+        if cluster_map is None and join:
+            raise StartRefused(
+                "--join needs the cluster map from a running node, and no node of the "
+                "cluster file answered: start it when the cluster is up")
         if cluster_map is None:
             if node_id not in {n.id for n in config.nodes}:
                 raise StartRefused(
@@ -411,7 +415,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         # the bootstrap file, says whether it belongs (initial_map below).
         incarnation = check_identity(data_dir, config, node_id, bootstrap, join)
         cache = MapCache(data_dir / MAP_FILE, initial_map(
-            config, node_id, data_dir, incarnation, node_client_credentials(config)))
+            config, node_id, data_dir, incarnation, node_client_credentials(config), join))
         cache.save()
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
                                 archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")

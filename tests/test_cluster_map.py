@@ -82,6 +82,16 @@ def test_a_second_change_to_a_group_is_refused_while_one_is_in_progress() -> Non
     apply_command(cluster_map, {"op": "add_replica", "group": 1, "node_id": "n4"})
 
 
+def test_removing_a_joining_replica_cancels_its_addition() -> None:
+    cluster_map = apply_command(three_nodes(), node_command("add_node", node=n4()))
+    cluster_map = apply_command(cluster_map, {"op": "add_replica", "group": 0, "node_id": "n4"})
+    with pytest.raises(MapChangeRefused, match="membership change in progress"):
+        apply_command(cluster_map, {"op": "remove_replica", "group": 0, "node_id": "n1"})
+    cancelled = apply_command(cluster_map, {"op": "remove_replica", "group": 0,
+                                            "node_id": "n4"})
+    assert cancelled.slot_of(0, "n4").state == LEAVING  # type: ignore[union-attr]
+
+
 def test_a_removed_replica_leaves_then_disappears() -> None:
     cluster_map = apply_command(three_nodes(), {"op": "remove_replica", "group": 1,
                                                 "node_id": "n2"})

@@ -97,6 +97,10 @@ def test_a_new_node_takes_over_an_old_one_while_transfers_flow(cluster: LocalClu
             assert moved.returncode == 0, moved.stdout + moved.stderr
         drained = walletctl(cluster, "node", "drain", "n1")
         assert drained.returncode == 0, drained.stdout + drained.stderr
+        # n1 left the metadata group, so no longer receives its log: it must still learn
+        # the newer maps (by polling), or tools asking it would wait forever.
+        wait_until(lambda: not any(node == "n1" for node, _ in slots(
+            cluster_map(cluster, "n1"), PARTITIONS)), "n1 to see itself out of the map's voters")
         removed = walletctl(cluster, "node", "remove", "n1")
         assert removed.returncode == 0, removed.stdout + removed.stderr
         before = len(stream.acknowledged)
@@ -244,3 +248,17 @@ def test_a_node_whose_disk_was_lost_is_replaced_under_a_new_id(cluster: LocalClu
     # The old id is refused, with a new empty disk as with --bootstrap.
     process = cluster.start("n3", bootstrap=True)
     assert process.wait(timeout=WAIT_S) == 3
+
+
+def test_node_snapshot_compacts_the_named_partitions_of_one_node(cluster: LocalCluster) -> None:
+    open_funded_pair(cluster, 0, "snap")  # something to compact
+    taken = walletctl(cluster, "--json", "node", "snapshot", "--partition", "0",
+                      "--partition", "1")
+    assert taken.returncode == 0, taken.stderr
+    answer = json.loads(taken.stdout)
+    assert answer["positions"]["0"] >= 1 and set(answer["positions"]) == {"0", "1"}
+    wait_until(lambda: any(
+        p.partition == 0 and p.last_snapshot_position >= answer["positions"]["0"]
+        for p in cluster.admin("n2").ClusterStatus(
+            pb.ClusterStatusRequest(local_only=True), timeout=5).partitions),
+        "n2's snapshot of partition 0 to be written")
