@@ -22,10 +22,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from pysyncobj import SyncObj, SyncObjConsumer, replicated
+from pysyncobj import SyncObjConsumer, replicated
 
 from node.cluster_map import ClusterMap, MapChangeRefused, apply_command, decode_map
 from node.journal import DurableJournal
+from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
 from node.replica import RaftSettings, _SyncingTransport, halt, hold_elections, raft_conf
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ class MetadataGroup:
                          logCompactionMinEntries=NEVER_COMPACT,
                          logCompactionMinTime=NEVER_COMPACT)
         self._consumer = _MapConsumer(self)
-        self.syncobj = SyncObj(self_address, peer_addresses, conf, consumers=[self._consumer],
-                               transportClass=_SyncingTransport)
+        self.syncobj = LogMatchingSyncObj(self_address, peer_addresses, conf,
+                                          consumers=[self._consumer],
+                                          transportClass=_SyncingTransport)
         journal = self.syncobj._SyncObj__raftLog
         if not isinstance(journal, DurableJournal):
             raise RuntimeError("node.journal.install() must run before the metadata group")
@@ -97,6 +99,8 @@ class MetadataGroup:
                     if self.syncobj._getLeader() is not None:
                         self.joining = False
                 self.syncobj.doTick(period_s)
+            except LogMatchingViolated as exc:
+                halt(f"metadata group: {exc}")
             except Exception:
                 log.exception("metadata tick failed")
                 self._stopping.wait(period_s)

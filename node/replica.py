@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pysyncobj import SERIALIZER_STATE, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import SERIALIZER_STATE, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
 from pysyncobj.transport import TCPTransport
 
@@ -39,6 +39,7 @@ from ledger.state import StateMachine
 from node import failpoints, snapshot_file
 from node.archive import EventArchive
 from node.journal import DurableJournal
+from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,9 @@ class _SyncingTransport(TCPTransport):  # type: ignore[misc]
         return bool(super().send(node, message))
 
 
-class _PartitionSyncObj(SyncObj):  # type: ignore[misc]
-    """SyncObj with a dump loader that keeps committed entries and fails loudly."""
+class _PartitionSyncObj(LogMatchingSyncObj):
+    """SyncObj with a dump loader that keeps committed entries and fails loudly, and
+    followers that truncate only from a conflicting entry (node.log_matching)."""
 
     installing_snapshot = False
     """True while loading a snapshot just received from the leader (not our own)."""
@@ -278,6 +280,8 @@ class PartitionReplica:
                     if syncobj._getLeader() is not None:
                         self.joining = False
                 syncobj.doTick(period_s)
+            except LogMatchingViolated as exc:
+                halt(f"partition {self.partition}: {exc}")
             except Exception:
                 # The library's own tick thread logs and goes on; so do we. Apply
                 # errors never get here: they halt the process in _apply.
