@@ -11,7 +11,10 @@ amount and currency already encoded; only the 36-character transaction id is
 appended per transfer), sent as raw bytes (no protobuf object per call), and
 unary answers are not parsed (a SUCCEEDED answer begins with the bytes 08 01).
 Each worker reports the CPU time it used, so the parent can tell whether the
-load generator, rather than the cluster, is the limit.
+load generator, rather than the cluster, is the limit. A worker presents the
+credentials it was started with (tokens, TLS: a running cluster's, in the
+harness's target mode) on every channel; without any, its channels are plain
+insecure ones with no interceptor on the hot path.
 
 HTTP workloads (`RunJob.http_targets` set) send the same unary transfers as
 `POST /v1/wallet/balance_transfer` JSON requests to the HTTP gateway instead, with
@@ -69,6 +72,7 @@ import grpc
 import grpc.aio
 import httpx
 
+from client.auth import NO_CREDENTIALS, Credentials, open_aio_channel
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -159,6 +163,9 @@ class RunJob:
     worker offering `rate_per_s` transfers/s; `callers` is then unused."""
     arrivals: str = "poisson"
     """Open loop: "poisson" or "fixed" gaps between intended send times (see ARRIVALS)."""
+    plaintext: bool = False
+    """True: plain channels without tokens, whatever the worker's credentials (for the
+    harness's local no-op server, which speaks neither TLS nor tokens)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +204,8 @@ class BalancesDone:
     found: int
     missing: list[str]
     errors: dict[str, int]
+    negative: list[str] = field(default_factory=list)
+    """Accounts read with a balance below zero (none, if the ledger keeps its invariant)."""
 
 
 @dataclass(slots=True)
@@ -497,27 +506,37 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
 # --- the worker -------------------------------------------------------------------------------
 
 
-def worker_main(conn: Connection, index: int, progress: Any) -> None:
-    """Entry point of a worker process (multiprocessing "spawn" target)."""
+def worker_main(conn: Connection, index: int, progress: Any,
+                credentials: Credentials = NO_CREDENTIALS) -> None:
+    """Entry point of a worker process (multiprocessing "spawn" target).
+
+    `credentials` (tokens, TLS) are presented on every channel: those of the cluster
+    under test (a running cluster's file in target mode; none for the harness's own).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     try:
-        asyncio.run(_Worker(conn, index, progress).serve())
+        asyncio.run(_Worker(conn, index, progress, credentials).serve())
     except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent went away
 
 
 class _Worker:
-    def __init__(self, conn: Connection, index: int, progress: Any) -> None:
+    def __init__(self, conn: Connection, index: int, progress: Any,
+                 credentials: Credentials = NO_CREDENTIALS) -> None:
         self.conn = conn
         self.index = index
         self.progress = progress
-        self.channels: dict[str, grpc.aio.Channel] = {}
+        self.credentials = credentials
+        self.channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
 
-    def channel(self, address: str) -> grpc.aio.Channel:
-        found = self.channels.get(address)
+    def channel(self, address: str, plaintext: bool = False) -> grpc.aio.Channel:
+        """One channel per address; a token interceptor only when there are tokens to send
+        (NO_CREDENTIALS, or `plaintext`: a plain insecure channel, the leanest hot path)."""
+        found = self.channels.get((address, plaintext))
         if found is None:
-            found = self.channels[address] = grpc.aio.insecure_channel(
-                address, options=CHANNEL_OPTIONS)
+            credentials = NO_CREDENTIALS if plaintext else self.credentials
+            found = self.channels[(address, plaintext)] = open_aio_channel(
+                address, credentials, CHANNEL_OPTIONS)
         return found
 
     async def receive(self) -> object:
@@ -596,6 +615,7 @@ class _Worker:
         total = 0
         found = 0
         missing: list[str] = []
+        negative: list[str] = []
         semaphore = asyncio.Semaphore(job.concurrency)
 
         async def one(account: str, partition: int) -> None:
@@ -609,14 +629,17 @@ class _Worker:
 
             async with semaphore:
                 if await self._retrying(read, errors):
-                    total += minor_units(answers[-1].balance)
+                    balance_minor = minor_units(answers[-1].balance)
+                    total += balance_minor
                     found += 1
+                    if balance_minor < 0:
+                        negative.append(account)
                 else:
                     missing.append(account)
 
         await asyncio.gather(*(one(a, p) for a, p in zip(job.accounts, job.partition_of,
                                                           strict=True)))
-        return BalancesDone(total, found, missing, dict(errors))
+        return BalancesDone(total, found, missing, dict(errors), negative)
 
     # -- the measured workloads --------------------------------------------------------------
 
@@ -628,8 +651,9 @@ class _Worker:
         if not templates:
             return WorkerFailed("no two accounts to transfer between")
         path = f"{SERVICE}/{'Transfer' if job.batch_size == 1 else 'TransferBatch'}"
-        calls = [self.channel(address).unary_unary(path) for address in job.targets]
-        get_calls = [self.channel(address).unary_unary(f"{SERVICE}/GetTransfer")
+        calls = [self.channel(address, job.plaintext).unary_unary(path)
+                 for address in job.targets]
+        get_calls = [self.channel(address, job.plaintext).unary_unary(f"{SERVICE}/GetTransfer")
                      for address in job.targets]
         # Unary: one list of (call, GetTransfer call, prefix, from_account, cross).
         # Batches: pools of batch items and the calls taking turns to send them, each with

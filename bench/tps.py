@@ -54,6 +54,29 @@ name), p50/p99/p999 of the time to final outcome, the nodes' CPU per committed
 transfer (user + system time of the node processes from /proc/<pid>/stat over the
 measured window) and the load generator's own CPU per transfer.
 
+Target mode (`--config FILE`, or `--target HOST:PORT` repeated): the workloads run
+against an ALREADY RUNNING cluster (bench.running_cluster), which the harness
+neither starts nor stops. The nodes' addresses and the credentials (tokens, TLS)
+come from the cluster file (--target alone: RAFTWALLET_TOKEN / RAFTWALLET_ADMIN_TOKEN);
+the partition count and the preferred leaders from the cluster map (GetClusterMap),
+the actual leaders and Raft commit indexes from ClusterStatus when the admin token
+is there. The accounts are the run's own (`bench-<UTC time>-<random>-NNNNNN`), so
+runs against one cluster never collide, and the books checked after every run are
+theirs: the sum of their balances comes back to what was deposited into them
+(read again, bounded, while transfers still in flight finish) and none is below
+zero; other clients' money, outboxes and replica positions are not looked at.
+The nodes' CPU per transfer is reported only when every node's process is on this
+machine (the one listening on its gRPC port), else "n/a". HTTP workloads and the
+scaling curve (which need clusters of the harness's own) are refused; the record
+and the report say `"mode": "target"` (else "managed").
+
+Profiles (`--profile DIR`, bench.profiler): during each workload's first run (from
+the opening of its measured window, for --duration-s whole seconds), py-spy records
+a flame graph of every node process on this machine and of each load generator
+process into DIR/<workload>-<process>.svg (n1.., loadgen0..). A process py-spy
+cannot attach to, or that was idle throughout, gets no graph and a reason in the
+record's `profile_errors`; the benchmark goes on.
+
 With an HTTP workload selected, every node also serves the HTTP gateway in its own
 process (`--http-listen 127.0.0.1:<free port>`). `http-unary` sends the transfers of
 `unary` as JSON requests (pre-built bodies, httpx.AsyncClient with HTTP/1.1 keep-alive,
@@ -96,16 +119,21 @@ bench/results/tps.json (`--output`).
     python -m bench.tps --workloads unary --callers 128 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads cross-batch1000 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads unary,http-unary --runs 3 --output bench/results/tps-http.json
+    python -m bench.tps --config cluster-configs/local-3node.toml --workloads unary,batch1000
+    python -m bench.tps --target 127.0.0.1:7101 --workloads unary --no-ceiling --runs 1
+    python -m bench.tps --workloads batch1000 --runs 1 --profile bench/results/profiles
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -118,7 +146,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -127,6 +155,10 @@ from typing import Any
 
 from bench import loadgen
 from bench.environment import describe
+from bench.profiler import FlameGraphs, py_spy_path, record_seconds
+from bench.running_cluster import RunningCluster, TargetUnavailable, parse_address
+from client.auth import NO_CREDENTIALS, Credentials, credentials_from_environment
+from client.sdk import normalize_targets
 from ledger.routing import partition_of
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -175,6 +207,7 @@ NEAR_CEILING = 0.8
 """A record at this share of the load generator's ceiling or above is flagged."""
 """Columns the result tables are laid out in at least (wider than that on a wide terminal)."""
 NODES = 3
+PARTITIONS_DEFAULT = 4
 CURRENCY = "USD"
 DEPOSIT = "1000000.00"
 DEPOSIT_MINOR = 100_000_000
@@ -217,7 +250,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-callers", type=int, default=4,
                         help="concurrent TransferBatch callers (default 4)")
     parser.add_argument("--accounts", type=int, default=2_000)
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=None,
+                        help=f"partitions of the cluster the harness starts (default "
+                             f"{PARTITIONS_DEFAULT}; with --config/--target: the running "
+                             "cluster's own, from its cluster map)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="target mode: measure the ALREADY RUNNING cluster of this cluster "
+                             "file (its nodes' addresses, tokens and TLS) instead of starting "
+                             "one; nothing is started or stopped")
+    parser.add_argument("--target", action="append", default=[], metavar="HOST:PORT",
+                        help="target mode: a node of an already running cluster (repeatable; "
+                             "the others are found from its cluster map); credentials from "
+                             "--config, else RAFTWALLET_TOKEN / RAFTWALLET_ADMIN_TOKEN")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="during each workload's first run, record a py-spy flame graph of "
+                             "each local node and load generator process into "
+                             "DIR/<workload>-<process>.svg")
     parser.add_argument("--workloads", default=None,
                         help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all "
                              "but open-cross-unary)")
@@ -287,11 +335,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.output is None:
         args.output = QUICK_RESULTS_PATH if quick else RESULTS_PATH
     full_run = args.workloads is None and not quick
-    args.workload_list = [w.strip() for w in (args.workloads or DEFAULT_WORKLOADS).split(",")
+    _parse_target(parser, args)
+    default_workloads = DEFAULT_WORKLOADS
+    if args.target_mode:  # no gateway addresses in a running cluster's map
+        default_workloads = ",".join(w for w in DEFAULT_WORKLOADS.split(",")
+                                     if WORKLOADS[w].protocol == "grpc")
+    args.workload_list = [w.strip() for w in (args.workloads or default_workloads).split(",")
                           if w.strip()]
     unknown = [w for w in args.workload_list if w not in WORKLOADS]
     if unknown or not args.workload_list:
         parser.error(f"--workloads: unknown {unknown}; choose from {', '.join(WORKLOADS)}")
+    if args.target_mode:
+        http = [w for w in args.workload_list if WORKLOADS[w].protocol == "http"]
+        if http:
+            parser.error(f"--workloads {','.join(http)}: HTTP workloads need the gateways the "
+                         "harness starts; not available with --config/--target")
+        if args.scaling:
+            parser.error("--scaling needs a fresh cluster for each partition count, which the "
+                         "harness starts itself: not available with --config/--target (run "
+                         "it without them)")
+        args.scaling = False
     if args.scaling is None:
         args.scaling = full_run
     args.scaling_workload_list = [w.strip() for w in args.scaling_workloads.split(",")
@@ -326,7 +389,52 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--callers, --batch-callers and --procs must be at least 1")
     if args.partitions < 1 or args.accounts < 2 * args.partitions:
         parser.error("need at least 1 partition and 2 accounts per partition")
+    if args.profile is not None:
+        args.py_spy = py_spy_path()
+        if args.py_spy is None:
+            parser.error("--profile needs py-spy (pip install py-spy): not found next to "
+                         f"{sys.executable} nor on PATH")
     return args
+
+
+def _parse_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Target mode (--config / --target): the running cluster's addresses and credentials.
+
+    Sets `args.target_mode`, `args.target_addresses` and `args.credentials` (the
+    tokens and TLS the load generators present); resolves `args.partitions`.
+    """
+    args.target_mode = args.config is not None or bool(args.target)
+    args.target_addresses = []
+    args.credentials = NO_CREDENTIALS
+    if not args.target_mode:
+        if args.partitions is None:
+            args.partitions = PARTITIONS_DEFAULT
+        return
+    if args.partitions is not None:
+        parser.error("--partitions: with --config/--target the partition count is the running "
+                     "cluster's (read from its cluster map)")
+    if args.uvloop:
+        parser.error("--uvloop applies to nodes the harness starts: not with --config/--target")
+    args.partitions = 1  # a placeholder until the cluster map is read (main)
+    try:
+        if args.config is not None:
+            from client.auth import CredentialsError, credentials_from_cluster_file
+            from node.config import ConfigError, load_cluster_config
+
+            try:
+                config = load_cluster_config(args.config)
+                args.credentials = credentials_from_cluster_file(args.config)
+            except (ConfigError, CredentialsError) as error:
+                parser.error(f"--config {args.config}: {error}")
+            args.target_addresses = [node.grpc_address for node in config.nodes]
+        else:
+            args.credentials = credentials_from_environment()
+        if args.target:
+            args.target_addresses = list(normalize_targets(args.target))
+            for address in args.target_addresses:
+                parse_address(address)
+    except ValueError as error:
+        parser.error(f"--target: {error}")
 
 
 # --- the cluster ------------------------------------------------------------------------------
@@ -452,6 +560,14 @@ class BenchCluster:
 
     def pids(self) -> dict[str, int]:
         return {node_id: p.pid for node_id, p in self.processes.items()}
+
+    def node_addresses(self) -> dict[str, str]:
+        """node id -> gRPC address."""
+        return {node.id: node.grpc_address for node in self.config.nodes}
+
+    @property
+    def all_nodes_local(self) -> bool:
+        return True  # the harness started every node itself
 
     # -- status --------------------------------------------------------------------------------
 
@@ -599,16 +715,20 @@ class Worker:
 
 
 class Workers:
-    """`count` spawned load generator processes; `close` stops them all."""
+    """`count` spawned load generator processes; `close` stops them all.
 
-    def __init__(self, count: int) -> None:
+    Each presents `credentials` (tokens, TLS) on its channels: a running cluster's, in
+    target mode; none for the clusters the harness starts (loopback, no wallet token).
+    """
+
+    def __init__(self, count: int, credentials: Credentials = NO_CREDENTIALS) -> None:
         context = multiprocessing.get_context("spawn")  # never fork a process using gRPC
         self.progress = context.RawArray("q", count)
         self.workers: list[Worker] = []
         for index in range(count):
             parent_end, child_end = context.Pipe()
             process = context.Process(target=loadgen.worker_main,
-                                      args=(child_end, index, self.progress),
+                                      args=(child_end, index, self.progress, credentials),
                                       name=f"bench-loadgen-{index}", daemon=True)
             process.start()
             child_end.close()
@@ -760,11 +880,13 @@ class Window:
 def drive(workers: Workers, progress: Progress, args: argparse.Namespace,
           jobs: Sequence[object | None], label: str, server_pids: Sequence[int],
           check_alive: Callable[[], None],
-          commit_indexes: Callable[[], list[int]] | None = None) -> Window:
+          commit_indexes: Callable[[], list[int]] | None = None,
+          on_measure: Callable[[], None] | None = None) -> Window:
     """Hand the RunJobs to the workers, start them together, show progress, collect stats.
 
     The server processes' CPU, the machine's and this process's are sampled when the
-    measured window opens (after the warm-up) and when it closes.
+    measured window opens (after the warm-up) and when it closes; `on_measure` is
+    called right after the opening samples (e.g. to start the profilers).
     """
     active = [i for i, job in enumerate(jobs) if job is not None]
     for i in active:
@@ -792,6 +914,8 @@ def drive(workers: Workers, progress: Progress, args: argparse.Namespace,
             machine_from = machine_cpu()
             harness_from = time.process_time()
             commits_from = commit_indexes() if commit_indexes is not None else []
+            if on_measure is not None:
+                on_measure()
         total = workers.progress_total()
         if now - last_time >= 0.5:
             rate = max(0.0, (total - last_total) / (now - last_time))
@@ -893,15 +1017,37 @@ class OpenPoint:
     closed_max_per_s: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterShape:
+    """What a record says about the cluster it measured (the harness's own, or a running one)."""
+
+    mode: str
+    """"managed": started and stopped by the harness; "target": already running (--config,
+    --target), its books checked on the harness's own accounts only."""
+    nodes: int
+    replicas_per_partition: int
+    durable_journal: bool | None
+    """None: not known (a running cluster's settings are its operator's)."""
+    nodes_cpu_measured: bool
+    """False when some node process is not on this machine: nodes' CPU is "n/a"."""
+
+
+MANAGED_SHAPE = ClusterShape("managed", NODES, NODES, True, True)
+
+ClusterUnderTest = BenchCluster | RunningCluster
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
-    cluster: BenchCluster
+    cluster: ClusterUnderTest
     workers: Workers
     accounts: list[str]
     account_partitions: list[int]
     progress: Progress
     partitions: int
+    profiled: set[str] = field(default_factory=set)
+    """Workloads already profiled (--profile): only each one's first run is."""
 
     @property
     def partition_count(self) -> int:
@@ -932,33 +1078,46 @@ class Bench:
               f"{time.monotonic() - started:.1f} s"
               + (f" (retried: {dict(errors)})" if errors else ""), flush=True)
 
-    def check_books(self) -> dict[str, Any]:
-        """Read every balance back; the sum must be what was deposited. Replicas must agree.
-
-        First waits (bounded) until no cross-partition transfer is in flight: only then
-        is every cent in some account's balance.
-        """
-        outbox_at_end, drain_s = self.cluster.wait_for_outboxes(OUTBOX_DRAIN_TIMEOUT_S)
+    def read_balances(self) -> list[loadgen.BalancesDone]:
+        """Every account's balance, read from its partition's leader (linearizable reads)."""
         leaders, _ = self.cluster.leaders()
         n = len(self.workers)
         jobs = [loadgen.BalancesJob(accounts, partitions, leaders, max(1, SETUP_CONCURRENCY // n))
                 for accounts, partitions in zip(_split(self.accounts, n),
                                                 _split(self.account_partitions, n),
                                                 strict=True)]
-        answers = [a for a in self.workers.gather(jobs) if isinstance(a, loadgen.BalancesDone)]
+        return [a for a in self.workers.gather(jobs) if isinstance(a, loadgen.BalancesDone)]
+
+    def check_books(self) -> dict[str, Any]:
+        """Read every balance back; the sum must be what was deposited, none below zero.
+
+        The harness's own cluster: first waits (bounded) until no cross-partition
+        transfer is in flight (only then is every cent in some account's balance), and
+        every replica must reach the same position and state hash. A running cluster
+        (target mode): `check_own_books`.
+        """
+        cluster = self.cluster
+        if isinstance(cluster, RunningCluster):
+            return self.check_own_books()
+        outbox_at_end, drain_s = cluster.wait_for_outboxes(OUTBOX_DRAIN_TIMEOUT_S)
+        answers = self.read_balances()
         total = sum(a.total_minor for a in answers)
         found = sum(a.found for a in answers)
+        negative = [account for a in answers for account in a.negative]
         expected = DEPOSIT_MINOR * len(self.accounts)
         deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-        agree, seen = self.cluster.replicas_agree()
+        agree, seen = cluster.replicas_agree()
         while not agree and time.monotonic() < deadline:
             time.sleep(0.2)
-            agree, seen = self.cluster.replicas_agree()
+            agree, seen = cluster.replicas_agree()
         books = {
-            "passed": found == len(self.accounts) and total == expected and agree,
+            "passed": (found == len(self.accounts) and total == expected and agree
+                       and not negative),
+            "scope": "every account of the cluster",
             "accounts_read": found,
             "sum_minor": total,
             "deposited_minor": expected,
+            "negative_balances": len(negative),
             "replicas_agree": agree,
             "positions": {str(p): sorted(position for position, _ in s) for p, s in seen.items()},
             "in_flight_at_end": outbox_at_end,
@@ -969,8 +1128,95 @@ class Bench:
             raise BenchFailed(
                 f"CONSERVATION FAILED: read {found} of {len(self.accounts)} balances, sum "
                 f"{total} minor units, deposited {expected} (difference {total - expected}); "
-                f"replicas agree: {agree} {seen}; unread accounts (first 10): {missing}")
+                f"below zero: {negative[:10]}; replicas agree: {agree} {seen}; unread "
+                f"accounts (first 10): {missing}")
         return books
+
+    def check_own_books(self) -> dict[str, Any]:
+        """Target mode: the books of this harness's own accounts, on a cluster others may use.
+
+        The cluster's totals and outboxes include other clients' money and transfers, so
+        they prove nothing here. This run's transfers go only between its own accounts
+        (a unique prefix), so the sum of their balances must come back to what was
+        deposited into them, and no balance may be below zero. Once the load generators
+        have stopped, a transfer still in flight only moves forward (credit, or
+        compensation), so the balances are read again (bounded, OUTBOX_DRAIN_TIMEOUT_S)
+        until the sum is the deposits; a sum still different then fails the benchmark,
+        as does any negative balance. Replicas are not compared (other clients' writes
+        keep them at different positions).
+        """
+        expected = DEPOSIT_MINOR * len(self.accounts)
+        started = time.monotonic()
+        deadline = started + OUTBOX_DRAIN_TIMEOUT_S
+        reads = 0
+        while True:
+            self.cluster.check_alive()
+            answers = self.read_balances()
+            reads += 1
+            total = sum(a.total_minor for a in answers)
+            found = sum(a.found for a in answers)
+            negative = [account for a in answers for account in a.negative]
+            balanced = found == len(self.accounts) and total == expected
+            if negative or balanced or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+        books = {
+            "passed": balanced and not negative,
+            "scope": f"this run's {len(self.accounts)} accounts only (target mode)",
+            "accounts_read": found,
+            "sum_minor": total,
+            "deposited_minor": expected,
+            "negative_balances": len(negative),
+            "replicas_agree": None,
+            "in_flight_at_end": None,
+            "balance_reads": reads,
+            "outbox_drain_s": round(time.monotonic() - started, 3),
+        }
+        if not books["passed"]:
+            missing = [m for a in answers for m in a.missing][:10]
+            raise BenchFailed(
+                f"CONSERVATION FAILED (this run's accounts): read {found} of "
+                f"{len(self.accounts)} balances, sum {total} minor units, deposited {expected} "
+                f"(difference {total - expected}) after {reads} reads in "
+                f"{books['outbox_drain_s']:.0f} s; below zero: {negative[:10]}; unread "
+                f"accounts (first 10): {missing}")
+        return books
+
+    def flame_graphs(self, workload: str, load_generators: int) -> FlameGraphs | None:
+        """The py-spy recordings of `workload`'s first run (--profile), else None.
+
+        Every node process on this machine and each of the first `load_generators`
+        load generator processes, into DIR/<workload>-<process>.svg (`-p<P>` added on
+        the scaling curve's other clusters, whose workloads repeat).
+        """
+        args = self.args
+        stem = workload if self.partitions == args.partitions else (
+            f"{workload}-p{self.partitions}")
+        if args.profile is None or stem in self.profiled:
+            return None
+        self.profiled.add(stem)
+        pids = dict(self.cluster.pids())
+        for index, worker in enumerate(self.workers.workers[:load_generators]):
+            if worker.process.pid is not None:
+                pids[f"loadgen{index}"] = worker.process.pid
+        return FlameGraphs(args.profile, stem, pids, record_seconds(args.duration_s),
+                           args.py_spy)
+
+    def finish_flame_graphs(self, graphs: FlameGraphs | None,
+                            record: dict[str, Any]) -> None:
+        """Wait for the recordings; the SVGs (and why any is missing) go into `record`."""
+        if graphs is None:
+            return
+        written, failed = graphs.finish()
+        record["profiles"] = written
+        if failed:
+            record["profile_errors"] = failed
+        for name, why in failed.items():
+            print(f"profile: no flame graph of {name} ({why}); continuing without it",
+                  flush=True)
+        if written:
+            print(f"profile: {len(written)} flame graph(s) in {graphs.directory}: "
+                  f"{', '.join(Path(p).name for p in written.values())}", flush=True)
 
     def one_run(self, workload: str, run: int, rate_per_s: float = 0.0,
                 label_suffix: str = "") -> dict[str, Any]:
@@ -987,12 +1233,13 @@ class Bench:
         if (args.leader_wait_s > 0 and leader_ids != self.cluster.preferred_leaders()
                 and self.cluster.wait_for_preferred_leaders(args.leader_wait_s)):
             leaders, leader_ids = self.cluster.leaders()
-        node_ids = [node.id for node in self.cluster.config.nodes]
+        node_addresses = self.cluster.node_addresses()
+        node_ids = list(node_addresses)
         if args.routing == "leader":
             targets = leaders
             target_ids = leader_ids
         else:
-            addresses = [node.grpc_address for node in self.cluster.config.nodes]
+            addresses = list(node_addresses.values())
             targets = [addresses[p % len(addresses)] for p in range(self.partition_count)]
             target_ids = [node_ids[p % len(node_ids)] for p in range(self.partition_count)]
         http_targets: tuple[str, ...] = ()
@@ -1010,14 +1257,24 @@ class Bench:
                                          arrivals=args.arrivals)
         label = (f"{workload:>16}{label_suffix} p{self.partitions} run {run + 1}/"
                  f"{args.runs}")
-        window = drive(self.workers, self.progress, args, jobs, label,
-                       list(self.cluster.pids().values()), self.cluster.check_alive,
-                       self.cluster.commit_indexes)
+        graphs = self.flame_graphs(workload, procs)
+        try:
+            window = drive(self.workers, self.progress, args, jobs, label,
+                           list(self.cluster.pids().values()), self.cluster.check_alive,
+                           self.cluster.commit_indexes,
+                           on_measure=graphs.start if graphs is not None else None)
+            record = window_record(window, float(args.duration_s), spec.mix)
+            self.finish_flame_graphs(graphs, record)
+        finally:
+            if graphs is not None:
+                graphs.stop()
         _, leader_ids_after = self.cluster.leaders()
         books = self.check_books()
-        record = window_record(window, float(args.duration_s), spec.mix)
-        record["nodes_cpu_cores"] = record.pop("server_cpu_cores")
-        record["nodes_cpu_us_per_transfer"] = record.pop("server_cpu_us_per_transfer")
+        cpu_measured = self.cluster.all_nodes_local
+        nodes_cpu_cores = record.pop("server_cpu_cores")
+        nodes_cpu_us = record.pop("server_cpu_us_per_transfer")
+        record["nodes_cpu_cores"] = nodes_cpu_cores if cpu_measured else None
+        record["nodes_cpu_us_per_transfer"] = nodes_cpu_us if cpu_measured else None
         record["raft_entries_per_s"] = (window.raft_entries / window.window_s
                                         if window.window_s else 0.0)
         record["transfers_per_entry"] = (record["transfers_per_s"] * window.window_s
@@ -1029,12 +1286,15 @@ class Bench:
         record["books"] = books
         self.progress.done(
             run_line(label, record)
-            + f"  nodes {record['nodes_cpu_us_per_transfer']:6.1f} us/transfer"
+            + f"  nodes {_number(record['nodes_cpu_us_per_transfer'], '6.1f')} us/transfer"
             f"  leaders {'/'.join(leader_ids)}  books ok"
             + (f"  answered PENDING {record['pending_answered']:,}"
                if record["pending_answered"] else "")
             + (f"  in flight at end {sum(books['in_flight_at_end'] or ()):,}, drained in "
-               f"{books['outbox_drain_s']:.1f} s" if books["outbox_drain_s"] >= 0.05 else "")
+               f"{books['outbox_drain_s']:.1f} s" if "balance_reads" not in books
+               and books["outbox_drain_s"] >= 0.05 else "")
+            + (f"  own books balanced after {books['balance_reads']} reads in "
+               f"{books['outbox_drain_s']:.1f} s" if books.get("balance_reads", 1) > 1 else "")
             + ("  LEADER CHANGED" if record["leader_changed"] else ""))
         return record
 
@@ -1141,7 +1401,8 @@ def measure_ceilings(args: argparse.Namespace, workers: Workers, progress: Progr
             for index, share in enumerate(_shares(callers, procs)):
                 jobs[index] = loadgen.RunJob(f"ceiling-{ceiling_name(batch_size)}", batch_size,
                                              share, by_partition, targets, CURRENCY,
-                                             args.seed * 1000 + run, args.timeout_s, "intra")
+                                             args.seed * 1000 + run, args.timeout_s, "intra",
+                                             plaintext=True)
             label = f"{'ceiling-' + ceiling_name(batch_size):>16} noop run {run + 1}/{args.runs}"
             window = drive(workers, progress, args, jobs, label, [noop.process.pid],
                            noop.check_alive)
@@ -1214,36 +1475,99 @@ def measure_cluster(args: argparse.Namespace, root: Path, partitions: int,
         cluster.wait_for_gateways()
         if cluster.http_addresses:
             print(f"http gateways: {cluster.http_addresses}", flush=True)
-        if args.leader_wait_s > 0:
-            started = time.monotonic()
-            settled = cluster.wait_for_preferred_leaders(args.leader_wait_s)
-            print(f"leaders {'/'.join(cluster.leaders()[1])} "
-                  + (f"(the preferred ones, after {time.monotonic() - started:.0f} s)"
-                     if settled else f"(not all preferred after {args.leader_wait_s:.0f} s: "
-                     "measuring with these)"), flush=True)
+        wait_for_preferred_leaders(args, cluster)
         accounts = [f"bench-{i:06d}" for i in range(args.accounts)]
         bench = Bench(args, cluster, workers, accounts,
                       [partition_of(a, partitions) for a in accounts], progress, partitions)
-        bench.setup_accounts()
-        bench.check_books()
-        records: list[dict[str, Any]] = []
-        for workload in workload_names:
-            if not WORKLOADS[workload].open_loop:
-                runs = [bench.one_run(workload, run) for run in range(args.runs)]
-                records.append(summarize(workload, runs, args, environment, partitions))
-                continue
-            for point in bench.open_points(workload, records):
-                suffix = f" @{point.rate_per_s:,.0f}/s"
-                runs = [bench.one_run(workload, run, point.rate_per_s, suffix)
-                        for run in range(args.runs)]
-                records.append(summarize(workload, runs, args, environment, partitions, point))
-        return records
+        return measure_workloads(bench, workload_names, environment, MANAGED_SHAPE)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
         try:
             cluster.stop()
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def wait_for_preferred_leaders(args: argparse.Namespace, cluster: ClusterUnderTest) -> None:
+    """With --leader-wait-s, wait (bounded) until every partition has its preferred leader."""
+    if args.leader_wait_s <= 0:
+        return
+    started = time.monotonic()
+    settled = cluster.wait_for_preferred_leaders(args.leader_wait_s)
+    print(f"leaders {'/'.join(cluster.leaders()[1])} "
+          + (f"(the preferred ones, after {time.monotonic() - started:.0f} s)"
+             if settled else f"(not all preferred after {args.leader_wait_s:.0f} s: "
+             "measuring with these)"), flush=True)
+
+
+def measure_workloads(bench: Bench, workload_names: Sequence[str],
+                      environment: dict[str, Any], shape: ClusterShape) -> list[dict[str, Any]]:
+    """Fund the accounts, check the books, then every workload's runs and their records."""
+    args = bench.args
+    bench.setup_accounts()
+    bench.check_books()
+    records: list[dict[str, Any]] = []
+    for workload in workload_names:
+        if not WORKLOADS[workload].open_loop:
+            runs = [bench.one_run(workload, run) for run in range(args.runs)]
+            records.append(summarize(workload, runs, args, environment, bench.partitions,
+                                     shape=shape))
+            continue
+        for point in bench.open_points(workload, records):
+            suffix = f" @{point.rate_per_s:,.0f}/s"
+            runs = [bench.one_run(workload, run, point.rate_per_s, suffix)
+                    for run in range(args.runs)]
+            records.append(summarize(workload, runs, args, environment, bench.partitions,
+                                     point, shape))
+    return records
+
+
+def new_run_prefix() -> str:
+    """A prefix no other run shares: UTC time to the second and 24 random bits.
+
+    Account ids are `<prefix>-NNNNNN` (at most 40 characters, within the ledger's 64).
+    """
+    return f"bench-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def target_shape(cluster: RunningCluster) -> ClusterShape:
+    return ClusterShape("target", len(cluster.node_addresses()),
+                        cluster.replicas_per_partition(), None, cluster.all_nodes_local)
+
+
+def measure_running(args: argparse.Namespace, cluster: RunningCluster, run_prefix: str,
+                    workload_names: Sequence[str], workers: Workers, progress: Progress,
+                    environment: dict[str, Any]) -> list[dict[str, Any]]:
+    """Measure every workload on an already running cluster (target mode).
+
+    Nothing is started or stopped; the accounts are this run's own (`run_prefix`), so
+    several runs against one cluster never share one, and the books checked are theirs.
+    """
+    partitions = cluster.partition_count
+    wait_for_preferred_leaders(args, cluster)
+    accounts = [f"{run_prefix}-{i:06d}" for i in range(args.accounts)]
+    bench = Bench(args, cluster, workers, accounts,
+                  [partition_of(a, partitions) for a in accounts], progress, partitions)
+    return measure_workloads(bench, workload_names, environment, target_shape(cluster))
+
+
+def connect_target(args: argparse.Namespace) -> RunningCluster:
+    """The running cluster of --config/--target; sets `args.partitions` to its count."""
+    cluster = RunningCluster(args.target_addresses, args.credentials, args.config)
+    args.partitions = cluster.partition_count
+    if args.accounts < 2 * args.partitions:
+        raise BenchFailed(f"--accounts {args.accounts}: the running cluster has "
+                          f"{args.partitions} partitions, at least 2 accounts each are needed")
+    pids = cluster.pids()
+    print(f"target: running cluster of {len(cluster.node_addresses())} nodes x "
+          f"{args.partitions} partitions ({cluster.replicas_per_partition()} replicas), map "
+          f"version {cluster.map.version}, via {', '.join(cluster.addresses)}; local node pids "
+          f"{pids or 'none'}"
+          + ("" if cluster.all_nodes_local else " (nodes' CPU per transfer: n/a)")
+          + ("" if args.credentials.admin_token else
+             "; no admin token: calls go to the preferred leaders, Raft entries not counted"),
+          flush=True)
+    return cluster
 
 
 def cluster_plan(args: argparse.Namespace) -> list[tuple[int, list[str]]]:
@@ -1266,9 +1590,22 @@ def _median(runs: Sequence[dict[str, Any]], key: str) -> float:
     return round(statistics.median(float(r[key]) for r in runs), 2)
 
 
+def _median_or_none(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    """The median, or None when some run has no figure (a node's CPU that was not measured)."""
+    if any(r[key] is None for r in runs):
+        return None
+    return _median(runs, key)
+
+
+def _number(value: float | None, spec: str) -> str:
+    """`value` formatted by `spec`, or "n/a" for a figure that was not measured."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespace,
               environment: dict[str, Any], partitions: int,
-              point: OpenPoint | None = None) -> dict[str, Any]:
+              point: OpenPoint | None = None,
+              shape: ClusterShape = MANAGED_SHAPE) -> dict[str, Any]:
     def median(key: str) -> float:
         return _median(runs, key)
 
@@ -1293,11 +1630,12 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         "transfers_per_call": batch_size,
         "callers": (None if spec.open_loop else args.callers if batch_size == 1
                     else args.batch_callers),
+        "mode": shape.mode,
         "partitions": partitions,
-        "nodes": NODES,
-        "replicas_per_partition": NODES,
+        "nodes": shape.nodes,
+        "replicas_per_partition": shape.replicas_per_partition,
         "accounts": args.accounts,
-        "durable_journal": True,
+        "durable_journal": shape.durable_journal,
         "routing": args.routing,
         "load_generator_processes": (args.procs if spec.open_loop else
                                      min(args.procs, args.callers if batch_size == 1
@@ -1324,14 +1662,23 @@ def summarize(workload: str, runs: list[dict[str, Any]], args: argparse.Namespac
         "client_cpu_us_per_call": median("client_cpu_us_per_call"),
         "client_cpu_us_per_transfer": median("client_cpu_us_per_transfer"),
         "client_cpu_cores": median("client_cpu_cores"),
-        "nodes_cpu_cores": median("nodes_cpu_cores"),
-        "nodes_cpu_us_per_transfer": median("nodes_cpu_us_per_transfer"),
+        # None ("n/a") when some node process was not found on this machine (target mode).
+        "nodes_cpu_cores": _median_or_none(runs, "nodes_cpu_cores"),
+        "nodes_cpu_us_per_transfer": _median_or_none(runs, "nodes_cpu_us_per_transfer"),
         "raft_entries_per_s": median("raft_entries_per_s"),
         "transfers_per_entry": median("transfers_per_entry"),
         "machine_cpu_busy_pct": median("machine_cpu_busy_pct"),
         "other_cpu_cores": median("other_cpu_cores"),
         "conservation_passed": all(r["books"]["passed"] for r in runs),
+        "conservation_scope": runs[0]["books"]["scope"],
+        "nodes_cpu_measured": shape.nodes_cpu_measured,
     }
+    profiles = {name: path for r in runs for name, path in r.get("profiles", {}).items()}
+    if profiles or any("profiles" in r for r in runs):
+        record["profiles"] = profiles
+    errors = {name: why for r in runs for name, why in r.get("profile_errors", {}).items()}
+    if errors:
+        record["profile_errors"] = errors
     if point is not None:
         record.update({
             "arrivals": args.arrivals,
@@ -1381,8 +1728,9 @@ def print_table(records: list[dict[str, Any]], ceilings: dict[int, dict[str, Any
             f"{sum(r['failures_total'].values()):,}", f"{r['pending_answered_total']:,}")
         cpu.add_row(
             r["workload"], str(r["partitions"]), offered(r),
-            f"{r['nodes_cpu_us_per_transfer']:.1f}", f"{r['client_cpu_us_per_transfer']:.1f}",
-            f"{r['nodes_cpu_cores']:.2f}", f"{r['client_cpu_cores']:.2f}",
+            _number(r["nodes_cpu_us_per_transfer"], ".1f"),
+            f"{r['client_cpu_us_per_transfer']:.1f}",
+            _number(r["nodes_cpu_cores"], ".2f"), f"{r['client_cpu_cores']:.2f}",
             f"{r['raft_entries_per_s']:,.0f}", f"{r['transfers_per_entry']:.1f}")
     console.print()
     console.print(speed)
@@ -1433,6 +1781,36 @@ def _terminate_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def load_generator_credentials(credentials: Credentials) -> Credentials:
+    """What the load generators present: the wallet token and TLS, never the admin token.
+
+    They call WalletService only; without a wallet token their channels carry no
+    token interceptor at all (the leanest hot path).
+    """
+    return dataclasses.replace(credentials, admin_token="")
+
+
+def target_report(args: argparse.Namespace, cluster: RunningCluster,
+                  run_prefix: str) -> dict[str, Any]:
+    """The report's account of a running cluster: where it was, what was found of it."""
+    return {
+        "config": str(args.config) if args.config is not None else None,
+        "addresses": list(cluster.addresses),
+        "map_version": cluster.map.version,
+        "nodes": cluster.node_addresses(),
+        "partitions": cluster.partition_count,
+        "replicas_per_partition": cluster.replicas_per_partition(),
+        "run_prefix": run_prefix,
+        "accounts": args.accounts,
+        "local_node_pids": cluster.pids(),
+        "nodes_cpu": ("measured: every node's process is on this machine (it includes any "
+                      "other client's load on the cluster)" if cluster.all_nodes_local else
+                      "n/a: not every node's process is on this machine"),
+        "leaders_from": ("ClusterStatus (admin token)" if args.credentials.admin_token
+                         else "the cluster map's preferred leaders (no admin token)"),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     environment = describe()
@@ -1445,8 +1823,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _terminate_on_sigterm():
         try:
             # Load generators first: spawned, so they share nothing with this process.
-            workers = Workers(args.procs)
+            workers = Workers(args.procs, load_generator_credentials(args.credentials))
             print(f"load generator pids {workers.pids()}", flush=True)
+            target: RunningCluster | None = None
+            run_prefix = ""
+            if args.target_mode:
+                target = connect_target(args)
+                run_prefix = new_run_prefix()
+                print(f"target: this run's accounts are {run_prefix}-000000 .. "
+                      f"{run_prefix}-{args.accounts - 1:06d}", flush=True)
             plan = cluster_plan(args)
             processes: dict[str, Any] = {"nodes": {}, "load_generators": workers.pids()}
             ceilings: dict[int, dict[str, Any]] = {}
@@ -1461,20 +1846,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                 noop.stop()
                 print(ceiling_line(ceilings), flush=True)
             records: list[dict[str, Any]] = []
-            for partitions, names in plan:
-                records.extend(measure_cluster(args, root / f"p{partitions}", partitions,
-                                               names, workers, progress, environment,
-                                               processes["nodes"]))
+            if target is not None:
+                records.extend(measure_running(args, target, run_prefix, args.workload_list,
+                                               workers, progress, environment))
+            else:
+                for partitions, names in plan:
+                    records.extend(measure_cluster(args, root / f"p{partitions}", partitions,
+                                                   names, workers, progress, environment,
+                                                   processes["nodes"]))
             annotate_ceiling(records, ceilings)
             report = {
                 "benchmark": "tps",
-                "what": "committed transfers/s of a local 3-node cluster (3 replicas per "
-                        "partition, durable journal), median of runs: intra-partition "
+                "mode": "managed" if target is None else "target",
+                "what": ("committed transfers/s of a local 3-node cluster (3 replicas per "
+                         "partition, durable journal)" if target is None else
+                         "committed transfers/s of an already running cluster (target mode: "
+                         "not started or stopped by the harness; books checked on this run's "
+                         "own accounts)")
+                        + ", median of runs: intra-partition "
                         "transfers (mix intra), a uniform random mix over all partitions "
                         "whose cross-partition transfers run as a saga (mix uniform), a Zipf "
                         "hot-account mix (mix zipf); closed loop, and open loop at offered "
                         "rates (latency from the intended send time); the load generator's "
                         "own ceiling against a no-op server",
+                **({} if target is None else {"target": target_report(args, target,
+                                                                      run_prefix)}),
                 "records": records,
                 "loadgen_ceiling": [ceilings[size] for size in sorted(ceilings)],
                 "conservation_passed": all(r["conservation_passed"] for r in records),
@@ -1490,11 +1886,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             plots = [p for p in (scaling_plot(records, scaling_png),
                                  latency_plot(records, latency_png)) if p is not None]
             print_table(records, ceilings, table_console())
-            print(f"\nconservation: every run's balances sum to the deposits; written to "
+            books = ("every run's balances sum to the deposits" if target is None else
+                     f"the balances of this run's {args.accounts:,} accounts ({run_prefix}-*) "
+                     "sum to their deposits after every run")
+            print(f"\nconservation: {books}; written to "
                   f"{args.output}" + "".join(f", {p}" for p in plots)
                   + f" in {time.monotonic() - started:.0f} s")
             status = 0
-        except BenchFailed as failure:
+        except (BenchFailed, TargetUnavailable) as failure:
             print(f"\nbench FAILED: {failure}", file=sys.stderr, flush=True)
             status = 1
         except KeyboardInterrupt:
@@ -1510,7 +1909,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     workers.close(hurry=status != 0)
             finally:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                if args.keep_data or status not in (0, 130):
+                if (args.keep_data or status not in (0, 130)) and any(root.iterdir()):
                     print(f"cluster directory kept: {root}", file=sys.stderr)
                 else:
                     shutil.rmtree(root, ignore_errors=True)

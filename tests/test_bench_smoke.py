@@ -6,30 +6,39 @@ the closed and the open loop, the three mixes and the load generator's ceiling
 against the no-op server. The load generator's accounting (transfers answered
 PENDING, the open loop's intended send times), the Zipf sampler, the no-op
 server's batch counting, the plots and the cluster plan are checked without a
-cluster, against fake calls.
+cluster, against fake calls. Target mode (--config: an already running cluster,
+here a tests.cluster_harness.LocalCluster) and --profile (py-spy flame graphs)
+run against one small cluster shared by their tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import math
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import grpc.aio
 import httpx
 import pytest
+from rich.console import Console
 
-from bench import loadgen, noop_server, plot, tps
+from bench import loadgen, noop_server, plot, profiler, running_cluster, tps
+from ledger.state import ACCOUNT_ID_RE
+from node.config import local_cluster_config
 from proto.wallet.v1 import wallet_pb2 as pb
+from tests.cluster_harness import LocalCluster, allocate_ports, call_until_done
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {"workload", "partitions", "transfers_per_s", "p50_ms", "p99_ms", "p999_ms",
@@ -424,3 +433,202 @@ def test_scaling_plan_reuses_the_main_cluster_and_adds_one_per_partition_count()
     assert tps.parse_args(["--workloads", "batch1000"]).scaling is False
     assert tps.ceiling_batch_sizes(["http-unary", "unary", "batch1000", "cross-unary"]) == [
         1, 1000]
+
+
+# --- target mode and --profile, against a running cluster ---------------------------------------
+
+TARGET_ACCOUNTS = 20
+SHORT_RUN = ["--duration-s", "1", "--warmup-s", "0.2", "--runs", "1", "--callers", "4",
+             "--client-processes", "1", "--no-ceiling", "--leader-wait-s", "0"]
+
+
+WALLET_TOKEN = "bench-smoke-wallet-token-5f3a9c1e"
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-node, 2-partition cluster started by the test, not by the harness.
+
+    Its WalletService wants a wallet token: the harness must take it from the file.
+    """
+    config = dataclasses.replace(
+        local_cluster_config("bench", 3, 2, allocate_ports, replication_factor=3),
+        wallet_token=WALLET_TOKEN)
+    cluster = LocalCluster(tmp_path_factory.mktemp("running-cluster"), config=config)
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        cluster.stop_all()
+
+
+def _bench(args: list[str], tmp_path: Path) -> dict[str, object]:
+    output = tmp_path / "tps.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.tps", *SHORT_RUN, "--output", str(output),
+         "--data-dir", str(tmp_path), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, object] = json.loads(output.read_text(encoding="utf-8"))
+    return report
+
+
+def test_target_mode_measures_a_running_cluster_on_its_own_accounts(
+        running: LocalCluster, tmp_path: Path) -> None:
+    report = _bench(["--config", str(running.config_path), "--workloads", "unary",
+                     "--accounts", str(TARGET_ACCOUNTS)], tmp_path)
+
+    assert report["mode"] == "target"
+    target = report["target"]
+    assert isinstance(target, dict)
+    assert target["partitions"] == 2 and target["config"] == str(running.config_path)
+    assert set(target["local_node_pids"]) == {"n1", "n2", "n3"}
+    records = report["records"]
+    assert isinstance(records, list) and len(records) == 1
+    record = records[0]
+    assert record["mode"] == "target" and record["workload"] == "unary"
+    assert record["partitions"] == 2 and record["nodes"] == 3
+    assert record["transfers_per_s"] > 0 and record["conservation_passed"] is True
+    assert record["conservation_scope"].startswith(f"this run's {TARGET_ACCOUNTS} accounts")
+    # The nodes are this machine's processes, found by their listening ports: CPU measured.
+    assert record["nodes_cpu_us_per_transfer"] is not None
+    processes = report["processes"]
+    assert isinstance(processes, dict) and processes["nodes"] == {}  # none started
+    # Nothing stopped: the cluster's own processes still run.
+    assert all(process.poll() is None for process in running.processes.values())
+    # Read from the other side: the run's own accounts hold exactly what it deposited.
+    prefix = target["run_prefix"]
+    total_minor = 0
+    for i in range(TARGET_ACCOUNTS):
+        answer = call_until_done(running, "GetBalance", pb.GetBalanceRequest(
+            account_id=f"{prefix}-{i:06d}", consistency=pb.LINEARIZABLE))
+        assert isinstance(answer, pb.GetBalanceResponse)
+        total_minor += loadgen.minor_units(answer.balance)
+    assert total_minor == TARGET_ACCOUNTS * tps.DEPOSIT_MINOR
+
+
+@pytest.mark.skipif(profiler.py_spy_path() is None, reason="py-spy is not installed")
+def test_profile_writes_a_flame_graph_per_node_and_load_generator(
+        running: LocalCluster, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    report = _bench(["--config", str(running.config_path), "--workloads", "batch100",
+                     "--accounts", "10", "--batch-callers", "1", "--duration-s", "2",
+                     "--profile", str(profiles)], tmp_path)
+
+    records = report["records"]
+    assert isinstance(records, list)
+    written, failed = records[0]["profiles"], records[0].get("profile_errors", {})
+    # py-spy samples busy threads only: a process idle throughout gets a reason, no graph.
+    # The leaders applying the batches are busy, so some graph is always written.
+    assert written, failed
+    assert set(written) | set(failed) == {"n1", "n2", "n3", "loadgen0"}
+    for name, path in written.items():
+        svg = profiles / f"batch100-{name}.svg"
+        assert path == str(svg)
+        assert b"<svg" in svg.read_bytes()[:2000]
+    assert sorted(profiles.glob("*.svg")) == sorted(Path(p) for p in written.values())
+
+
+def test_profile_reports_a_process_py_spy_cannot_attach_to_and_goes_on(
+        tmp_path: Path) -> None:
+    py_spy = profiler.py_spy_path()
+    if py_spy is None:
+        pytest.skip("py-spy is not installed")
+    not_python = subprocess.Popen(["sleep", "60"])
+    try:
+        graphs = profiler.FlameGraphs(tmp_path, "unary", {"sleeper": not_python.pid}, 1,
+                                      py_spy)
+        graphs.start()
+        written, failed = graphs.finish()
+    finally:
+        not_python.kill()
+        not_python.wait(timeout=10)
+    assert written == {}
+    assert failed["sleeper"].startswith("py-spy exited ") and str(not_python.pid) in failed[
+        "sleeper"]
+    assert "Error:" in failed["sleeper"]  # py-spy's own reason
+    assert not (tmp_path / "unary-sleeper.svg").exists()
+
+
+def test_profile_of_a_process_idle_throughout_says_so_and_writes_no_graph(
+        tmp_path: Path) -> None:
+    py_spy = profiler.py_spy_path()
+    if py_spy is None:
+        pytest.skip("py-spy is not installed")
+    with subprocess.Popen(
+            [sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(60)"],
+            stdout=subprocess.PIPE, text=True) as idle:
+        try:
+            assert idle.stdout is not None and idle.stdout.readline() == "sleeping\n"
+            graphs = profiler.FlameGraphs(tmp_path, "unary", {"idle": idle.pid}, 1, py_spy)
+            graphs.start()
+            written, failed = graphs.finish()
+        finally:
+            idle.kill()
+    assert written == {}
+    assert failed["idle"].endswith("(the process was idle throughout the recording)")
+    assert list(tmp_path.glob("*.svg")) == []  # no empty graph left behind
+
+
+def test_a_listening_port_of_this_machine_leads_to_its_process() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert running_cluster.find_listening_pid("127.0.0.1", port) == os.getpid()
+        assert running_cluster.find_listening_pid("localhost", port) == os.getpid()
+    assert running_cluster.find_listening_pid("127.0.0.1", port) is None  # closed
+    # An address of another machine (TEST-NET-1): never a local process.
+    assert running_cluster.find_listening_pid("192.0.2.1", port) is None
+
+
+def test_target_mode_refuses_what_needs_a_cluster_of_its_own() -> None:
+    config = str(REPO / "cluster-configs" / "local-3node.toml")
+    args = tps.parse_args(["--config", config])
+    assert args.target_mode and args.scaling is False
+    assert args.target_addresses == ["127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"]
+    assert args.credentials.admin_token  # from the cluster file
+    assert "http-unary" not in args.workload_list and "unary" in args.workload_list
+    only = tps.parse_args(["--config", config, "--target", "127.0.0.1:7102"])
+    assert only.target_addresses == ["127.0.0.1:7102"]
+    for refused in (["--scaling"], ["--workloads", "unary,http-unary"], ["--partitions", "4"]):
+        with pytest.raises(SystemExit):
+            tps.parse_args(["--config", config, *refused])
+    with pytest.raises(SystemExit):
+        tps.parse_args(["--target", "no-port"])
+    assert tps.parse_args([]).target_mode is False
+
+
+def test_run_prefixes_are_unique_and_make_valid_account_ids() -> None:
+    prefixes = {tps.new_run_prefix() for _ in range(50)}
+    assert len(prefixes) == 50
+    for prefix in prefixes:
+        assert ACCOUNT_ID_RE.fullmatch(f"{prefix}-999999"), prefix
+
+
+def test_nodes_cpu_not_measured_is_n_a_in_the_record_and_the_table() -> None:
+    """Target mode with a node not on this machine: its CPU is unknown, never a false 0."""
+    stats = loadgen.RunStats(calls=10, transfers=10, committed=10, succeeded=10,
+                             calls_total=10, transfers_total=10, cpu_s=0.01, wall_s=1.0)
+    stats.latencies_s.extend([0.002] * 10)
+    window = tps.Window(stats=[stats], window_s=1.0, server_cpu_s=0.0, machine_busy_cores=0.5,
+                        machine_busy_pct=25.0, harness_s=0.0, raft_entries=0)
+    run = tps.window_record(window, 1.0, "intra")
+    del run["server_cpu_cores"], run["server_cpu_us_per_transfer"]
+    run.update(nodes_cpu_cores=None, nodes_cpu_us_per_transfer=None, raft_entries_per_s=0.0,
+               transfers_per_entry=0.0, books={"passed": True, "scope": "this run's accounts"})
+    args = tps.parse_args(["--target", "127.0.0.1:7101", "--workloads", "unary"])
+    shape = tps.ClusterShape("target", nodes=5, replicas_per_partition=3, durable_journal=None,
+                             nodes_cpu_measured=False)
+
+    record = tps.summarize("unary", [run], args, {}, 4, shape=shape)
+
+    assert record["mode"] == "target" and record["nodes"] == 5
+    assert record["nodes_cpu_measured"] is False
+    assert record["nodes_cpu_us_per_transfer"] is None and record["nodes_cpu_cores"] is None
+    assert record["transfers_per_s"] == 10
+    console = Console(record=True, width=tps.TABLE_WIDTH_MIN)
+    tps.print_table([record], {}, console)
+    cpu_row = next(line for line in console.export_text().splitlines()
+                   if line.strip().startswith("unary") and "closed" in line and "n/a" in line)
+    assert cpu_row.split().count("n/a") == 2  # node us/transfer and nodes cores
