@@ -132,7 +132,8 @@ def add_replica(client: AdminClient, group: int, node_id: str, wait: bool, wait_
     if not wait:
         return int(response.map_version)
     view = wait_for(client, lambda v: v.state_of(group, node_id) == "voter",
-                    f"{node_id} to catch up on {group_name(group)}", wait_s, say)
+                    f"{node_id} to be pre-seeded from a snapshot (joining -> seeded) and "
+                    f"catch up on {group_name(group)}", wait_s, say)
     say(f"{group_name(group)}: {node_id} is a caught-up voter (map v{view.version})")
     return view.version
 

@@ -630,7 +630,7 @@ class ClusterMapView:
     """The cluster map as a node serves it (GetClusterMap): membership, versioned.
 
     `groups[p]` lists partition p's replicas as (node id, state), preferred leader
-    first; state is "voter", "joining" or "leaving". `metadata_group` is the same
+    first; state is "voter", "joining", "seeded" or "leaving". `metadata_group` is the same
     for the group that holds the map.
     """
 

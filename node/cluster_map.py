@@ -8,10 +8,12 @@ deterministic `apply` that every metadata replica runs in log order.
 
 Groups are the partitions 0..P-1 and the metadata group itself (`META`). Each
 group has slots, one per replica, in preference order (the first voter is the
-preferred leader). A slot is a `voter`, `joining` (added to the map, being
-added to the Raft group and catching up) or `leaving` (being removed from the
-Raft group). A group with a joining or leaving slot has a membership change in
-progress, and a second one is refused: pysyncobj changes one server at a time.
+preferred leader). A slot is a `voter`, `joining` (added to the map; its node
+pre-seeds the replica from a peer's snapshot, node/preseed.py), `seeded` (the
+replica holds that snapshot: the group's leader adds it to the Raft group and
+it catches up on the log tail) or `leaving` (being removed from the Raft
+group). A group with a joining, seeded or leaving slot has a membership change
+in progress, and a second one is refused: pysyncobj changes one server at a time.
 
 Secrets never enter the map: it is served to clients and written to disk.
 """
@@ -26,9 +28,11 @@ from typing import Any, Literal
 from node.config import ClusterConfig, NodeConfig
 
 __all__ = [
+    "ADDING",
     "JOINING",
     "LEAVING",
     "META",
+    "SEEDED",
     "VOTER",
     "ClusterMap",
     "MapChangeRefused",
@@ -47,8 +51,11 @@ META = -1
 VOTER: Literal["voter"] = "voter"
 JOINING: Literal["joining"] = "joining"
 LEAVING: Literal["leaving"] = "leaving"
-SlotState = Literal["voter", "joining", "leaving"]
-_STATES = (VOTER, JOINING, LEAVING)
+SEEDED: Literal["seeded"] = "seeded"
+SlotState = Literal["voter", "joining", "seeded", "leaving"]
+_STATES = (VOTER, JOINING, SEEDED, LEAVING)
+ADDING = (JOINING, SEEDED)
+"""The states of a slot on its way in (not yet a voter in the map)."""
 
 META_VOTERS_SMALL = 3
 META_VOTERS_LARGE = 5
@@ -161,14 +168,15 @@ class ClusterMap:
         """`base` (secrets and settings from the local cluster file) with this map's nodes
         and placement: what routing, forwarding and status read.
 
-        Placement lists voters first (preferred leader first), then joining slots;
+        Placement lists voters first (preferred leader first), then joining and seeded
+        slots;
         leaving slots come last, so nobody prefers a replica on its way out.
         """
         placement = []
         for p in range(self.partition_count):
             slots = self.slots(p)
             ordered = ([s.node_id for s in slots if s.state == VOTER]
-                       + [s.node_id for s in slots if s.state == JOINING]
+                       + [s.node_id for s in slots if s.state in ADDING]
                        + [s.node_id for s in slots if s.state == LEAVING])
             placement.append(tuple(ordered))
         return dataclasses.replace(base, nodes=self.nodes, placement=tuple(placement))
@@ -268,7 +276,7 @@ def _remove_replica(current: ClusterMap, command: Mapping[str, Any]) -> ClusterM
         raise MapChangeRefused(f"node {node_id!r} does not host {group_name(group)}",
                                "not_found")
     busy = current.change_in_progress(group)
-    cancelling = busy is not None and busy.node_id == node_id and busy.state == JOINING
+    cancelling = busy is not None and busy.node_id == node_id and busy.state in ADDING
     if busy is not None and not cancelling:
         raise MapChangeRefused(
             f"{group_name(group)} already has a membership change in progress "
@@ -284,11 +292,26 @@ def _remove_replica(current: ClusterMap, command: Mapping[str, Any]) -> ClusterM
         Slot(s.node_id, LEAVING) if s.node_id == node_id else s for s in slots))
 
 
-def _replica_caught_up(current: ClusterMap, command: Mapping[str, Any]) -> ClusterMap:
-    """Reconciler: a joining replica is a member of its Raft group and caught up."""
+def _replica_seeded(current: ClusterMap, command: Mapping[str, Any]) -> ClusterMap:
+    """The joining node: its replica holds a peer's snapshot (or, for the metadata group
+    and partitions nobody has snapshotted yet, needs none): the leader may add it."""
     group, node_id = int(command["group"]), str(command["node_id"])
     slot = current.slot_of(group, node_id)
     if slot is None or slot.state != JOINING:
+        raise MapChangeRefused(f"node {node_id!r} is not joining {group_name(group)}")
+    return _set_slots(current, group, tuple(
+        Slot(s.node_id, SEEDED) if s.node_id == node_id else s for s in current.slots(group)))
+
+
+def _replica_caught_up(current: ClusterMap, command: Mapping[str, Any]) -> ClusterMap:
+    """Reconciler: a seeded replica is a member of its Raft group and caught up.
+
+    A `joining` slot is accepted too: one added to its Raft group before pre-seeding
+    existed (the leader adds only seeded slots now).
+    """
+    group, node_id = int(command["group"]), str(command["node_id"])
+    slot = current.slot_of(group, node_id)
+    if slot is None or slot.state not in ADDING:
         raise MapChangeRefused(f"node {node_id!r} is not joining {group_name(group)}")
     return _set_slots(current, group, tuple(
         Slot(s.node_id, VOTER) if s.node_id == node_id else s for s in current.slots(group)))
@@ -343,6 +366,7 @@ _HANDLERS = {
     "remove_node": _remove_node,
     "add_replica": _add_replica,
     "remove_replica": _remove_replica,
+    "replica_seeded": _replica_seeded,
     "replica_caught_up": _replica_caught_up,
     "replica_removed": _replica_removed,
     "node_started": _node_started,

@@ -11,11 +11,16 @@ The reconciler (`Membership.tick`, every half second on the node's loop) makes
 reality converge to the map, one step at a time, and each step is safe to
 repeat after a crash:
 - a slot of this node without a local replica: start it (a `joining` slot holds
-  its elections until it hears a leader, see `replica.hold_elections`);
+  its elections until it hears a leader, see `replica.hold_elections`); a
+  `joining` partition slot without local data is first pre-seeded from a peer's
+  snapshot (node/preseed.py);
+- a `joining` slot of this node whose replica has loaded its snapshot (the
+  metadata group: once started): mark it `seeded` in the map;
 - a local replica without a slot (it was removed from its group): stop it and
   move its data dir aside, never delete it;
-- on the leader of a group: add a `joining` slot's node to the Raft group, mark it
-  a voter in the map once it has caught up; hand leadership away from a `leaving`
+- on the leader of a group: add a `seeded` slot's node to the Raft group (never a
+  `joining` one: it would be shipped the whole snapshot), mark it a voter in the
+  map once it has caught up; hand leadership away from a `leaving`
   slot, remove that node from the Raft group, then drop the slot from the map;
   report Raft members that the map does not know (and remove them once the
   difference has lasted long enough to rule out a stale map).
@@ -40,9 +45,11 @@ from client.auth import NO_CREDENTIALS, Credentials, open_channel
 from node import snapshot_file
 from node.api import ApiError
 from node.cluster_map import (
+    ADDING,
     JOINING,
     LEAVING,
     META,
+    SEEDED,
     VOTER,
     ClusterMap,
     decode_map,
@@ -51,6 +58,7 @@ from node.cluster_map import (
 )
 from node.config import ClusterConfig
 from node.metadata_group import MapResult, MetadataGroup
+from node.preseed import NoPeerAnswered, Preseeder
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -199,6 +207,9 @@ class Membership:
         """What the reconciler found different between the map and the Raft groups (of the
         groups this node leads), as of its last pass."""
         self._found: list[str] = []
+        self._preseeding: dict[int, asyncio.Task[bool]] = {}
+        self.preseeder: Preseeder | None = None
+        """Pre-seeds joining partition replicas (set by the server; None: start them empty)."""
 
     # -- the map ----------------------------------------------------------------------
 
@@ -421,14 +432,60 @@ class Membership:
             hosted = self.host.group(group) is not None
             slot = current.slot_of(group, me)
             if group in assigned and not hosted and slot is not None:
+                if slot.state == JOINING and not self._preseeded(group, current):
+                    continue  # fetching a snapshot in the background, or retrying later
                 log.info("starting a replica the cluster map assigns to this node",
                          extra={"group": group_name(group), "state": slot.state,
                                 "version": current.version})
-                await self.host.start_group(group, current, joining=slot.state == JOINING)
+                await self.host.start_group(group, current, joining=slot.state in ADDING)
+                hosted = True
+            if hosted and slot is not None and slot.state == JOINING:
+                await self._report_seeded(group)
             elif group not in assigned and hosted:
                 log.info("stopping a replica the cluster map no longer assigns to this node",
                          extra={"group": group_name(group), "version": current.version})
                 await self.host.stop_group(group, current.version)
+
+    def _preseeded(self, group: int, current: ClusterMap) -> bool:
+        """True once the joining replica may start. The download runs as its own task,
+        so that a slow peer never holds up the reconciler's other steps."""
+        task = self._preseeding.get(group)
+        if task is None:
+            self._preseeding[group] = asyncio.get_running_loop().create_task(
+                self._preseed(group, current), name=f"preseed-{group}")
+            return False
+        if not task.done():
+            return False
+        del self._preseeding[group]
+        if task.cancelled():
+            return False
+        error = task.exception()
+        if error is not None:
+            log.warning("pre-seeding failed; retrying", extra={
+                "group": group_name(group), "reason": f"{type(error).__name__}: {error}"})
+            return False
+        return task.result()
+
+    async def _preseed(self, group: int, current: ClusterMap) -> bool:
+        """True once the joining replica may start (pre-seeded, or nothing to seed)."""
+        if group == META or self.preseeder is None:
+            return True  # the metadata log is never compacted (and tiny): no snapshot
+        try:
+            await self.preseeder.prepare(group, current)
+        except NoPeerAnswered as exc:
+            log.info("pre-seeding postponed", extra={"group": group_name(group),
+                                                     "reason": str(exc)})
+            return False
+        return True
+
+    async def _report_seeded(self, group: int) -> None:
+        """Mark this node's joining slot seeded once its replica has loaded its snapshot."""
+        replica = self.host.group(group)
+        syncobj = getattr(replica, "syncobj", None)
+        if syncobj is None or getattr(syncobj, "_SyncObj__needLoadDumpFile", False):
+            return  # first tick (which loads the snapshot) not run yet
+        await self._propose_once(self._progress.setdefault(group, _GroupProgress()), {
+            "op": "replica_seeded", "group": group, "node_id": self.host.node_id})
 
     async def _lead_membership(self, group: int, replica: RaftGroup) -> None:
         current = self.map
@@ -447,9 +504,10 @@ class Membership:
             progress.raft_change_since = None
         for slot in slots:
             address = address_of[slot.node_id]
-            if slot.state == JOINING:
+            if slot.state in ADDING:
                 if address not in members:
-                    self._change_raft(group, replica, progress, "add", address)
+                    if slot.state == SEEDED:  # a joining one is still fetching its snapshot
+                        self._change_raft(group, replica, progress, "add", address)
                     return
                 match = int(status.get(f"match_idx_server_{address}", 0))
                 if match > 0 and match + CAUGHT_UP_ENTRIES_MAX >= commit_index:

@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -34,7 +34,7 @@ import grpc
 from ledger import commands as c
 from ledger.results import CREDIT_REJECTIONS, Code
 from ledger.saga import credits_for, resolutions
-from node import archive_seed, failpoints
+from node import archive_seed, failpoints, preseed
 from node.api import ApiError
 from node.archive import ArchiveCorrupt
 from node.host import NodeHost
@@ -282,3 +282,27 @@ class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         except ArchiveCorrupt as exc:
             await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
         raise AssertionError("unreachable")
+
+    async def FetchSnapshot(self, request: pb.FetchSnapshotRequest,
+                            context: grpc.aio.ServicerContext,
+                            ) -> AsyncIterator[pb.SnapshotChunk]:
+        """This node's latest snapshot file of a partition, for pre-seeding (node/preseed.py).
+
+        The file is opened once: writers rename a complete file over it, so the open
+        inode stays one whole snapshot however long the transfer takes.
+        """
+        await self._check_peer(context)
+        replica = self.host.replicas.get(request.partition)
+        if replica is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"partition: {request.partition} has no replica on this node")
+            raise AssertionError("unreachable")
+        try:
+            source = open(replica.snapshot_path, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"partition {request.partition} has no snapshot on this node yet")
+            raise AssertionError("unreachable") from None
+        with source:
+            async for chunk in preseed.serve_snapshot(source):
+                yield chunk

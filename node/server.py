@@ -38,13 +38,14 @@ from node.api import DEDUP_WINDOW_S
 from node.archive import ArchiveCorrupt
 from node.archive_seed import ArchiveSeeder
 from node.auth import AccessPolicy, AuthInterceptor, node_client_credentials, server_credentials
-from node.cluster_map import JOINING, META, ClusterMap, bootstrap_map
+from node.cluster_map import ADDING, JOINING, META, ClusterMap, bootstrap_map
 from node.config import ClusterConfig, ConfigError, load_cluster_config
 from node.host import SERVER_OPTIONS, NodeHost
 from node.journal import JournalCorrupt
 from node.membership import MAP_FILE, MapCache, MapFileCorrupt, Membership, fetch_map
 from node.metadata_group import MetadataGroup
 from node.metrics import NodeMetrics
+from node.preseed import Preseeder, has_local_state
 from node.proposer import ProposerSettings
 from node.replica import PartitionReplica, RaftSettings
 from node.request_guard import RequestGuard
@@ -201,7 +202,10 @@ def build_groups(cluster_map: ClusterMap, factory: NodeGroupFactory
     for group in cluster_map.groups_of(factory.node_id):
         slot = cluster_map.slot_of(group, factory.node_id)
         assert slot is not None
-        created = factory.create(group, cluster_map, joining=slot.state == JOINING)
+        if (slot.state == JOINING and group != META
+                and not has_local_state(factory.data_dir / f"partition-{group}")):
+            continue  # the reconciler pre-seeds it from a peer's snapshot first
+        created = factory.create(group, cluster_map, joining=slot.state in ADDING)
         if isinstance(created, MetadataGroup):
             meta = created
         else:
@@ -229,6 +233,8 @@ async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
     membership = Membership(host, base_config, cache, lambda: host.meta, incarnation,
                             peer_metadata)
     host.membership = membership
+    membership.preseeder = Preseeder(node_id, factory.data_dir, host.channel, peer_metadata,
+                                     fsync=factory.settings.fsync)
     driver = SagaDriver(host)
     host.applied_listeners.append(lambda partition: driver.wake())
     driver.start()

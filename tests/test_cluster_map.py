@@ -9,9 +9,11 @@ from node.cluster_map import (
     JOINING,
     LEAVING,
     META,
+    SEEDED,
     VOTER,
     ClusterMap,
     MapChangeRefused,
+    Slot,
     apply_command,
     bootstrap_map,
     decode_map,
@@ -63,14 +65,42 @@ def test_every_command_bumps_the_version_and_keeps_the_old_map() -> None:
     assert not before.has_node("n4") and after.has_node("n4")
 
 
-def test_an_added_replica_joins_then_votes_once_caught_up() -> None:
+def test_an_added_replica_joins_is_seeded_then_votes_once_caught_up() -> None:
     cluster_map = apply_command(three_nodes(), node_command("add_node", node=n4()))
     cluster_map = apply_command(cluster_map, {"op": "add_replica", "group": 0, "node_id": "n4"})
     assert cluster_map.slot_of(0, "n4") is not None
     assert cluster_map.slot_of(0, "n4").state == JOINING  # type: ignore[union-attr]
+    cluster_map = apply_command(cluster_map, {"op": "replica_seeded", "group": 0,
+                                              "node_id": "n4"})
+    assert cluster_map.slot_of(0, "n4").state == SEEDED  # type: ignore[union-attr]
     cluster_map = apply_command(cluster_map, {"op": "replica_caught_up", "group": 0,
                                               "node_id": "n4"})
     assert cluster_map.slot_of(0, "n4").state == VOTER  # type: ignore[union-attr]
+
+
+def test_only_a_joining_replica_can_be_marked_seeded() -> None:
+    cluster_map = apply_command(three_nodes(), node_command("add_node", node=n4()))
+    with pytest.raises(MapChangeRefused, match="not joining"):
+        apply_command(cluster_map, {"op": "replica_seeded", "group": 0, "node_id": "n1"})
+    cluster_map = apply_command(cluster_map, {"op": "add_replica", "group": 0, "node_id": "n4"})
+    cluster_map = apply_command(cluster_map, {"op": "replica_seeded", "group": 0,
+                                              "node_id": "n4"})
+    with pytest.raises(MapChangeRefused, match="not joining"):  # repeating it is refused
+        apply_command(cluster_map, {"op": "replica_seeded", "group": 0, "node_id": "n4"})
+
+
+def test_a_seeded_replica_is_still_a_change_in_progress_and_is_never_preferred() -> None:
+    cluster_map = apply_command(three_nodes(), node_command("add_node", node=n4()))
+    cluster_map = apply_command(cluster_map, {"op": "add_replica", "group": 0, "node_id": "n4"})
+    cluster_map = apply_command(cluster_map, {"op": "replica_seeded", "group": 0,
+                                              "node_id": "n4"})
+    assert cluster_map.change_in_progress(0) == Slot("n4", SEEDED)
+    assert cluster_map.as_config(config_for(2)).replicas_of(0)[-1] == "n4"
+    with pytest.raises(MapChangeRefused, match="membership change in progress"):
+        apply_command(cluster_map, {"op": "remove_replica", "group": 0, "node_id": "n1"})
+    cancelled = apply_command(cluster_map, {"op": "remove_replica", "group": 0,
+                                            "node_id": "n4"})
+    assert cancelled.slot_of(0, "n4").state == LEAVING  # type: ignore[union-attr]
 
 
 def test_a_second_change_to_a_group_is_refused_while_one_is_in_progress() -> None:

@@ -497,6 +497,22 @@ class VerifyResponse(_message.Message):
     partitions: _containers.RepeatedCompositeFieldContainer[PartitionVerdict]
     def __init__(self, ok: _Optional[bool] = ..., partitions: _Optional[_Iterable[_Union[PartitionVerdict, _Mapping]]] = ...) -> None: ...
 
+class FetchSnapshotRequest(_message.Message):
+    __slots__ = ("partition",)
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    partition: int
+    def __init__(self, partition: _Optional[int] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("data", "offset", "total_bytes")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    total_bytes: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+
 class FetchArchiveRequest(_message.Message):
     __slots__ = ("partition", "from_position", "max_records")
     PARTITION_FIELD_NUMBER: _ClassVar[int]

@@ -982,6 +982,11 @@ class PeerServiceStub:
                 request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveRequest.SerializeToString,
                 response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveResponse.FromString,
                 _registered_method=True)
+        self.FetchSnapshot = channel.unary_stream(
+                '/raftwallet.wallet.v1.PeerService/FetchSnapshot',
+                request_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchSnapshotRequest.SerializeToString,
+                response_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -1014,6 +1019,16 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchSnapshot(self, request, context):
+        """This node's latest snapshot file of a partition (node/snapshot_file.py format,
+        checksummed), in order, for pre-seeding a replica before it joins its Raft
+        group (node/preseed.py). NOT_FOUND when this node has no replica of the
+        partition or the replica has no snapshot yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1031,6 +1046,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.FetchArchive,
                     request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveRequest.FromString,
                     response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveResponse.SerializeToString,
+            ),
+            'FetchSnapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchSnapshot,
+                    request_deserializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchSnapshotRequest.FromString,
+                    response_serializer=proto_dot_wallet_dot_v1_dot_wallet__pb2.SnapshotChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1117,6 +1137,33 @@ class PeerService:
             '/raftwallet.wallet.v1.PeerService/FetchArchive',
             proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveRequest.SerializeToString,
             proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchArchiveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftwallet.wallet.v1.PeerService/FetchSnapshot',
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.FetchSnapshotRequest.SerializeToString,
+            proto_dot_wallet_dot_v1_dot_wallet__pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
