@@ -272,9 +272,16 @@ def check_final(setup: Setup, final: FinalState, report: Report) -> None:
     for verdict in final.verify:
         if not verdict.ok:
             report.fail("replay = live", f"{verdict.node_id}: {verdict.detail}")
-    if len(final.verify) != len(setup.node_ids):
-        report.fail("replay = live", f"{len(final.verify)} of {len(setup.node_ids)} nodes "
-                    "verified")
+    # The nodes at the end are the cluster map's (a replaced node left it, its replacement
+    # joined); records from before the map carry none, and the setup's nodes stand.
+    members = final.node_ids or setup.node_ids
+    verified = sorted(v.node_id for v in final.verify)
+    if verified != sorted(members):
+        report.fail("replay = live", f"nodes verified {verified}, nodes of the cluster "
+                    f"{sorted(members)}")
+    strays = sorted({v.node_id for v in final.views} - set(members))
+    if strays:
+        report.fail("replicas agree", f"final views from nodes outside the cluster: {strays}")
 
 
 # --- the summary --------------------------------------------------------------------------
@@ -325,17 +332,18 @@ def availability(setup: Setup, ops: Sequence[Op], samples: Sequence[Sample],
 
 def after_leader_kills(setup: Setup, ops: Sequence[Op], samples: Sequence[Sample],
                        faults: Sequence[FaultRecord]) -> list[dict[str, object]]:
-    """For every kill (or kill_all) of a node that led a partition: time from the kill to
-    the first sample showing a new leader, and to the first successful write invoked after
-    the kill (conservative: a write in flight at the kill does not count)."""
+    """For every kill (kill, kill_all, or the kill -9 that starts a replace) of a node that
+    led a partition: time from the kill to the first sample showing a new leader, and to
+    the first successful write invoked after the kill (conservative: a write in flight at
+    the kill does not count)."""
     windows: list[dict[str, object]] = []
     for fault in faults:
-        if fault.kind not in (FaultKind.KILL, FaultKind.KILL_ALL):
+        if fault.kind not in (FaultKind.KILL, FaultKind.KILL_ALL, FaultKind.REPLACE):
             continue
         for partition in fault.led_partitions:
             leader_at = next((s.mono_s for s in samples if s.mono_s >= fault.start_mono_s
                               and s.leader_of(partition) not in (None, *fault.nodes)
-                              ), None) if fault.kind == FaultKind.KILL else next(
+                              ), None) if fault.kind != FaultKind.KILL_ALL else next(
                 (s.mono_s for s in samples if s.mono_s >= fault.end_mono_s
                  and s.leader_of(partition) is not None), None)
             write_at = next((op.complete_s for op in ops if op.f in WRITES
@@ -363,7 +371,7 @@ def summarize(setup: Setup, ops: Sequence[Op], samples: Sequence[Sample],
     unknown = Counter(resolved.get((op.account, op.transaction_id or ""), "?")
                       for op in ops if op.f in WRITES and op.outcome in (EventType.UNKNOWN, None))
     kills = after_leader_kills(setup, ops, samples, faults)
-    single_kills = [w for w in kills if w["kind"] == FaultKind.KILL]
+    single_kills = [w for w in kills if w["kind"] in (FaultKind.KILL, FaultKind.REPLACE)]
     return {
         "duration_s": round(end_s - setup.run_start_mono_s, 1),
         "seed": setup.seed,
@@ -428,6 +436,12 @@ def render(report: Report) -> str:
                          f"time, longest leaderless {figures['longest_leaderless_s']:.1f} s, "
                          f"longest without a write {figures['longest_without_write_s']:.1f} s")
     lines.append(f"worst after a leader kill: {json.dumps(s.get('worst_after_leader_kill_s'))}")
+    fault_log = s.get("fault_log")
+    for fault in fault_log if isinstance(fault_log, list) else ():
+        if fault.get("kind") == FaultKind.REPLACE:
+            lines.append(f"replaced {','.join(fault['nodes']) or '(none)'} at "
+                         f"+{fault['at_s']} s: {fault['detail']} (down and replaced in "
+                         f"{fault['for_s']} s)")
     return "\n".join(lines)
 
 

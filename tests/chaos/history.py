@@ -158,6 +158,10 @@ class FinalState:
     verify: tuple[NodeVerify, ...]
     problems: tuple[str, ...] = ()
     """What the settle step could not do (e.g. a node that never answered)."""
+    node_ids: tuple[str, ...] = ()
+    """The nodes of the cluster map at the end (a replaced node is not among them, its
+    replacement is); empty in records from before the map existed."""
+    map_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,15 @@ Kinds (each starts, lasts `duration_s`, then is undone before the next begins):
 - kill_all: SIGKILL every node, restart them all at the end;
 - isolate: cut one node (a leader, mostly) off the network;
 - split: the cluster in a minority (holding a leader, mostly) and a majority;
-- slow: delay (and lose some of) the Raft traffic of one node.
-The last three need a network that can inject them (not "loopback").
+- slow: delay (and lose some of) the Raft traffic of one node;
+- replace: a node loses its disk (SIGKILL, data dir wiped) and stays down for the
+  fault's length; then the operator's runbook replaces it under a NEW id (node add,
+  start with --join, each of its replicas added on the new node and removed from the
+  old, node remove) and checks that the old id is refused when it comes back with an
+  empty disk. From then on the new node is a member like the others. Slow (tens of
+  seconds), so at most `ScheduleShape.replaces_max` per run, each planned with
+  `replace_runbook_s` of room.
+isolate, split and slow need a network that can inject them (not "loopback").
 
 Every fault is printed when it starts and ends and written to `nemesis.jsonl` with both
 times (monotonic and wall), the nodes it hit and the partitions they led when it started.
@@ -42,10 +49,13 @@ class FaultKind(StrEnum):
     ISOLATE = "isolate"
     SPLIT = "split"
     SLOW = "slow"
+    REPLACE = "replace"
 
 
 PROCESS_FAULTS = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.KILL_ALL)
 NETWORK_FAULTS = (FaultKind.ISOLATE, FaultKind.SPLIT, FaultKind.SLOW)
+MEMBERSHIP_FAULTS = (FaultKind.REPLACE,)
+ALL_FAULTS = (*PROCESS_FAULTS, *NETWORK_FAULTS, *MEMBERSHIP_FAULTS)
 LEADER_PREFERENCE = 0.75
 """Share of single-node faults aimed at a leader rather than at any node."""
 SLOW_DELAY_MS_RANGE = (50, 250)
@@ -75,6 +85,12 @@ class ScheduleShape:
     """Quiet time before the first fault."""
     tail_s: float = 5.0
     """Quiet time after the last fault, before the schedule ends."""
+    replace_runbook_s: float = 45.0
+    """Room planned for a replacement's runbook after the node's down time (measured:
+    15-40 s on a loaded 2-core machine); if it takes longer, later faults start late."""
+    replaces_max: int = 2
+    """Replacements per run, at most: each is slow, and a `--join` needs a node of the
+    original cluster file alive (of 3, two replacements leave at least one)."""
 
 
 def plan(seed: int, duration_s: float, kinds: Sequence[FaultKind],
@@ -85,20 +101,28 @@ def plan(seed: int, duration_s: float, kinds: Sequence[FaultKind],
     faults: list[PlannedFault] = []
     at_s = shape.first_s
     round_kinds: list[FaultKind] = []
+    replaces = 0
     while True:
         if not round_kinds:
-            round_kinds = list(kinds)
+            round_kinds = [k for k in kinds
+                           if k is not FaultKind.REPLACE or replaces < shape.replaces_max]
+            if not round_kinds:
+                return faults
             rng.shuffle(round_kinds)
         kind = round_kinds.pop()
+        if kind is FaultKind.REPLACE and replaces >= shape.replaces_max:
+            continue
         length_s = rng.uniform(*shape.fault_s)
         fault = PlannedFault(kind, round(at_s, 3), round(length_s, 3),
                              prefer_leader=rng.random() < LEADER_PREFERENCE, pick=rng.random(),
                              delay_ms=rng.randint(*SLOW_DELAY_MS_RANGE),
                              drop_rate=round(rng.uniform(0, SLOW_DROP_RATE_MAX), 4))
-        if at_s + length_s > duration_s - shape.tail_s:
+        slot_s = length_s + (shape.replace_runbook_s if kind is FaultKind.REPLACE else 0.0)
+        if at_s + slot_s > duration_s - shape.tail_s:
             return faults
         faults.append(fault)
-        at_s += length_s + rng.uniform(*shape.gap_s)
+        replaces += kind is FaultKind.REPLACE
+        at_s += slot_s + rng.uniform(*shape.gap_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +148,16 @@ def read_faults(path: Path) -> list[FaultRecord]:
     return records
 
 
+class FaultFailed(Exception):
+    """A fault could not be carried out as planned (e.g. a replacement's runbook step was
+    refused): the nemesis records it and ends its schedule; the target reports it."""
+
+
 class Target(Protocol):
     """What the nemesis acts on: the runner's node processes and network."""
 
     node_ids: tuple[str, ...]
+    """The current members (a replacement swaps the old id for the new one)."""
 
     def leaders(self) -> dict[int, str]:
         """partition -> node id of its leader, as last observed (may be stale or partial)."""
@@ -141,6 +171,21 @@ class Target(Protocol):
     def split(self, side_a: Sequence[str], side_b: Sequence[str]) -> None: ...
     def slow(self, node_id: str, delay_ms: int, drop_rate: float) -> None: ...
     def heal_network(self) -> None: ...
+
+    def replaceable(self) -> tuple[str, ...]:
+        """Nodes whose loss the cluster survives while it is replaced, as the cluster map
+        says now (membership settled, the node's incarnation recorded, every group it is
+        in keeps a majority without it); empty when the map cannot be read."""
+        ...
+
+    def wipe(self, node_id: str) -> None:
+        """Delete a (killed) node's data dir: its disk is lost."""
+        ...
+
+    def replace(self, node_id: str) -> str:
+        """The runbook: replace the wiped node under a new id and check that the old id is
+        refused; returns what happened (the new id, each step's time). Raises FaultFailed."""
+        ...
 
 
 def _choose(candidates: Sequence[str], pick: float) -> str:
@@ -156,45 +201,58 @@ class Nemesis:
         self.target, self.schedule, self.echo = target, list(schedule), echo
         self._log = log_path
         self.injected: list[FaultRecord] = []
-        self._undo: Callable[[], None] | None = None
+        self._undo: Callable[[], str | None] | None = None
 
     def run(self, started_mono_s: float, stop: threading.Event) -> None:
         with JsonlWriter(self._log) as log:
             for fault in self.schedule:
                 if stop.wait(max(0.0, started_mono_s + fault.at_s - time.monotonic())):
                     return
+                # Asked before the clock starts: the fault's time is the fault's, not the
+                # map read's (a write in between still reaches the victim).
+                candidates = (self.target.replaceable() if fault.kind is FaultKind.REPLACE
+                              else None)
                 start_s, start_ms = now()
-                nodes, detail, led = self._inject(fault)
+                nodes, detail, led = self._inject(fault, candidates)
                 self.echo(f"nemesis: +{start_s - started_mono_s:6.1f}s {fault.kind} "
                           f"{','.join(nodes)} {detail}".rstrip())
                 stop.wait(fault.duration_s)
-                self.heal()
+                failed = None
+                try:
+                    healed = self.heal()
+                except FaultFailed as error:
+                    healed = failed = f"FAILED: {error}"
                 end_s, end_ms = now()
-                self.echo(f"nemesis: +{end_s - started_mono_s:6.1f}s healed {fault.kind}")
+                self.echo(f"nemesis: +{end_s - started_mono_s:6.1f}s healed {fault.kind} "
+                          f"{healed or ''}".rstrip())
+                if healed:
+                    detail = f"{detail} {healed}".strip()
                 record = FaultRecord(str(fault.kind), nodes, detail, led, start_s, start_ms,
                                      end_s, end_ms)
                 self.injected.append(record)
                 log.write(record)
-                if stop.is_set():
+                if stop.is_set() or failed:
                     return
 
-    def heal(self) -> None:
-        """Undo the fault in progress, if any (idempotent)."""
+    def heal(self) -> str | None:
+        """Undo the fault in progress, if any (idempotent); what the undoing did, if it
+        says (a replacement's new node and step times). Raises FaultFailed."""
         undo, self._undo = self._undo, None
-        if undo is not None:
-            undo()
+        return undo() if undo is not None else None
 
-    def _victim(self, fault: PlannedFault) -> str:
+    def _victim(self, fault: PlannedFault, candidates: Sequence[str] | None = None) -> str:
+        among = self.target.node_ids if candidates is None else candidates
         leaders = self.target.leaders()
-        leading = sorted(set(leaders.values()))
+        leading = sorted(set(leaders.values()) & set(among))
         if fault.prefer_leader and leading:
             return _choose(leading, fault.pick)
-        return _choose(self.target.node_ids, fault.pick)
+        return _choose(among, fault.pick)
 
     def _led_by(self, nodes: Sequence[str]) -> tuple[int, ...]:
         return tuple(sorted(p for p, n in self.target.leaders().items() if n in nodes))
 
-    def _inject(self, fault: PlannedFault) -> tuple[tuple[str, ...], str, tuple[int, ...]]:
+    def _inject(self, fault: PlannedFault, candidates: tuple[str, ...] | None = None
+                ) -> tuple[tuple[str, ...], str, tuple[int, ...]]:
         target = self.target
         if fault.kind is FaultKind.KILL_ALL:
             nodes = tuple(target.node_ids)
@@ -219,6 +277,16 @@ class Nemesis:
             target.split(minority, majority)
             self._undo = target.heal_network
             return minority, f"| {','.join(majority)}", led
+        if fault.kind is FaultKind.REPLACE:
+            assert candidates is not None, "replaceable() is asked before a replacement"
+            if not candidates:
+                return (), "skipped: no node can be replaced now (see the cluster map)", ()
+            victim = self._victim(fault, candidates)
+            led = self._led_by((victim,))
+            target.kill(victim)
+            target.wipe(victim)
+            self._undo = lambda: target.replace(victim)
+            return (victim,), "disk lost", led
         victim = self._victim(fault)
         led = self._led_by((victim,))
         if fault.kind is FaultKind.KILL:

@@ -133,6 +133,16 @@ class ChaosNetwork(Protocol):
         """
         ...
 
+    def add_node(self, node_id: str) -> NodeConfig:
+        """Place one more node on the network (the replacement of a lost one): its
+        address and ports, reachable from the other nodes and the clients, with the
+        same faults as the others (netns: its own namespace on the hub; proxy: proxies
+        in front of its Raft ports). The other nodes need no change: the cluster map
+        carries the new node's addresses. Call after `build_config`; teardown removes
+        it too. The id must be new to this network.
+        """
+        ...
+
     def node_command(self, node_id: str, argv: Sequence[str]) -> list[str]:
         """`argv` wrapped to run "on" the node (netns: ``ip netns exec <ns> ...``).
 
@@ -259,10 +269,12 @@ STALE_AGE_S = 600.0
 SUBNET_PREFIX = "10.213"
 CLIENT_HOST_NUMBER = 2
 FIRST_NODE_HOST_NUMBER = 10
+NODE_HOST_NUMBER_MAX = 254
 NETNS_GRPC_PORT = 7000
 NETNS_METRICS_PORT = 7001
 NETNS_RAFT_PORT_BASE = 7100
 KILL_WAIT_S = 5.0
+LOOPBACK_HOST = "127.0.0.1"
 _RUN_ID = re.compile(r"[a-z0-9]{1,8}")
 
 
@@ -412,6 +424,9 @@ class NetnsNetwork(_BaseNetwork):
         self._routes: set[tuple[str, str]] = set()  # (netns, blackholed address)
         self.policy = FaultPolicy()
         self._proxy: FaultProxy | None = None
+        self._initiators = Initiators(by_source_host={})
+        self._raft_ports = 0
+        self._metrics = False
         self._torn_down = False
         _write_marker(run_id)
         try:
@@ -458,25 +473,43 @@ class NetnsNetwork(_BaseNetwork):
                 metrics_port=None if node.metrics_port is None else NETNS_METRICS_PORT)
 
         config = _placed_config(node_ids, partitions, name, allocate, place)
+        self._raft_ports = raft_port_count(config)
+        self._metrics = any(node.metrics_port is not None for node in config.nodes)
         try:
-            for index, node in enumerate(config.nodes):
-                netns = self._netns_name(node.id)
-                hub_link = f"v{index}"
-                self._attach(netns, hub_link, node.host)
-                self._nodes[node.id] = _NetnsNode(netns, node.host, hub_link)
-            initiators = Initiators(by_source_host={n.host: n.id for n in config.nodes})
-            self._proxy = FaultProxy(self.policy, initiators)
+            self._proxy = FaultProxy(self.policy, self._initiators)
             self._proxy.start()
             for node in config.nodes:
-                for offset in range(raft_port_count(config)):
-                    port = node.raft_port_base + offset
-                    self._proxy.add_listener((node.host, port),
-                                             (node.host, port + RAFT_BIND_OFFSET),
-                                             node.id, self._nodes[node.id].netns)
+                self._place(node)
         except BaseException:
             self.teardown()
             raise
         return config
+
+    def add_node(self, node_id: str) -> NodeConfig:
+        assert self._proxy is not None, "add_node comes after build_config"
+        if node_id in self._nodes:
+            raise ValueError(f"node {node_id!r} is already on this network")
+        index = len(self._nodes)
+        host_number = FIRST_NODE_HOST_NUMBER + index
+        if host_number > NODE_HOST_NUMBER_MAX:
+            raise ValueError(f"no address left in {self._subnet}.0/24 for {node_id!r}")
+        node = NodeConfig(node_id, f"{self._subnet}.{host_number}", NETNS_GRPC_PORT,
+                          NETNS_RAFT_PORT_BASE, NETNS_METRICS_PORT if self._metrics else None)
+        self._place(node)
+        return node
+
+    def _place(self, node: NodeConfig) -> None:
+        """The node's namespace on the hub, and the proxies in front of its Raft ports."""
+        assert self._proxy is not None
+        netns = self._netns_name(node.id)
+        hub_link = f"v{len(self._nodes)}"
+        self._attach(netns, hub_link, node.host)
+        self._nodes[node.id] = _NetnsNode(netns, node.host, hub_link)
+        self._initiators.add_node(node.id, source_host=node.host)
+        for offset in range(self._raft_ports):
+            port = node.raft_port_base + offset
+            self._proxy.add_listener((node.host, port), (node.host, port + RAFT_BIND_OFFSET),
+                                     node.id, netns)
 
     def _node(self, node_id: str) -> _NetnsNode:
         if node_id not in self._nodes:
@@ -562,6 +595,9 @@ class ProxyNetwork(_BaseNetwork):
         self.policy = FaultPolicy()
         self._proxy: FaultProxy | None = None
         self._bind_offsets: dict[str, int] = {}
+        self._initiators: Initiators | None = None
+        self._raft_ports = 0
+        self._metrics = False
         self._torn_down = False
 
     def build_config(self, node_ids: Sequence[str], partitions: int,
@@ -569,26 +605,42 @@ class ProxyNetwork(_BaseNetwork):
         assert not self._bind_offsets, "build_config is called once per network"
         config = _placed_config(node_ids, partitions, name, allocate_ports,
                                 lambda index, node: node)
-        raft_ports = raft_port_count(config)
-        for node in config.nodes:
-            self._bind_offsets[node.id] = allocate_ports(raft_ports) - node.raft_port_base
-        initiators = Initiators(
+        self._raft_ports = raft_port_count(config)
+        self._metrics = any(node.metrics_port is not None for node in config.nodes)
+        self._initiators = Initiators(
             by_raft_address={f"{node.host}:{node.raft_port_base + offset}": node.id
-                             for node in config.nodes for offset in range(raft_ports)},
+                             for node in config.nodes for offset in range(self._raft_ports)},
             secret=config.secret or None)
-        self._proxy = FaultProxy(self.policy, initiators)
+        self._proxy = FaultProxy(self.policy, self._initiators)
         self._proxy.start()
         try:
             for node in config.nodes:
-                for offset in range(raft_ports):
-                    port = node.raft_port_base + offset
-                    self._proxy.add_listener((node.host, port),
-                                             (node.host, port + self._bind_offsets[node.id]),
-                                             node.id)
+                self._place(node)
         except BaseException:
             self.teardown()
             raise
         return config
+
+    def add_node(self, node_id: str) -> NodeConfig:
+        assert self._initiators is not None, "add_node comes after build_config"
+        if node_id in self._bind_offsets:
+            raise ValueError(f"node {node_id!r} is already on this network")
+        node = NodeConfig(node_id, LOOPBACK_HOST, allocate_ports(1),
+                          allocate_ports(self._raft_ports),
+                          allocate_ports(1) if self._metrics else None)
+        self._initiators.add_node(node_id, raft_addresses=tuple(
+            f"{node.host}:{node.raft_port_base + offset}" for offset in range(self._raft_ports)))
+        self._place(node)
+        return node
+
+    def _place(self, node: NodeConfig) -> None:
+        """Proxies on the node's advertised Raft ports, forwarding to ports it binds."""
+        assert self._proxy is not None
+        self._bind_offsets[node.id] = allocate_ports(self._raft_ports) - node.raft_port_base
+        for offset in range(self._raft_ports):
+            port = node.raft_port_base + offset
+            self._proxy.add_listener((node.host, port),
+                                     (node.host, port + self._bind_offsets[node.id]), node.id)
 
     def _check(self, node_id: str) -> None:
         if node_id not in self._bind_offsets:

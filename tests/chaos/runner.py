@@ -14,7 +14,9 @@
    the network down. Exit status 0 only on a passing verdict.
 
 A node that exits without the nemesis having killed it (e.g. a halted apply, status 70)
-is a violation (OUT/runner-problems.json). Every wait is bounded.
+is a violation (OUT/runner-problems.json), and so is a replacement whose runbook failed
+or whose old id was not refused (`Nodes.replace`; its walletctl commands and their
+output are in OUT/logs/runbook.log). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,20 +37,30 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from node.config import ClusterConfig, dump_cluster_config, local_cluster_config
+from node.config import ClusterConfig, NodeConfig, dump_cluster_config, local_cluster_config
 from node.launcher import node_command
 from tests.chaos.checker import RUNNER_PROBLEMS_FILE, Report, check_dir, render
 from tests.chaos.history import SAMPLES_FILE, SETUP_FILE, Sample, sample_from_json
 from tests.chaos.nemesis import (
+    ALL_FAULTS,
     NEMESIS_FILE,
     NETWORK_FAULTS,
-    PROCESS_FAULTS,
+    FaultFailed,
     FaultKind,
     Nemesis,
     ScheduleShape,
     plan,
 )
-from tests.chaos.network import ChaosNetwork, open_network
+from tests.chaos.network import ChaosNetwork, open_network, raft_port_count
+from tests.chaos.runbook import (
+    CONVERGE_WAIT_S,
+    RunbookStepFailed,
+    Step,
+    Walletctl,
+    group_flags,
+    group_label,
+    replaceable,
+)
 from tests.cluster_harness import allocate_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -58,6 +71,22 @@ SETTLE_TIMEOUT_S = 240.0
 NODE_STOP_GRACE_S = 10.0
 LEADER_SAMPLE_TAIL_BYTES = 65_536
 """How much of the end of samples.jsonl is read to learn the current leaders."""
+REFUSED_EXIT_STATUS = 3
+"""node.server's exit status when it refuses to start (node.server.EXIT_REFUSED)."""
+REFUSAL_WAIT_S = 60.0
+"""How long the old id may take to be refused (it asks the other nodes for the map)."""
+JOIN_ATTEMPTS_MAX = 5
+"""Starts of a new node with --join before the runbook gives up. A node that finds no
+peer answering GetClusterMap within its 1 s timeout refuses to start (status 3): on a
+loaded machine the operator (or systemd) starts it again."""
+JOIN_SERVE_WAIT_S = 60.0
+"""How long one start of the new node may take to serve gRPC."""
+SERVES_RPC_TIMEOUT_S = 2.0
+"""Deadline of one "does the new node serve yet" call."""
+NEMESIS_END_WAIT_S = 300.0
+"""After the run's duration, how long the fault in progress may take to end (a
+replacement's runbook runs to its end: half a membership change is not healed)."""
+RUNBOOK_LOG = "runbook.log"
 
 
 class LoopbackNetwork:
@@ -67,13 +96,23 @@ class LoopbackNetwork:
 
     def __init__(self) -> None:
         self.run_id = secrets.token_hex(3)
+        self._raft_ports = 0
+        self._metrics = False
 
     def build_config(self, node_ids: Sequence[str], partitions: int,
                      name: str) -> ClusterConfig:
         config = local_cluster_config(name, len(node_ids), partitions, allocate_ports,
                                       replication_factor=min(3, len(node_ids)))
         assert tuple(n.id for n in config.nodes) == tuple(node_ids), "nodes are n1..nN"
+        self._raft_ports = raft_port_count(config)
+        self._metrics = any(node.metrics_port is not None for node in config.nodes)
         return config
+
+    def add_node(self, node_id: str) -> NodeConfig:
+        assert self._raft_ports, "add_node comes after build_config"
+        return NodeConfig(node_id, "127.0.0.1", allocate_ports(1),
+                          allocate_ports(self._raft_ports),
+                          allocate_ports(1) if self._metrics else None)
 
     def node_command(self, node_id: str, argv: Sequence[str]) -> list[str]:
         return list(argv)
@@ -118,21 +157,31 @@ class Nodes:
                  config_path: Path, out: Path) -> None:
         self.network, self.config, self.config_path, self.out = network, config, config_path, out
         self.node_ids = tuple(n.id for n in config.nodes)
+        """The current members: a replacement swaps the old id for the new one."""
+        self.ids_used = set(self.node_ids)
+        """Every id this run has given a node: a new node never reuses one."""
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_down: set[str] = set()
         self.paused: set[str] = set()
         self.problems: list[str] = []
         self._lock = threading.Lock()
+        self._walletctl = Walletctl(network.client_command, config_path,
+                                    out / "logs" / RUNBOOK_LOG, REPO_ROOT)
         (out / "logs").mkdir(parents=True, exist_ok=True)
         (out / "data").mkdir(parents=True, exist_ok=True)
 
-    def start(self, node_id: str, bootstrap: bool = False) -> None:
-        argv = [*node_command(self.config_path, node_id, self.out / "data" / node_id, bootstrap),
-                *self.network.node_extra_args(node_id)]
+    def _spawn(self, node_id: str, *flags: str) -> subprocess.Popen[bytes]:
+        argv = [*node_command(self.config_path, node_id, self.out / "data" / node_id, False),
+                *flags, *self.network.node_extra_args(node_id)]
         with open(self.out / "logs" / f"{node_id}.log", "ab") as log:
-            process = subprocess.Popen(self.network.node_command(node_id, argv), stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, cwd=REPO_ROOT)
+            return subprocess.Popen(self.network.node_command(node_id, argv), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=REPO_ROOT)
+
+    def start(self, node_id: str, bootstrap: bool = False, join: bool = False) -> None:
+        assert not (bootstrap and join)
+        flags = ("--bootstrap",) if bootstrap else ("--join",) if join else ()
+        process = self._spawn(node_id, *flags)
         with self._lock:
             self.processes[node_id] = process
             self.expected_down.discard(node_id)
@@ -194,10 +243,112 @@ class Nodes:
     def heal_network(self) -> None:
         self.network.heal()
 
+    def replaceable(self) -> tuple[str, ...]:
+        try:
+            cluster_map = self._walletctl.cluster_map()
+        except RunbookStepFailed:
+            return ()
+        up = set(self.node_ids) - self.expected_down - self.paused
+        candidates = set(replaceable(cluster_map))
+        # Every other member must be up: the runbook needs each group's majority.
+        return tuple(n for n in self.node_ids
+                     if n in candidates and up >= set(self.node_ids) - {n})
+
+    def wipe(self, node_id: str) -> None:
+        with self._lock:
+            process = self.processes[node_id]
+        assert process.poll() is not None, f"{node_id} must be dead before its disk is wiped"
+        shutil.rmtree(self.out / "data" / node_id)
+
+    def replace(self, node_id: str) -> str:
+        """The runbook for a node whose disk was lost; see runbook.py and nemesis.py."""
+        try:
+            return self._replace(node_id)
+        except (RunbookStepFailed, FaultFailed, OSError, ValueError, RuntimeError) as error:
+            problem = f"replacing {node_id} failed: {error} (see {self.out / 'logs'})"
+            self.problems.append(problem)
+            raise FaultFailed(problem) from error
+
+    def _start_joining(self, node: NodeConfig) -> int:
+        """Start the new node with --join, again if it refuses for want of a peer's answer,
+        until it serves gRPC; a member from then on. Returns how many starts it took."""
+        with self._lock:
+            self.node_ids = (*self.node_ids, node.id)
+        for attempt in range(1, JOIN_ATTEMPTS_MAX + 1):
+            process = self._spawn(node.id, "--join")
+            with self._lock:  # expected down until it serves: a refusal here is retried
+                self.processes[node.id] = process
+                self.expected_down.add(node.id)
+            deadline = time.monotonic() + JOIN_SERVE_WAIT_S
+            while process.poll() is None and time.monotonic() < deadline:
+                if self._walletctl.serves(node.grpc_address, SERVES_RPC_TIMEOUT_S):
+                    with self._lock:
+                        self.expected_down.discard(node.id)
+                    return attempt
+                time.sleep(0.5)
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=NODE_STOP_GRACE_S)
+                raise FaultFailed(f"{node.id} did not serve within {JOIN_SERVE_WAIT_S:.0f} s "
+                                  "of its start with --join")
+            if process.returncode != REFUSED_EXIT_STATUS:
+                raise FaultFailed(f"{node.id} started with --join exited {process.returncode}")
+        raise FaultFailed(f"{node.id} refused to start with --join {JOIN_ATTEMPTS_MAX} times")
+
+    def _replace(self, old_id: str) -> str:
+        started = time.monotonic()
+        steps: list[Step] = []
+
+        def step(name: str, *args: str, wait_s: float = 0.0) -> None:
+            began = time.monotonic()
+            self._walletctl.run(*args, wait_s=wait_s)
+            steps.append(Step(name, time.monotonic() - began))
+
+        new_id = f"n{max(int(n[1:]) for n in self.ids_used) + 1}"
+        self.ids_used.add(new_id)
+        node = self.network.add_node(new_id)
+        metrics = ("--metrics-port", str(node.metrics_port)) if node.metrics_port else ()
+        step("node add", "node", "add", "--id", new_id, "--host", node.host, "--grpc-port",
+             str(node.grpc_port), "--raft-port-base", str(node.raft_port_base), *metrics)
+        began = time.monotonic()
+        attempts = self._start_joining(node)
+        steps.append(Step(f"start --join ({attempts} attempts)" if attempts > 1 else
+                          "start --join", time.monotonic() - began))
+        groups = self._walletctl.cluster_map().groups_of(old_id)
+        wait = ("--wait-s", f"{CONVERGE_WAIT_S:g}")
+        for group in groups:
+            step(f"{group_label(group)} add", "replica", "add", *group_flags(group), "--node",
+                 new_id, *wait, wait_s=CONVERGE_WAIT_S)
+            step(f"{group_label(group)} remove", "replica", "remove", *group_flags(group),
+                 "--node", old_id, *wait, wait_s=CONVERGE_WAIT_S)
+        step("node remove", "node", "remove", old_id)
+        with self._lock:
+            self.node_ids = tuple(n for n in self.node_ids if n != old_id)
+            self.processes.pop(old_id)
+            self.expected_down.discard(old_id)
+            self.paused.discard(old_id)
+        runbook_s = time.monotonic() - started
+        refused = self._spawn(old_id, "--bootstrap")  # a new empty disk under the old id
+        try:
+            status = refused.wait(timeout=REFUSAL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            refused.kill()
+            refused.wait(timeout=NODE_STOP_GRACE_S)
+            raise FaultFailed(f"{old_id} came back under its old id with an empty disk and "
+                              f"was NOT refused (still running after {REFUSAL_WAIT_S:.0f} s)"
+                              ) from None
+        if status != REFUSED_EXIT_STATUS:
+            raise FaultFailed(f"{old_id} restarted with an empty disk exited {status}, not "
+                              f"{REFUSED_EXIT_STATUS} (refused)")
+        timings = ", ".join(f"{s.name} {s.seconds:.1f} s" for s in steps)
+        summary = (f"-> {new_id} in {runbook_s:.1f} s ({timings}); {old_id} refused "
+                   f"(status {status})")
+        return summary
+
     # -- the end
 
     def heal_all(self) -> None:
-        """Everything back: network healed, paused nodes resumed, dead nodes restarted."""
+        """Everything back: network healed, paused nodes resumed, dead members restarted."""
         self.network.heal()
         for node_id in list(self.paused):
             self.resume(node_id)
@@ -291,7 +442,7 @@ def run(options: RunOptions, say: Callable[[str], None] = print) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     network = make_network(options.network)
     kinds = [k for k in options.faults
-             if k in PROCESS_FAULTS or network.kind != "loopback"]
+             if k not in NETWORK_FAULTS or network.kind != "loopback"]
     schedule = plan(options.seed, options.duration_s, kinds, options.shape)
     say(f"chaos: seed {options.seed} network {network.kind} nodes {options.nodes} partitions "
         f"{options.partitions} duration {options.duration_s:.0f} s faults "
@@ -322,13 +473,16 @@ def run(options: RunOptions, say: Callable[[str], None] = print) -> Report:
                                   daemon=True)
         runner.start()
         deadline = time.monotonic() + options.duration_s
-        while time.monotonic() < deadline or (runner.is_alive()
-                                              and time.monotonic() < deadline + 60):
+        while time.monotonic() < deadline:
             runner.join(timeout=0.5)
             nodes.check_alive()
         stop.set()
-        runner.join(timeout=60)
-        nemesis.heal()
+        runner.join(timeout=NEMESIS_END_WAIT_S)
+        if runner.is_alive():
+            nodes.problems.append(f"the nemesis' last fault did not end within "
+                                  f"{NEMESIS_END_WAIT_S:.0f} s of the run's end")
+        else:
+            nemesis.heal()
         nodes.heal_all()
         say(f"chaos: healed; the workload runs {options.recovery_s:.0f} s more")
         time.sleep(options.recovery_s)  # deliberate: the recovery period itself is measured
@@ -359,7 +513,7 @@ def run(options: RunOptions, say: Callable[[str], None] = print) -> Report:
 
 def parse_faults(text: str) -> tuple[FaultKind, ...]:
     if text == "all":
-        return (*PROCESS_FAULTS, *NETWORK_FAULTS)
+        return ALL_FAULTS
     return tuple(FaultKind(name.strip()) for name in text.split(",") if name.strip())
 
 
@@ -374,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--faults", default="all",
-                        help="comma-separated kinds (kill,pause,kill_all,isolate,split,slow) "
-                        "or all; network kinds are dropped on the loopback network")
+                        help="comma-separated kinds (kill,pause,kill_all,isolate,split,slow,"
+                        "replace) or all; network kinds are dropped on the loopback network")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: a new directory under /tmp")
     args = parser.parse_args(argv)

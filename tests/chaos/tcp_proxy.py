@@ -172,6 +172,17 @@ class Initiators:
     def reads_handshake(self) -> bool:
         return bool(self._by_raft_address)
 
+    def add_node(self, node: str, source_host: str | None = None,
+                 raft_addresses: tuple[str, ...] = ()) -> None:
+        """Learn a node added while the proxy runs (a replacement): its source address
+        and/or the Raft addresses it announces. Safe from any thread (dict stores)."""
+        if source_host is not None:
+            assert source_host not in self._by_source_host, source_host
+            self._by_source_host[source_host] = node
+        for address in raft_addresses:
+            assert address not in self._by_raft_address, address
+            self._by_raft_address[address] = node
+
     def from_source(self, host: str) -> str | None:
         return self._by_source_host.get(host)
 

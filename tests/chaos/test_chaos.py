@@ -1,17 +1,19 @@
 """The short seeded chaos runs of `make test`: real nodes, the bank workload, faults.
 
-Two runs of about a minute each on a loaded 2-core machine. Process faults: a leader
+Three runs of under a minute each on a loaded 2-core machine. Process faults: a leader
 killed with kill -9, a node paused with SIGSTOP, every node killed at once. Network
 faults: a node isolated, a minority split off, a node's Raft links slowed and lossy.
-Each fault is healed before the next; the checker's verdict must be a pass. Long runs
-with every kind mixed are `make chaos` (`python -m tests.chaos.runner`, see
-docs/reliability.md).
+Replacement: a node's disk lost and the node replaced by the runbook under a new id,
+the old id refused. Each fault is healed before the next; the checker's verdict must be
+a pass. Long runs with every kind mixed are `make chaos` (`python -m tests.chaos.runner`,
+see docs/reliability.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from tests.chaos.history import FINAL_FILE, read_final
 from tests.chaos.nemesis import FaultKind, ScheduleShape
 from tests.chaos.runner import RunOptions, run
 
@@ -20,6 +22,11 @@ SEED = 20_240_611
 
 SHORT = ScheduleShape(gap_s=(2.0, 4.0), fault_s=(3.0, 6.0), first_s=2.0, tail_s=4.0)
 """At least three faults (one of each kind) always fit in 36 s: 2 + 3 x 6 + 2 x 4 + 4 = 32."""
+
+ONE_REPLACEMENT = ScheduleShape(gap_s=(2.0, 4.0), fault_s=(3.0, 6.0), first_s=2.0, tail_s=4.0,
+                                replace_runbook_s=20.0, replaces_max=1)
+"""One replacement fits in 36 s: 2 + 6 + 20 + 4 = 32 (its runbook takes 10-15 s with two
+partitions here; a slower one runs to its end after the run's duration)."""
 
 
 def test_a_short_seeded_chaos_run_with_process_faults_passes_the_checker(
@@ -51,3 +58,28 @@ def test_a_short_seeded_chaos_run_with_network_faults_passes_the_checker(
     assert report.ok, [f"[{v.check}] {v.detail}" for v in report.violations[:10]]
     injected = report.summary["faults"]
     assert isinstance(injected, dict) and all(injected.get(kind, 0) >= 1 for kind in faults)
+
+
+def test_a_short_seeded_chaos_run_replacing_a_lost_node_passes_the_checker(
+    tmp_path: Path,
+) -> None:
+    """The node's data dir is wiped after kill -9; the runbook (walletctl node add, replica
+    add/remove per group, node remove) replaces it under a new id, and the old id is
+    refused when it comes back with an empty disk. The settle step and the checker then
+    judge the new membership: the new node's replicas and replay included, not the old."""
+    options = RunOptions(duration_s=36.0, seed=SEED + 2, network="loopback", nodes=3,
+                         partitions=2, out=tmp_path / "chaos", faults=(FaultKind.REPLACE,),
+                         workers=3, recovery_s=4.0, shape=ONE_REPLACEMENT)
+    report = run(options, say=lambda line: print(line, flush=True))
+    assert report.ok, [f"[{v.check}] {v.detail}" for v in report.violations[:10]]
+    fault_log = report.summary["fault_log"]
+    assert isinstance(fault_log, list) and len(fault_log) == 1, fault_log
+    replacement: dict[str, object] = fault_log[0]
+    assert replacement["kind"] == "replace"
+    assert "refused (status 3)" in str(replacement["detail"]), replacement
+    final = read_final(tmp_path / "chaos" / FINAL_FILE)
+    nodes_hit = replacement["nodes"]
+    assert isinstance(nodes_hit, list) and len(nodes_hit) == 1
+    old = nodes_hit[0]
+    assert old not in final.node_ids and "n4" in final.node_ids
+    assert {v.node_id for v in final.verify} == set(final.node_ids)

@@ -215,3 +215,25 @@ def test_the_summary_times_a_new_leader_after_a_leader_kill() -> None:
     report = check(setup, run.events, samples, run.final(), [kill])
     assert report.summary["worst_after_leader_kill_s"] == {"new_leader": 3.0,
                                                           "first_write": None}
+
+
+def test_after_a_replacement_the_new_node_is_judged_and_the_removed_one_is_not() -> None:
+    run = funded()
+    final = run.final(views=(run.view("n4"),), verify=(NodeVerify("n4", True, ""),),
+                      node_ids=("n4",), map_version=9)
+    report = check(SETUP, run.events, [], final)  # the setup's node was n1
+    assert report.ok, report.violations
+
+
+def test_a_node_of_the_final_map_that_was_not_verified_fails_the_run() -> None:
+    run = funded()
+    report = check(SETUP, run.events, [], run.final(node_ids=("n1", "n4")))
+    assert checks_failed(report) == {"replay = live"}
+
+
+def test_a_final_view_from_a_node_removed_from_the_map_fails_the_run() -> None:
+    run = funded()
+    final = run.final(views=(run.view("n1"),), verify=(NodeVerify("n4", True, ""),),
+                      node_ids=("n4",))
+    report = check(SETUP, run.events, [], final)
+    assert checks_failed(report) == {"replicas agree"}

@@ -10,6 +10,7 @@ does, so the proxy knows who is calling. Two tests run real nodes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -29,7 +30,7 @@ from pysyncobj.encryptor import getEncryptor
 
 from client.auth import open_channel
 from node.auth import node_client_credentials
-from node.config import ClusterConfig, dump_cluster_config
+from node.config import ClusterConfig, NodeConfig, dump_cluster_config
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.chaos.network import (
@@ -85,15 +86,25 @@ class EchoCluster:
 
     def start(self) -> None:
         for node in self.config.nodes:
-            offset = int(self.net.node_extra_args(node.id)[1])
-            ports = [str(node.raft_port_base + offset)]
-            process = subprocess.Popen(
-                self.net.node_command(node.id, [sys.executable, "-c", ECHO_SERVER,
-                                                node.host, *ports]),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            self.processes[node.id] = process
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "ready", f"echo server {node.id}"
+            self._start_echo(node)
+
+    def add_node(self, node_id: str) -> NodeConfig:
+        """A node added after the others (as a replacement is), with its echo server."""
+        node = self.net.add_node(node_id)
+        self.config = dataclasses.replace(self.config, nodes=(*self.config.nodes, node))
+        self._start_echo(node)
+        return node
+
+    def _start_echo(self, node: NodeConfig) -> None:
+        offset = int(self.net.node_extra_args(node.id)[1])
+        ports = [str(node.raft_port_base + offset)]
+        process = subprocess.Popen(
+            self.net.node_command(node.id, [sys.executable, "-c", ECHO_SERVER,
+                                            node.host, *ports]),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.processes[node.id] = process
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready", f"echo server {node.id}"
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -200,6 +211,39 @@ def test_a_drop_rate_of_one_loses_every_connection_of_the_node(
     assert echo_cluster.reaches("n1", "n2")
 
 
+def test_an_added_node_reaches_and_is_reached_by_every_node(
+        echo_cluster: EchoCluster) -> None:
+    echo_cluster.add_node("n4")
+    assert all(echo_cluster.reaches("n4", other) and echo_cluster.reaches(other, "n4")
+               for other in NODES)
+
+
+def test_an_added_node_can_be_isolated_split_off_and_healed(
+        echo_cluster: EchoCluster) -> None:
+    echo_cluster.add_node("n4")
+    echo_cluster.net.isolate("n4")
+    assert echo_cluster.is_cut("n4", "n1") and echo_cluster.is_cut("n2", "n4")
+    echo_cluster.net.heal()
+    echo_cluster.net.split(["n4"], ["n1"])
+    assert echo_cluster.is_cut("n4", "n1") and echo_cluster.is_cut("n1", "n4")
+    assert echo_cluster.reaches("n4", "n2") and echo_cluster.reaches("n3", "n4")
+    echo_cluster.net.heal()
+    wait_until(lambda: echo_cluster.reaches("n1", "n4") and echo_cluster.reaches("n4", "n1"),
+               "the added node's links to come back after heal")
+
+
+def test_an_added_node_can_be_slowed(echo_cluster: EchoCluster) -> None:
+    echo_cluster.add_node("n4")
+    echo_cluster.net.slow("n4", SLOW_DELAY_MS, 0.0)
+    round_trip_s = echo_cluster.round_trip_s("n1", "n4", HEALTHY_TIMEOUT_S)
+    assert round_trip_s is not None and round_trip_s >= 2 * SLOW_DELAY_MS / 1000
+
+
+def test_a_node_id_cannot_be_added_twice(echo_cluster: EchoCluster) -> None:
+    with pytest.raises(ValueError, match="already"):
+        echo_cluster.net.add_node("n2")
+
+
 def test_split_refuses_overlapping_sides(echo_cluster: EchoCluster) -> None:
     with pytest.raises(ValueError, match="both sides"):
         echo_cluster.net.split(["n1", "n2"], ["n2", "n3"])
@@ -229,6 +273,7 @@ def test_teardown_leaves_no_namespace_link_process_or_proxy(kind: str) -> None:
     try:
         cluster = EchoCluster(net, net.build_config(NODES, 1, "chaos-net-test"))
         cluster.start()
+        cluster.add_node("n4")  # added nodes go with the rest
     finally:
         net.teardown()
     net.teardown()  # idempotent

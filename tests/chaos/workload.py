@@ -47,6 +47,7 @@ from ledger.money import currency as currency_of
 from ledger.money import format_amount, parse_amount
 from ledger.routing import partition_of
 from node.auth import node_client_credentials
+from node.cluster_map import VOTER, ClusterMap, decode_map
 from node.config import ClusterConfig, load_cluster_config
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -87,6 +88,8 @@ RETRY_DEADLINE_S = 10.0
 """How long the SDK retries one call before it reports its outcome unknown."""
 STATUS_TIMEOUT_S = 1.0
 """Deadline of one node's ClusterStatus in a sample (a paused node must not stall it)."""
+MAP_REFRESH_PERIOD_S = 1.0
+"""How often the sampler asks for the cluster map (who the nodes are: see NodeViews)."""
 SETTLE_CALL_WORKERS = 8
 """Calls in flight at once while resolving the history."""
 READY_TIMEOUT_S = 90.0
@@ -239,14 +242,52 @@ def replica_view(status: pb.PartitionStatus, node_id: str) -> ReplicaView:
 
 
 class NodeViews:
-    """Each node's own view of its replicas, asked of every node at once."""
+    """Each node's own view of its replicas, asked of every node at once.
+
+    Which nodes there are comes from the cluster map (`refresh_map`: GetClusterMap of every
+    node known, the newest version wins), not from the cluster file: a node that replaced a
+    lost one (the nemesis' `replace`) is asked from the moment a map names it, and a removed
+    node no longer is. Until a map is known, the cluster file's nodes are asked.
+    """
 
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
-        credentials = node_client_credentials(config)
-        self._channels = {n.id: open_channel(n.grpc_address, credentials) for n in config.nodes}
-        self._stubs = {node_id: wallet_pb2_grpc.AdminServiceStub(channel)
-                       for node_id, channel in self._channels.items()}
+        self._credentials = node_client_credentials(config)
+        self.cluster_map: ClusterMap | None = None
+        self._addresses: dict[str, str] = {}
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, wallet_pb2_grpc.AdminServiceStub] = {}
+        self._set_nodes({n.id: n.grpc_address for n in config.nodes})
+
+    def _set_nodes(self, addresses: dict[str, str]) -> None:
+        for node_id in [n for n in self._channels if self._addresses[n] != addresses.get(n)]:
+            self._channels.pop(node_id).close()
+            self._stubs.pop(node_id)
+        for node_id, address in addresses.items():
+            if node_id not in self._channels:
+                self._channels[node_id] = open_channel(address, self._credentials)
+                self._stubs[node_id] = wallet_pb2_grpc.AdminServiceStub(self._channels[node_id])
+        self._addresses = dict(addresses)
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return tuple(self._addresses)
+
+    def refresh_map(self, timeout_s: float = STATUS_TIMEOUT_S) -> ClusterMap | None:
+        """Ask every node known for its cluster map; keep the newest; ask its nodes from
+        now on. Returns the newest map known (None while no node ever answered)."""
+        futures = [wallet_pb2_grpc.WalletServiceStub(channel).GetClusterMap.future(
+            pb.GetClusterMapRequest(), timeout=timeout_s) for channel in self._channels.values()]
+        for future in futures:
+            try:
+                candidate = decode_map(future.result().map_json.encode())
+            except grpc.RpcError:
+                continue
+            if self.cluster_map is None or candidate.version > self.cluster_map.version:
+                self.cluster_map = candidate
+        if self.cluster_map is not None:
+            self._set_nodes({n.id: n.grpc_address for n in self.cluster_map.nodes})
+        return self.cluster_map
 
     def sample(self, timeout_s: float = STATUS_TIMEOUT_S) -> Sample:
         mono_s, wall_ms = now()
@@ -282,16 +323,23 @@ class NodeViews:
             channel.close()
 
 
-def quiescent(sample: Sample, config: ClusterConfig) -> bool:
-    """Every node answered, no outbox holds a transfer, and the replicas of each partition
-    are all there, at one position with one state hash."""
-    if len(sample.nodes_answered) != len(config.nodes):
+def quiescent(sample: Sample, cluster_map: ClusterMap | None) -> bool:
+    """The map's membership is settled (every slot a voter) and every node of the map
+    answered; no outbox holds a transfer; each partition's replicas are exactly its
+    slots, at one position with one state hash."""
+    if cluster_map is None:
+        return False
+    if set(sample.nodes_answered) != {n.id for n in cluster_map.nodes}:
         return False
     if any(v.outbox_depth for v in sample.views):
         return False
-    for partition in range(config.partition_count):
+    for group in cluster_map.group_ids():
+        if any(slot.state != VOTER for slot in cluster_map.slots(group)):
+            return False
+    for partition in range(cluster_map.partition_count):
         views = [v for v in sample.views if v.partition == partition]
-        if len(views) != len(config.replicas_of(partition)):
+        if sorted(v.node_id for v in views) != sorted(
+                s.node_id for s in cluster_map.slots(partition)):
             return False
         if len({(v.applied_position, v.state_hash) for v in views}) != 1:
             return False
@@ -300,8 +348,12 @@ def quiescent(sample: Sample, config: ClusterConfig) -> bool:
 
 def sampler_loop(views: NodeViews, writer: JsonlWriter, period_s: float,
                  stop: threading.Event) -> None:
+    map_asked_s = float("-inf")
     while not stop.is_set():
         started = time.monotonic()
+        if started - map_asked_s >= MAP_REFRESH_PERIOD_S:
+            views.refresh_map()
+            map_asked_s = started
         writer.write(views.sample())
         stop.wait(max(0.0, period_s - (time.monotonic() - started)))
 
@@ -429,12 +481,14 @@ def settle(config_path: Path, out: Path, timeout_s: float) -> int:
     deadline_s = time.monotonic() + timeout_s
 
     def wait_quiescent(stage: str) -> Sample:
+        views.refresh_map()
         sample = views.sample()
-        while not quiescent(sample, config):
+        while not quiescent(sample, views.cluster_map):
             if time.monotonic() > deadline_s:
                 problems.append(f"not quiescent {stage} after {timeout_s:.0f} s")
                 return sample
             time.sleep(0.5)
+            views.refresh_map()
             sample = views.sample()
         return sample
 
@@ -461,8 +515,11 @@ def settle(config_path: Path, out: Path, timeout_s: float) -> int:
                 problems.append(f"balance of {account}: {_error_text(error)}")
     verdicts = views.verify(timeout_s=max(60.0, deadline_s - time.monotonic()))
     views.close()
-    final = FinalState(time.monotonic(), quiescent(final_sample, config), resolutions, balances,
-                       final_sample.views, tuple(verdicts), tuple(problems))
+    final_map = views.cluster_map
+    final = FinalState(time.monotonic(), quiescent(final_sample, final_map), resolutions,
+                       balances, final_sample.views, tuple(verdicts), tuple(problems),
+                       node_ids=views.node_ids,
+                       map_version=final_map.version if final_map is not None else 0)
     write_json(out / FINAL_FILE, final)
     return 0
 
