@@ -137,10 +137,20 @@ class MapCache:
         snapshot_file.fsync_directory(str(self.path.parent))
 
 
-def fetch_map(addresses: list[str], credentials: Credentials = NO_CREDENTIALS,
-              timeout_s: float = 2.0) -> ClusterMap | None:
+@dataclass(frozen=True)
+class FetchedMap:
+    """What asking the seeds for the map gave: the newest map, and whether some seed
+    was there but did not answer in time (a paused or overloaded node, not one down)."""
+
+    cluster_map: ClusterMap | None
+    some_seed_silent: bool
+
+
+def fetch_map_once(addresses: list[str], credentials: Credentials = NO_CREDENTIALS,
+                   timeout_s: float = 2.0) -> FetchedMap:
     """The newest map any of `addresses` serves (blocking; used before the node starts)."""
     best: ClusterMap | None = None
+    silent = False
     for address in addresses:
         channel = open_channel(address, credentials)
         try:
@@ -149,11 +159,35 @@ def fetch_map(addresses: list[str], credentials: Credentials = NO_CREDENTIALS,
             candidate = decode_map(response.map_json.encode())
             if best is None or candidate.version > best.version:
                 best = candidate
-        except grpc.RpcError:
-            continue
+        except grpc.RpcError as exc:
+            # UNAVAILABLE: nothing listens there (down, or not started yet); anything
+            # else (a deadline, a node starting up) means a node that may hold the map.
+            silent = silent or exc.code() != grpc.StatusCode.UNAVAILABLE
         finally:
             channel.close()
-    return best
+    return FetchedMap(best, silent)
+
+
+def fetch_map(addresses: list[str], credentials: Credentials = NO_CREDENTIALS,
+              must_answer_s: float = 0.0, silent_wait_s: float = 0.0,
+              timeout_s: float = 1.0) -> ClusterMap | None:
+    """Ask the seeds until one answers: for up to `must_answer_s` whatever happens (a
+    joining node needs the map), and for up to `silent_wait_s` while some seed is there
+    but silent (a bootstrapping node must not mistake a paused cluster for none)."""
+    started = time.monotonic()
+    backoff_s = 0.2
+    while True:
+        fetched = fetch_map_once(addresses, credentials, timeout_s)
+        if fetched.cluster_map is not None:
+            return fetched.cluster_map
+        waited_s = time.monotonic() - started
+        if waited_s >= must_answer_s and not (fetched.some_seed_silent
+                                              and waited_s < silent_wait_s):
+            return None
+        log.info("no node answered with the cluster map yet; asking again",
+                 extra={"waited_s": round(waited_s, 1)})
+        time.sleep(backoff_s)
+        backoff_s = min(backoff_s * 2, 2.0)
 
 
 class RaftGroup(Protocol):

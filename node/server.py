@@ -69,6 +69,12 @@ SHUTDOWN_DEADLINE_S = 20.0
 EXIT_SHUTDOWN_TIMEOUT = 4
 
 
+JOIN_WAIT_S = 30.0
+"""How long a --join node asks the cluster file's nodes for the map before refusing."""
+SILENT_SEED_WAIT_S = 30.0
+"""How long a starting node without a cached map waits for seeds that are up but silent."""
+
+
 class StartRefused(Exception):
     """The node must not start; the message says why and what to do."""
 
@@ -126,11 +132,19 @@ def initial_map(config: ClusterConfig, node_id: str, data_dir: Path, incarnation
     cluster_map = MapCache.load(data_dir / MAP_FILE)
     if cluster_map is None:
         seeds = [n.grpc_address for n in config.nodes if n.id != node_id]
-        cluster_map = fetch_map(seeds, credentials, timeout_s=1.0)
+        # A joining node needs the map: it asks for a while. Any node waits while a seed is
+        # there but silent (paused, overloaded): a wiped node restarted with --bootstrap
+        # must learn that its id already ran, not build a new map and vote with an empty
+        # log. Seeds that are not listening at all (a new cluster starting) are not waited
+        # for.
+        cluster_map = fetch_map(seeds, credentials,
+                                must_answer_s=JOIN_WAIT_S if join else 0.0,
+                                silent_wait_s=SILENT_SEED_WAIT_S)
         if cluster_map is None and join:
             raise StartRefused(
-                "--join needs the cluster map from a running node, and no node of the "
-                "cluster file answered: start it when the cluster is up")
+                f"--join needs the cluster map from a running node, and no node of the "
+                f"cluster file answered in {JOIN_WAIT_S:.0f} s: start it when the cluster "
+                "is up")
         if cluster_map is None:
             if node_id not in {n.id for n in config.nodes}:
                 raise StartRefused(
