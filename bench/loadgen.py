@@ -111,6 +111,29 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 JSON_SUFFIX = b'"}'
 
 
+def tally_one_transfer(stats: RunStats, latencies: array[float], failures: Counter[str],
+                       began: float, ended: float, measured: bool, reason: str,
+                       failure_key: str, cross: bool, followed_up: int,
+                       count_recorded: bool) -> None:
+    """Count one unary transfer's outcome (in the window only if `measured`)."""
+    stats.calls_total += 1
+    stats.transfers_total += 1
+    if not measured:
+        return
+    stats.calls += 1
+    stats.transfers += 1
+    stats.cross += cross
+    stats.followed_up += followed_up
+    latencies.append(ended - began)
+    if not reason:
+        stats.succeeded += 1
+        stats.committed += 1
+    else:
+        failures[failure_key] += 1
+        if count_recorded and reason in RECORDED_REASONS:
+            stats.committed += 1
+
+
 # --- jobs and answers (picklable: they cross the pipe) ----------------------------------------
 
 
@@ -745,21 +768,9 @@ class _Worker:
             reason, followed_up = await _unary_once(call, get_call, prefix, from_account,
                                                     ids.next(), timeout_s, began, stats)
             ended = monotonic()
-            stats.calls_total += 1
-            stats.transfers_total += 1
-            if measure_from <= ended <= end_at:
-                stats.calls += 1
-                stats.transfers += 1
-                stats.cross += cross
-                stats.followed_up += followed_up
-                latencies.append(ended - began)
-                if not reason:
-                    stats.succeeded += 1
-                    stats.committed += 1
-                else:
-                    failures[reason] += 1
-                    if count_recorded and reason in RECORDED_REASONS:
-                        stats.committed += 1
+            tally_one_transfer(stats, latencies, failures, began, ended,
+                               measure_from <= ended <= end_at, reason, reason, cross,
+                               followed_up, count_recorded)
             if reason and reason not in RECORDED_REASONS:
                 await asyncio.sleep(ERROR_PAUSE_S)
 
@@ -880,21 +891,9 @@ class _Worker:
             except httpx.HTTPError as error:
                 reason = key = type(error).__name__
             ended = monotonic()
-            stats.calls_total += 1
-            stats.transfers_total += 1
-            if measure_from <= ended <= end_at:
-                stats.calls += 1
-                stats.transfers += 1
-                stats.cross += cross
-                stats.followed_up += followed_up
-                latencies.append(ended - began)
-                if not reason:
-                    stats.succeeded += 1
-                    stats.committed += 1
-                else:
-                    failures[key] += 1
-                    if count_recorded and reason in RECORDED_REASONS:
-                        stats.committed += 1
+            tally_one_transfer(stats, latencies, failures, began, ended,
+                               measure_from <= ended <= end_at, reason, key, cross,
+                               followed_up, count_recorded)
             if reason and reason not in RECORDED_REASONS:
                 await asyncio.sleep(ERROR_PAUSE_S)
 
