@@ -22,7 +22,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from client.auth import TlsOptions
-from client.errors import RETRYABLE_STATUSES, from_rpc_error
+from client.errors import from_rpc_error, is_retryable
 from client.sdk import (
     CHANNEL_OPTIONS,
     DEFAULT_RETRY_DEADLINE_S,
@@ -229,7 +229,7 @@ class AsyncWalletClient(_ClientBase):
                                       metadata=self._credentials.metadata_for(op.path))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
-                if error.status not in RETRYABLE_STATUSES:
+                if not is_retryable(error):
                     raise error from rpc_error
                 self._routes.invalidate()  # the leader may have moved: look again
                 delay = retry.backoff()

@@ -44,6 +44,14 @@ RETRYABLE_STATUSES: frozenset[grpc.StatusCode] = frozenset(
 """Statuses after which the SDK resends the same request (same ids); never others."""
 
 
+def is_retryable(error: WalletError) -> bool:
+    """Worth sending again: a transient status, but not a request over the size limit
+    (RESOURCE_EXHAUSTED too, and the same bytes would be refused every time)."""
+    return error.status in RETRYABLE_STATUSES and not (
+        error.status == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and "larger than max" in error.message)
+
+
 class WalletError(Exception):
     """A request failed. `status` is the gRPC status code, `reason` the ledger reason or ""."""
 

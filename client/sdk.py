@@ -51,11 +51,11 @@ from google.protobuf.message import Message
 
 from client.auth import Credentials, TlsOptions
 from client.errors import (
-    RETRYABLE_STATUSES,
     OutcomeUnknown,
     Unavailable,
     WalletError,
     from_rpc_error,
+    is_retryable,
     status_of,
 )
 from ledger.routing import partition_of
@@ -1054,7 +1054,7 @@ class WalletClient(_ClientBase):
                                 metadata=self._credentials.metadata_for(op.path))
             except grpc.RpcError as rpc_error:
                 error = from_rpc_error(rpc_error)
-                if error.status not in RETRYABLE_STATUSES:
+                if not is_retryable(error):
                     raise error from rpc_error
                 self._routes.invalidate()  # the leader may have moved: look again
                 delay = retry.backoff()

@@ -22,6 +22,7 @@ from client.errors import (
     Unauthenticated,
     Unavailable,
     WalletError,
+    is_retryable,
 )
 from client.sdk import TransferSpec, TransferStatus, WalletClient, new_id
 from ledger.routing import partition_of
@@ -276,3 +277,13 @@ def test_async_client_maps_errors(fake: FakeWalletServer) -> None:
         asyncio.run(scenario())
 
     assert raised.value.reason == "ACCOUNT_NOT_FOUND"
+
+
+
+def test_a_request_over_the_size_limit_is_not_retried() -> None:
+    too_big = WalletError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "Received message larger than max (5242880 vs. 4194304)")
+    overloaded = WalletError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             "more than 200000 commands queued for partition 1")
+    assert not is_retryable(too_big), "the same bytes would be refused every time"
+    assert is_retryable(overloaded)
