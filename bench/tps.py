@@ -130,7 +130,6 @@ import argparse
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
 import random
 import secrets
@@ -147,8 +146,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -157,6 +154,7 @@ from bench import loadgen
 from bench.environment import describe
 from bench.profiler import FlameGraphs, py_spy_path, record_seconds
 from bench.running_cluster import RunningCluster, TargetUnavailable, parse_address
+from bench.worker_pool import WorkerPool
 from client.auth import NO_CREDENTIALS, Credentials, credentials_from_environment
 from client.sdk import normalize_targets
 from ledger.routing import partition_of
@@ -213,7 +211,6 @@ DEPOSIT = "1000000.00"
 DEPOSIT_MINOR = 100_000_000
 """Per account; transfers are 0.01 to 9.99, so no run comes near INSUFFICIENT_FUNDS."""
 LEADERS_TIMEOUT_S = 60.0
-WORKER_TIMEOUT_S = 120.0
 CONVERGE_TIMEOUT_S = 60.0
 OUTBOX_DRAIN_TIMEOUT_S = 120.0
 """After a run, how long cross-partition transfers still in flight may take to finish."""
@@ -708,13 +705,7 @@ def machine_cpu() -> tuple[float, float]:
 # --- the load generator processes -------------------------------------------------------------
 
 
-@dataclass
-class Worker:
-    process: SpawnProcess
-    conn: Connection
-
-
-class Workers:
+class Workers(WorkerPool):
     """`count` spawned load generator processes; `close` stops them all.
 
     Each presents `credentials` (tokens, TLS) on its channels: a running cluster's, in
@@ -722,78 +713,8 @@ class Workers:
     """
 
     def __init__(self, count: int, credentials: Credentials = NO_CREDENTIALS) -> None:
-        context = multiprocessing.get_context("spawn")  # never fork a process using gRPC
-        self.progress = context.RawArray("q", count)
-        self.workers: list[Worker] = []
-        for index in range(count):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=loadgen.worker_main,
-                                      args=(child_end, index, self.progress, credentials),
-                                      name=f"bench-loadgen-{index}", daemon=True)
-            process.start()
-            child_end.close()
-            self.workers.append(Worker(process, parent_end))
-
-    def __len__(self) -> int:
-        return len(self.workers)
-
-    def send(self, index: int, job: object) -> None:
-        self.workers[index].conn.send(job)
-
-    def receive(self, index: int, timeout_s: float = WORKER_TIMEOUT_S) -> object:
-        worker = self.workers[index]
-        deadline = time.monotonic() + timeout_s
-        while not worker.conn.poll(0.2):
-            if not worker.process.is_alive():
-                raise BenchFailed(f"load generator {index} exited "
-                                  f"({worker.process.exitcode})")
-            if time.monotonic() > deadline:
-                raise BenchFailed(f"load generator {index} did not answer in {timeout_s:.0f} s")
-        answer = worker.conn.recv()
-        if isinstance(answer, loadgen.WorkerFailed):
-            raise BenchFailed(answer.message)
-        return answer
-
-    def gather(self, jobs: Sequence[object | None]) -> list[object]:
-        """Send job i to worker i (None: nothing) and collect the answers in order."""
-        active = [i for i, job in enumerate(jobs) if job is not None]
-        for i in active:
-            self.send(i, jobs[i])
-        return [self.receive(i) for i in active]
-
-    def reset_progress(self) -> None:
-        for index in range(len(self.progress)):
-            self.progress[index] = 0
-
-    def progress_total(self) -> int:
-        return int(sum(self.progress))
-
-    def pids(self) -> list[int]:
-        return [w.process.pid for w in self.workers if w.process.pid is not None]
-
-    def close(self, hurry: bool = False) -> None:
-        """Stop every worker: politely when idle, at once (SIGTERM) when `hurry`.
-
-        A worker in the middle of a run reads no job until the run ends, so after an
-        interrupt or a failure it is terminated rather than asked.
-        """
-        for worker in self.workers:
-            if hurry:
-                worker.process.terminate()
-                continue
-            try:
-                worker.conn.send(loadgen.Stop())
-            except (OSError, ValueError):
-                pass
-        for worker in self.workers:
-            worker.process.join(timeout=2 if hurry else 10)
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(timeout=5)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(timeout=5)
-            worker.conn.close()
+        super().__init__(count, loadgen.worker_main, (credentials,), "load generator",
+                         "bench-loadgen", loadgen.Stop(), loadgen.WorkerFailed, BenchFailed)
 
 
 def _split(items: Sequence[Any], parts: int) -> list[list[Any]]:

@@ -18,7 +18,6 @@ a closed pipe ends the worker. Workers are started with "spawn".
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 import traceback
 from array import array
@@ -26,13 +25,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
 from typing import Any
 
 import psycopg
 
 from bench import loadgen
 from bench.peers import workload
+from bench.worker_pool import WorkerPool
 
 UNARY_SQL = "SELECT transfer(%s, %s, %s, %s, %s::uuid)"
 BATCH_SQL = ("SELECT transfer_batch(%s::text[], %s::text[], %s::bigint[], %s::char(3)[], "
@@ -42,7 +41,6 @@ COMMITTED_OUTCOMES = frozenset({"OK", "INSUFFICIENT_FUNDS"})
 ERROR_PAUSE_S = 0.01
 """A caller whose statement failed waits this long before the next one."""
 CONNECT_TIMEOUT_S = 30
-WORKER_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,68 +235,9 @@ class PgLoadFailed(Exception):
     """A worker failed, died or did not answer in time."""
 
 
-@dataclass
-class _Worker:
-    process: SpawnProcess
-    conn: Connection
-
-
-class PgWorkers:
+class PgWorkers(WorkerPool):
     """`count` spawned worker processes; `close` stops them all (also on failure)."""
 
     def __init__(self, count: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.progress = context.RawArray("q", count)
-        self._workers: list[_Worker] = []
-        for index in range(count):
-            parent_end, child_end = context.Pipe()
-            process = context.Process(target=worker_main, args=(child_end, index, self.progress),
-                                      name=f"bench-pg-load-{index}", daemon=True)
-            process.start()
-            child_end.close()
-            self._workers.append(_Worker(process, parent_end))
-
-    def __len__(self) -> int:
-        return len(self._workers)
-
-    def send(self, index: int, message: object) -> None:
-        self._workers[index].conn.send(message)
-
-    def receive(self, index: int, timeout_s: float = WORKER_TIMEOUT_S) -> object:
-        worker = self._workers[index]
-        deadline = time.monotonic() + timeout_s
-        while not worker.conn.poll(0.2):
-            if not worker.process.is_alive():
-                raise PgLoadFailed(f"pg worker {index} exited ({worker.process.exitcode})")
-            if time.monotonic() > deadline:
-                raise PgLoadFailed(f"pg worker {index} did not answer in {timeout_s:.0f} s")
-        answer = worker.conn.recv()
-        if isinstance(answer, WorkerFailed):
-            raise PgLoadFailed(answer.message)
-        return answer
-
-    def progress_total(self) -> int:
-        return int(sum(self.progress))
-
-    def reset_progress(self) -> None:
-        for index in range(len(self.progress)):
-            self.progress[index] = 0
-
-    def close(self, hurry: bool = False) -> None:
-        for worker in self._workers:
-            if hurry:
-                worker.process.terminate()
-                continue
-            try:
-                worker.conn.send(Stop())
-            except (OSError, ValueError):
-                pass
-        for worker in self._workers:
-            worker.process.join(timeout=2 if hurry else 10)
-            if worker.process.is_alive():
-                worker.process.terminate()
-                worker.process.join(timeout=5)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(timeout=5)
-            worker.conn.close()
+        super().__init__(count, worker_main, (), "pg worker", "bench-pg-load", Stop(),
+                         WorkerFailed, PgLoadFailed)
