@@ -418,7 +418,8 @@ def refusals_of(values: list[Value]) -> frozenset[Refusal]:
 
 
 @st.composite
-def malformed_money(draw: st.DrawFn, kind: type[Message]) -> tuple[Message, Expect]:
+def malformed_money(draw: st.DrawFn, kind: type[pb.DepositRequest] | type[pb.WithdrawRequest]
+                    ) -> tuple[Message, Expect]:
     """A deposit or withdrawal with at least one malformed field."""
     bad = draw(st.sets(st.sampled_from(["account", "currency", "amount", "id"]), min_size=1))
     account = draw(bad_account_ids) if "account" in bad else Value(RICH)
