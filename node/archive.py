@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, BinaryIO, Final, NamedTuple
 
+from node import fail_stop
 from node.durable_io import datasync, pwrite_all, rest_is_zero
 
 log = logging.getLogger(__name__)
@@ -715,11 +716,13 @@ class EventArchive:
         assert fd is not None
         try:
             pwrite_all(fd, record, segment.end)
-        except OSError:
+        except OSError as exc:
             try:
                 os.ftruncate(fd, segment.end)  # leave no partial record behind
             except OSError as truncate_exc:
                 self._fail("removing a partially written record", truncate_exc)
+                raise
+            self._fail("appending a record", exc)
             raise
 
     def _check_writable(self) -> None:
@@ -735,6 +738,7 @@ class EventArchive:
         self._failure = f"{what}: {exc}"
         log.critical("archive %s: %s failed (%s); refusing further writes, the process must "
                      "restart", self.directory, what, exc)
+        fail_stop.storage_failed(f"archive {self.directory}: {what}: {exc}")
 
     def _fsync_directory(self, directory: str, what: str) -> None:
         if not self.fsync_enabled:

@@ -13,7 +13,11 @@ these guarantees:
 - Every record carries a CRC-32. On open, a torn final record (the tail of a
   write that was never synced, hence never acknowledged) is cut off with a
   warning; damage anywhere else raises `JournalCorrupt`: the node refuses to
-  start rather than replay a wrong or shortened log.
+  start rather than replay a wrong or shortened log. So does a journal that
+  ends before the commit index its meta file records, or whose meta file is
+  missing or older than its records (`_check_covers_meta`).
+- A failed append, fsync or meta write is reported to `node.fail_stop`, which
+  ends the node process (a leader that cannot write must not go on leading).
 - Removing entries from the front (`deleteEntriesTo`, log compaction) and
   `clear()` write a complete new file and rename it over the journal, so a
   crash leaves either the old complete journal or the new one, never a mix.
@@ -65,6 +69,7 @@ import pysyncobj.journal
 import pysyncobj.syncobj
 import pysyncobj.version
 
+from node import fail_stop
 from node.durable_io import datasync, pwrite_all, rest_is_zero
 
 log = logging.getLogger(__name__)
@@ -110,8 +115,10 @@ class JournalCorrupt(Exception):
         super().__init__(
             f"journal file {path} is corrupt at byte offset {offset}: {reason}. "
             "Refusing to start this node: running on would replay a wrong or incomplete "
-            "Raft log or forget a vote. Restore the file from a backup, or wipe this "
-            "node's data and let it rejoin the cluster from a healthy leader"
+            "Raft log or forget a vote. Do not wipe the data and restart under the same "
+            "node id: replace the node (remove it, then add a node under a NEW id; "
+            "docs/operations.md, \"Replacing a node\"), or restore the whole data dir from "
+            "a backup taken while the node was stopped"
         )
         self.path = path
         self.offset = offset
@@ -290,11 +297,15 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         offset_bytes = self._end_offset_bytes
         try:
             pwrite_all(fd, record, offset_bytes)
-        except OSError:
+        except OSError as exc:
             try:
                 os.ftruncate(fd, offset_bytes)  # leave no partial record behind
             except OSError as truncate_exc:
                 self._fail("removing a partially written record", truncate_exc)
+                raise
+            # A full disk or an I/O error: the entry is not in the log, and the next
+            # one would not be either. Fail-stop (a leader must not keep heartbeating).
+            self._fail("appending a record", exc)
             raise
         self._entries.append((data, idx, term))
         self._record_offsets_bytes.append(offset_bytes)
@@ -470,6 +481,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             "journal %s: %s failed (%s); refusing further writes, the process must restart",
             self.path, what, exc,
         )
+        fail_stop.storage_failed(f"journal {self.path}: {what}: {exc}")
 
     def _fsync(self, fd: int, what: str) -> None:
         if not self.fsync_enabled:
@@ -551,14 +563,67 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             with open(fd, "rb", closefd=False) as reader:
                 try:
                     self._read_records(reader, file_size_bytes)
-                except _TornTail as torn:
-                    self._truncate_torn_tail(fd, file_size_bytes, torn)
+                    torn = None
+                except _TornTail as tail:
+                    torn = tail
+            self._check_covers_meta()  # before cutting anything off
+            if torn is not None:
+                self._truncate_torn_tail(fd, file_size_bytes, torn)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
+    def _check_covers_meta(self) -> None:
+        """The log must hold every entry the meta file says this node has seen.
+
+        The meta file's commit index is stored only after the records it covers
+        were fsynced (`_store_meta` syncs first), and term and vote are stored
+        before any vote or acknowledgement leaves. So a journal that ends before
+        the stored commit index, or that holds entries of a later term than any
+        stored term, or entries of any term without a meta file, lost records
+        that were durable: a shortened or replaced file, never a torn write.
+        Such a replica must not vote (it could elect a leader without
+        acknowledged entries), so it refuses to start.
+        """
+        if not self._entries:
+            return
+        last_idx, last_term = self._entries[-1][1], self._entries[-1][2]
+        if not os.path.exists(self.meta_path):
+            if last_term > 0:
+                self._refuse_open(
+                    0, f"the meta file {self.meta_path} is missing (the journal holds entries "
+                    f"of term {last_term}, so it existed): this node's vote and commit index "
+                    "are lost")
+            return
+        if last_term > self._current_term:
+            self._refuse_open(
+                0, f"the journal holds entries of term {last_term} but its meta file records "
+                f"term {self._current_term}: the meta file is older than the log (replaced)")
+        if self._commit_index > last_idx:
+            self._refuse_open(
+                self._end_offset_bytes,
+                f"the journal ends at log index {last_idx} but its meta file records commit "
+                f"index {self._commit_index}: records that were durable (and acknowledged) "
+                "are missing; the file was shortened")
+
+    def _refuse_open(self, offset_bytes: int, reason: str) -> None:
+        raise JournalCorrupt(self.path, offset_bytes, reason)
+
     def _truncate_torn_tail(self, fd: int, file_size_bytes: int, torn: _TornTail) -> None:
+        """Cut off a final record that fails its checks, if it can only be unacknowledged.
+
+        Why a torn final record can be cut: records are appended with one write
+        each and acknowledged (a follower's reply, the leader's own commit) only
+        after the fsync that covers them. A crash mid-write or before that fsync
+        leaves at most the records after the last completed fsync damaged or
+        missing, and only at the end of the file. Those were never acknowledged.
+        What makes it safe to believe that here: the records before the cut must
+        still reach the commit index stored in the meta file (checked right after,
+        `_check_covers_meta`), and the replica checks the event archive's last
+        log index against the journal (node/replica_guard.py). A cut that would
+        remove a record either of them knows about refuses to start instead.
+        """
         log.warning(
             "journal %s: cutting off a torn final record at byte offset %d (%s): "
             "%d bytes that were never synced, hence never acknowledged",

@@ -24,10 +24,12 @@ from typing import Any
 
 from pysyncobj import SyncObjConsumer, replicated
 
-from node.cluster_map import ClusterMap, MapChangeRefused, apply_command, decode_map
+from node import replica_guard
+from node.cluster_map import META, ClusterMap, MapChangeRefused, apply_command, decode_map
+from node.fail_stop import halt
 from node.journal import DurableJournal
 from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
-from node.replica import RaftSettings, _SyncingTransport, halt, hold_elections, raft_conf
+from node.replica import RaftSettings, _SyncingTransport, hold_elections, raft_conf
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,12 @@ class MetadataGroup:
         if not isinstance(journal, DurableJournal):
             raise RuntimeError("node.journal.install() must run before the metadata group")
         self.journal: DurableJournal = journal
+        try:  # never compacted: the journal must still start at index 1
+            replica_guard.check_log_covers(data_dir, META, int(journal[0][1]),
+                                           int(journal[-1][1]), None, 0)
+        except replica_guard.ReplicaStateMissing:
+            self.syncobj.destroy()
+            raise
         self.syncobj._SyncObj__transport.before_send = journal.sync
         self.syncobj.addOnTickCallback(journal.sync)
         self._stopping = threading.Event()

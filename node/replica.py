@@ -36,17 +36,16 @@ from ledger.codec import decode_entry
 from ledger.results import EntryResult
 from ledger.results_codec import encode_results
 from ledger.state import StateMachine
-from node import failpoints, snapshot_file
+from node import failpoints, replica_guard, snapshot_file
 from node.archive import EventArchive
+from node.fail_stop import halt
 from node.journal import DurableJournal
 from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
 
 log = logging.getLogger(__name__)
 
-HALT_EXIT_CODE = 70
 ARCHIVE_SYNC_PERIOD_S = 1.0
 """How often archive appends are fsynced (they are always synced before a snapshot)."""
-"""Exit status of a node that stopped because a replica could not apply an entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +66,6 @@ class RaftSettings:
     bind_retries: int = 50
     archive: bool = True
     """False only to measure what the event archive costs (history is then unavailable)."""
-
-
-def halt(reason: str) -> None:
-    """Stop the whole process now: a replica that cannot apply must not go on."""
-    log.critical("replica halted", extra={"reason": reason})
-    for handler in logging.getLogger().handlers:
-        handler.flush()
-    os._exit(HALT_EXIT_CODE)
 
 
 def raft_conf(settings: RaftSettings, secret: str | None, bind_address: str, journal_path: str,
@@ -148,6 +139,17 @@ class _PartitionSyncObj(LogMatchingSyncObj):
         if keep_from is None:
             # The journal does not continue from the snapshot (a snapshot received from
             # the leader, or a journal behind it): restart the journal at the snapshot.
+            # The stored commit index and term must cover the new journal at every
+            # instant (node/journal.py refuses to open a log shorter than its commit
+            # index, or with entries of a later term than its meta file): lower the
+            # one and raise the other durably BEFORE the journal changes.
+            if journal.getRaftCommitIndex() > last_entry[1]:
+                journal.setRaftCommitIndex(last_entry[1])
+                journal.onOneSecondTimer()
+            if journal.getCurrentTerm() < last_entry[2]:
+                journal.setCurrentTerm(last_entry[2], None)
+                self._SyncObj__raftCurrentTerm = last_entry[2]
+                self._SyncObj__votedForNodeId = None
             journal.clear()
             journal.add(*prev_entry)
             journal.add(*last_entry)
@@ -226,8 +228,10 @@ class PartitionReplica:
         os.makedirs(data_dir, exist_ok=True)
         self.journal_path = os.path.join(data_dir, "journal")
         self.snapshot_path = os.path.join(data_dir, "snapshot")
+        snapshot_meta: snapshot_file.RaftMeta | None = None
         if os.path.exists(self.snapshot_path):
-            snapshot_file.read(self.snapshot_path)  # refuse to start on a damaged file
+            # Refuses to start on a damaged file.
+            snapshot_meta, _ = snapshot_file.read(self.snapshot_path)
         self.archive = EventArchive(os.path.join(data_dir, "archive"), partition,
                                     fsync=settings.fsync)
         self.archive_lagging = False
@@ -256,6 +260,14 @@ class PartitionReplica:
         if not isinstance(journal, DurableJournal):
             raise RuntimeError("node.journal.install() must run before replicas are created")
         self.journal: DurableJournal = journal
+        try:
+            replica_guard.check_log_covers(
+                data_dir, partition, int(journal[0][1]), int(journal[-1][1]), snapshot_meta,
+                self.archive.last_log_index)
+        except replica_guard.ReplicaStateMissing:
+            self.syncobj.destroy()
+            self.archive.close()
+            raise
         transport = self.syncobj._SyncObj__transport
         transport.before_send = self.sync_durable
         self.syncobj.addOnTickCallback(self.sync_durable)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import gc
 import json
 import logging
@@ -31,8 +32,8 @@ from grpc_reflection.v1alpha import reflection
 
 from client.auth import Credentials
 from ledger import commands as c
+from node import fail_stop, logs, replica_guard, snapshot_file
 from node import journal as journal_patch
-from node import logs, snapshot_file
 from node.admin_service import AdminService
 from node.api import DEDUP_WINDOW_S
 from node.archive import ArchiveCorrupt
@@ -48,6 +49,7 @@ from node.metrics import NodeMetrics
 from node.preseed import Preseeder, has_local_state
 from node.proposer import ProposerSettings
 from node.replica import PartitionReplica, RaftSettings
+from node.replica_guard import ReplicaStateMissing
 from node.request_guard import RequestGuard
 from node.saga_driver import PEER_TOKEN_METADATA_KEY, PeerService, SagaDriver, peer_token
 from node.wallet_service import WalletService
@@ -119,9 +121,32 @@ def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstra
 def _write_identity(data_dir: Path, identity: dict[str, object]) -> None:
     identity_path = data_dir / IDENTITY_FILE
     temporary = identity_path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(identity), encoding="utf-8")
+    with open(temporary, "w", encoding="utf-8") as out:
+        out.write(json.dumps(identity))
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(temporary, identity_path)
     snapshot_file.fsync_directory(str(data_dir))
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take the data dir's exclusive lock before anything in it is opened; returns its fd.
+
+    A second process on a live data dir would open (and might trim) the live
+    files. The lock is an flock on the directory itself (no file is created, so
+    a bootstrap still sees an empty dir); the kernel releases it when the
+    process ends, however it ends.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartRefused(
+            f"data dir {data_dir} is in use by another process (a node is already running on "
+            "it); stop that node first") from None
+    return fd
 
 
 def initial_map(config: ClusterConfig, node_id: str, data_dir: Path, incarnation: str,
@@ -182,16 +207,26 @@ class NodeGroupFactory:
     secret: str | None
     settings: RaftSettings
     raft_bind_port_offset: int = 0
+    initialising: bool = False
+    """True only while a bootstrap creates the node's first replicas (no state expected)."""
 
     def create(self, group: int, cluster_map: ClusterMap, joining: bool
                ) -> PartitionReplica | MetadataGroup:
+        """Open (or initialise) this node's replica of `group`.
+
+        Raises ReplicaStateMissing when the map makes this node a voter of the
+        group but the group's directory lost its state (node/replica_guard.py).
+        """
+        directory = self.data_dir / ("meta" if group == META else f"partition-{group}")
+        replica_guard.check_marker(directory, group, self.node_id, member=not joining,
+                                   initialising=self.initialising)
         address = cluster_map.raft_address(group, self.node_id)
         host, _, port = address.rpartition(":")
         bind_address = f"{host}:{int(port) + self.raft_bind_port_offset}"
         peers = [cluster_map.raft_address(group, slot.node_id)
                  for slot in cluster_map.slots(group) if slot.node_id != self.node_id]
         if group == META:
-            meta = MetadataGroup(address, peers, bind_address, str(self.data_dir / "meta"),
+            meta = MetadataGroup(address, peers, bind_address, str(directory),
                                  self.secret, self.settings)
             meta.joining = joining
             return meta
@@ -200,7 +235,7 @@ class NodeGroupFactory:
             self_address=address,
             peer_addresses=peers,
             bind_address=bind_address,
-            data_dir=str(self.data_dir / f"partition-{group}"),
+            data_dir=str(directory),
             secret=self.secret,
             settings=self.settings,
         )
@@ -433,6 +468,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
             config.node(node_id)  # a typo in --node-id fails here, before the data dir
         # Otherwise the node may be one added later (`node add`): the cluster map, not
         # the bootstrap file, says whether it belongs (initial_map below).
+        data_dir_lock_fd = lock_data_dir(data_dir)  # noqa: F841 (held until the process ends)
         incarnation = check_identity(data_dir, config, node_id, bootstrap, join)
         cache = MapCache(data_dir / MAP_FILE, initial_map(
             config, node_id, data_dir, incarnation, node_client_credentials(config), join))
@@ -440,11 +476,13 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
                                 archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")
         journal_patch.install(fsync=settings.fsync)
+        fail_stop.halt_on_storage_failure()
         factory = NodeGroupFactory(node_id, data_dir, config.secret or None, settings,
-                                   raft_bind_port_offset)
+                                   raft_bind_port_offset, initialising=bootstrap)
         groups = build_groups(cache.current, factory)
+        factory = dataclasses.replace(factory, initialising=False)
     except (ConfigError, KeyError, StartRefused, JournalCorrupt, ArchiveCorrupt,
-            snapshot_file.SnapshotFileCorrupt, MapFileCorrupt) as exc:
+            snapshot_file.SnapshotFileCorrupt, MapFileCorrupt, ReplicaStateMissing) as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
         print(f"walletctl node start: {exc}", flush=True)
         return EXIT_REFUSED

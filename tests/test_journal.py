@@ -19,6 +19,8 @@ import pysyncobj.version
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from node import fail_stop
+from node import journal as journal_module
 from node.journal import (
     COMPACT_TMP_SUFFIX,
     HEADER_BYTES,
@@ -57,9 +59,18 @@ def open_journal(journal_path: str) -> Iterator[OpenJournal]:
 def _filled(open_journal: OpenJournal, entries: list[tuple[bytes, int, int]] = ENTRIES,
             ) -> DurableJournal:
     journal = open_journal()
+    # As pysyncobj does: the term is stored (with the vote) before entries of that term.
+    journal.setCurrentTerm(max((term for _, _, term in entries), default=0), None)
     for entry in entries:
         journal.add(*entry)
     journal._destroy()
+    return journal
+
+
+def _at_term(open_journal: OpenJournal, term: int) -> DurableJournal:
+    """A journal whose stored term is `term`: pysyncobj stores it before entries of that term."""
+    journal = open_journal()
+    journal.setCurrentTerm(term, None)
     return journal
 
 
@@ -123,7 +134,7 @@ def test_add_rejects_an_index_that_does_not_follow_the_last(open_journal: OpenJo
 
 
 def test_delete_entries_from_drops_the_tail_durably(open_journal: OpenJournal) -> None:
-    journal = open_journal()
+    journal = _at_term(open_journal, 3)
     for entry in ENTRIES:
         journal.add(*entry)
     journal.deleteEntriesFrom(2)
@@ -134,7 +145,7 @@ def test_delete_entries_from_drops_the_tail_durably(open_journal: OpenJournal) -
 
 
 def test_delete_entries_to_keeps_later_entries_across_reopen(open_journal: OpenJournal) -> None:
-    journal = open_journal()
+    journal = _at_term(open_journal, 3)
     for entry in ENTRIES:
         journal.add(*entry)
     journal.deleteEntriesTo(2)
@@ -168,7 +179,7 @@ def test_compaction_fsyncs_the_directory_before_the_rename(
 
 
 def test_clear_empties_the_journal_across_reopen(open_journal: OpenJournal) -> None:
-    journal = open_journal()
+    journal = _at_term(open_journal, 3)
     for entry in ENTRIES:
         journal.add(*entry)
     journal.clear()
@@ -180,7 +191,7 @@ def test_clear_empties_the_journal_across_reopen(open_journal: OpenJournal) -> N
 def test_failed_rename_during_compaction_leaves_the_old_journal_intact(
     open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    journal = open_journal()
+    journal = _at_term(open_journal, 3)
     for entry in ENTRIES:
         journal.add(*entry)
 
@@ -243,6 +254,65 @@ def test_zero_filled_tail_is_cut_off_on_open(open_journal: OpenJournal) -> None:
     with open(journal.path, "ab") as f:
         f.write(bytes(4096))
     assert open_journal()[:] == ENTRIES
+
+
+def _committed(open_journal: OpenJournal, commit_index: int) -> DurableJournal:
+    """ENTRIES on disk, with `commit_index` stored in the meta file."""
+    journal = _at_term(open_journal, 2)
+    for entry in ENTRIES:
+        journal.add(*entry)
+    journal.setRaftCommitIndex(commit_index)
+    journal.onOneSecondTimer()
+    journal._destroy()
+    return journal
+
+
+def test_a_journal_cut_on_a_record_boundary_before_the_commit_index_refuses_to_open(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _committed(open_journal, commit_index=4)
+    os.truncate(journal.path, _record_offset(2))
+    with pytest.raises(JournalCorrupt, match="ends at log index 2 but its meta file records "
+                                             "commit index 4"):
+        open_journal()
+
+
+def test_a_journal_cut_mid_record_before_the_commit_index_refuses_and_keeps_the_file(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _committed(open_journal, commit_index=4)
+    cut_size = _record_offset(3) + 5
+    os.truncate(journal.path, cut_size)
+    with pytest.raises(JournalCorrupt, match="shortened"):
+        open_journal()
+    assert os.path.getsize(journal.path) == cut_size  # nothing cut off: kept for analysis
+
+
+def test_a_torn_record_after_the_commit_index_is_still_cut_off(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _committed(open_journal, commit_index=3)
+    os.truncate(journal.path, _record_offset(3) + 5)
+    assert open_journal()[:] == ENTRIES[:3]
+
+
+def test_a_missing_meta_file_next_to_entries_of_a_later_term_refuses_to_open(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _committed(open_journal, commit_index=2)
+    os.unlink(journal.meta_path)
+    with pytest.raises(JournalCorrupt, match=r"meta file .* is missing"):
+        open_journal()
+
+
+def test_a_meta_file_older_than_the_log_refuses_to_open(open_journal: OpenJournal) -> None:
+    journal = _at_term(open_journal, 1)
+    journal._destroy()
+    old_meta = Path(journal.meta_path).read_bytes()
+    _committed(open_journal, commit_index=2)
+    Path(journal.meta_path).write_bytes(old_meta)
+    with pytest.raises(JournalCorrupt, match="entries of term 2 but its meta file records term 1"):
+        open_journal()
 
 
 def test_flipped_byte_in_a_middle_record_refuses_to_open_naming_the_offset(
@@ -328,7 +398,7 @@ def test_set_current_term_fsyncs_file_and_directory_before_returning(
 def test_commit_index_is_persisted_lazily_by_the_one_second_timer(
     open_journal: OpenJournal,
 ) -> None:
-    journal = open_journal()
+    journal = _at_term(open_journal, 1)
     journal.add(b"a", 1, 1)
     journal.setRaftCommitIndex(1)
     journal.add(b"b", 2, 1)
@@ -401,6 +471,26 @@ def test_failed_fsync_makes_the_journal_refuse_further_writes(
     monkeypatch.undo()
     with pytest.raises(JournalFailed):
         journal.sync()
+    with pytest.raises(JournalFailed):
+        journal.add(b"b", 2, 1)
+
+
+def test_a_failed_append_makes_the_journal_refuse_further_writes_and_reports_it(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[str] = []
+    monkeypatch.setattr(fail_stop, "storage_failed", reported.append)
+    journal = _at_term(open_journal, 1)
+    journal.add(b"a", 1, 1)
+
+    def disk_full(fd: int, data: bytes, offset: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module, "pwrite_all", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        journal.add(b"b", 2, 1)
+    assert journal[:] == [(b"a", 1, 1)]
+    assert len(reported) == 1 and "appending a record" in reported[0]
     with pytest.raises(JournalFailed):
         journal.add(b"b", 2, 1)
 
