@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import json
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -438,43 +439,113 @@ def cluster_tables(status: ClusterStatus) -> tuple[Table, Table]:
     return partitions, nodes
 
 
+VERIFY_SETTLE_S = 10.0
+"""How long verify waits for every replica of a partition to reach its peers' position."""
+
+
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
-    """Every node replays its archives; replicas at the same position must agree."""
+    """Each replica against a replay of its archive, and against its peers.
+
+    1. Every node replays each local archive and compares with its live state.
+    2. For each partition, the highest position any replica reported is the
+       target: every replica must reach it within VERIFY_SETTLE_S (a replica
+       stuck behind, say at position 0 with empty state, fails here).
+    3. Every replica then reports the archive's chain hash at the target: one
+       hash pins the whole history up to it, so equal hashes mean identical
+       histories, and replicas at the same position must have the same state hash.
+    """
     targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
                               args.config)
-    verdicts: list[dict[str, Any]] = []
-    seen: dict[tuple[int, int], set[str]] = {}
-    unreachable: list[str] = []
     credentials = resolve_credentials(args)
+    unreachable: list[str] = []
+    verdicts: list[dict[str, Any]] = []
+    first = _verify_round(targets, credentials, pb.VerifyRequest(), max(args.timeout, 60.0),
+                          unreachable)
+    for target, answer in first.items():
+        verdicts += [{"node": target, "partition": v.partition,
+                      "replay_matches": v.replay_matches, "detail": v.detail}
+                     for v in answer.partitions]
+    goal: dict[int, int] = {}
+    for answer in first.values():
+        for v in answer.partitions:
+            goal[v.partition] = max(goal.get(v.partition, 0), v.position)
+    deadline = time.monotonic() + VERIFY_SETTLE_S
+    while True:
+        second = _verify_round(tuple(first), credentials, pb.VerifyRequest(
+            skip_replay=True, chain_hash_at=goal), args.timeout, unreachable)
+        behind = _replicas_behind(second, goal)
+        if not behind or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    problems = [(p, f"partition {p} on {node}: at position {position}, its peers reached "
+                    f"{goal[p]}; it did not catch up within {VERIFY_SETTLE_S:.0f} s "
+                    "(lagging, or its state was lost)") for node, p, position in behind]
+    problems += _disagreements(second, goal)
+    failing = sorted({p for p, _ in problems})
+    ok = not unreachable and not problems and all(v["replay_matches"] for v in verdicts)
+    lines = [f"{v['node']} partition {v['partition']}: replay "
+             f"{'== live' if v['replay_matches'] else '!= live'} ({v['detail']})"
+             for v in verdicts]
+    lines += [f"partition {p}: replicas agree on the history to position {position}"
+              for p, position in sorted(goal.items()) if position and p not in failing]
+    lines += [problem for _, problem in problems]
+    lines += [f"unreachable: {u}" for u in sorted(set(unreachable))]
+    lines.append("verify: OK" if ok else "verify: FAILED")
+    out.emit({"ok": ok, "replicas": verdicts, "positions": goal,
+              "disagreeing_partitions": failing, "problems": [x for _, x in problems],
+              "unreachable": sorted(set(unreachable))},
+             "\n".join(lines))
+    return EXIT_OK if ok else EXIT_REFUSED
+
+
+def _verify_round(targets: Sequence[str], credentials: Credentials, request: pb.VerifyRequest,
+                  timeout_s: float, unreachable: list[str]) -> dict[str, pb.VerifyResponse]:
+    answers: dict[str, pb.VerifyResponse] = {}
     for target in targets:
         channel = open_channel(target, credentials)
         try:
             stub = wallet_pb2_grpc.AdminServiceStub(channel)
-            answer = stub.Verify(pb.VerifyRequest(), timeout=max(args.timeout, 60.0))
-            views = stub.ClusterStatus(pb.ClusterStatusRequest(local_only=True),
-                                       timeout=args.timeout)
+            answers[target] = stub.Verify(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             unreachable.append(f"{target}: {exc.code().name}")
-            continue
         finally:
             channel.close()
-        for verdict in answer.partitions:
-            verdicts.append({"node": target, "partition": verdict.partition,
-                             "replay_matches": verdict.replay_matches,
-                             "detail": verdict.detail})
-        for view in views.partitions:
-            seen.setdefault((view.partition, view.applied_position), set()).add(view.state_hash)
-    disagreeing = sorted({p for (p, _), hashes in seen.items() if len(hashes) > 1})
-    ok = not unreachable and not disagreeing and all(v["replay_matches"] for v in verdicts)
-    lines = [f"{v['node']} partition {v['partition']}: replay "
-             f"{'== live' if v['replay_matches'] else '!= live'} ({v['detail']})"
-             for v in verdicts]
-    lines += [f"partition {p}: replicas at the same position DISAGREE" for p in disagreeing]
-    lines += [f"unreachable: {u}" for u in unreachable]
-    lines.append("verify: OK" if ok else "verify: FAILED")
-    out.emit({"ok": ok, "replicas": verdicts, "disagreeing_partitions": disagreeing,
-              "unreachable": unreachable}, "\n".join(lines))
-    return EXIT_OK if ok else EXIT_REFUSED
+    return answers
+
+
+def _replicas_behind(answers: dict[str, pb.VerifyResponse], goal: dict[int, int]
+                     ) -> list[tuple[str, int, int]]:
+    return [(target, v.partition, v.position) for target, answer in answers.items()
+            for v in answer.partitions if v.position < goal.get(v.partition, 0)]
+
+
+def _grouped(nodes_by_hash: dict[str, list[str]]) -> str:
+    return "; ".join(f"{', '.join(nodes)} {digest[:16]}" for digest, nodes in
+                     nodes_by_hash.items())
+
+
+def _disagreements(answers: dict[str, pb.VerifyResponse], goal: dict[int, int]
+                   ) -> list[tuple[int, str]]:
+    """(partition, message) where replicas report different histories at the goal position."""
+    found: list[tuple[int, str]] = []
+    for partition, position in sorted(goal.items()):
+        chains: dict[str, list[str]] = {}
+        states: dict[str, list[str]] = {}
+        for target, answer in sorted(answers.items()):
+            for v in answer.partitions:
+                if v.partition != partition:
+                    continue
+                if v.chain_hash:
+                    chains.setdefault(v.chain_hash, []).append(target)
+                if v.position == position:
+                    states.setdefault(v.state_hash, []).append(target)
+        if len(chains) > 1:
+            found.append((partition, f"partition {partition}: replicas DISAGREE on the history "
+                          f"to position {position}: {_grouped(chains)}"))
+        if len(states) > 1:
+            found.append((partition, f"partition {partition}: replicas at position {position} "
+                          f"DISAGREE on the state: {_grouped(states)}"))
+    return found
 
 
 def cmd_cluster_status(args: argparse.Namespace, out: Output) -> int:
@@ -862,8 +933,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(commands, "verify", "check every replica against a replay of its archive",
                  cmd_verify,
                  "Ask every node to replay each of its partitions' event archives from "
-                 "position 0 to its applied position and compare with its live state hash, "
-                 "and check that replicas at the same position agree. Exit 1 on any mismatch. "
+                 "position 0 to its applied position and compare with its live state hash; "
+                 "then check each replica against its peers: every replica must reach the "
+                 "highest position any of them reported (within 10 s), and all must have "
+                 "the same archive chain hash (the whole history) and state hash there. "
+                 "Exit 1 on any mismatch, lagging replica or unreachable node. "
                  "(`walletctl replay --data-dir DIR ...` rebuilds balances offline from a "
                  "node's data dir; see `walletctl replay --help`.)")
     _global_options(p, top=False)

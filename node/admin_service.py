@@ -76,29 +76,53 @@ def local_partition_status(host: NodeHost, partition: int) -> pb.PartitionStatus
         totals=totals, settled_to=settled_to, credited_from=credited_from)
 
 
-def verify_replica(replica: PartitionReplica) -> pb.PartitionVerdict:
-    """Live state hash at a position == the hash of a replay of the archive to it?"""
+def verify_replica(replica: PartitionReplica, replay: bool = True,
+                   chain_position: int = 0) -> pb.PartitionVerdict:
+    """Live state hash at a position == the hash of a replay of the archive to it?
+
+    Also reports the position and state hash, and the archive's chain hash at
+    `chain_position` (when asked and known), for comparison with the peers.
+    """
     with replica.lock:
         position, live_hash = replica.state.position, replica.state.state_hash()
+    verdict = pb.PartitionVerdict(partition=replica.partition, replicas_agree=True,
+                                  position=position, state_hash=live_hash)
+    if chain_position:
+        verdict.chain_position = chain_position
+        verdict.chain_hash = _chain_hash_at(replica, chain_position)
+    if not replay:
+        verdict.replay_matches = True
+        verdict.detail = f"position {position}: live {live_hash[:16]} (replay skipped)"
+        return verdict
     if replica.archive_lagging:
-        return pb.PartitionVerdict(partition=replica.partition, replicas_agree=True,
-                                   replay_matches=False,
-                                   detail="archive lags the state (snapshot installed from "
-                                          "the leader); re-seed it from a peer")
+        verdict.replay_matches = False
+        verdict.detail = ("archive lags the state (snapshot installed from the leader); "
+                          "re-seed it from a peer")
+        return verdict
     try:
         replayed = replay_partition(replica.archive.directory, replica.partition,
                                     Bound(position=position))
     except Exception as exc:
-        return pb.PartitionVerdict(partition=replica.partition, replicas_agree=True,
-                                   replay_matches=False, detail=f"replay failed: {exc}")
+        verdict.replay_matches = False
+        verdict.detail = f"replay failed: {exc}"
+        return verdict
     replay_hash = replayed.state.state_hash()
-    matches = (replay_hash == live_hash and replayed.state.position == position
-               and replayed.results_mismatches == 0)
-    detail = (f"position {position}: live {live_hash[:16]}, replay {replay_hash[:16]}"
-              + ("" if replayed.results_mismatches == 0
-                 else f", {replayed.results_mismatches} results differ"))
-    return pb.PartitionVerdict(partition=replica.partition, replicas_agree=True,
-                               replay_matches=matches, detail=detail)
+    verdict.replay_matches = (replay_hash == live_hash and replayed.state.position == position
+                              and replayed.results_mismatches == 0)
+    verdict.detail = (f"position {position}: live {live_hash[:16]}, replay {replay_hash[:16]}"
+                      + ("" if replayed.results_mismatches == 0
+                         else f", {replayed.results_mismatches} results differ"))
+    return verdict
+
+
+def _chain_hash_at(replica: PartitionReplica, position: int) -> str:
+    """Hex hash of the archive record at `position`, or "" when this archive cannot tell."""
+    archive = replica.archive
+    if replica.archive_lagging or archive.last_position < position:
+        return ""
+    for record in archive.records(from_position=position, until_position=position):
+        return record.hash.hex()
+    return ""
 
 
 class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
@@ -269,7 +293,9 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     async def Verify(self, request: pb.VerifyRequest,
                      context: grpc.aio.ServicerContext) -> pb.VerifyResponse:
         """Replay each local replica's archive from position 0 and compare with its state."""
-        verdicts = [await asyncio.to_thread(verify_replica, self.host.replicas[p])
+        verdicts = [await asyncio.to_thread(verify_replica, self.host.replicas[p],
+                                            not request.skip_replay,
+                                            request.chain_hash_at.get(p, 0))
                     for p in sorted(self.host.replicas)]
         return pb.VerifyResponse(ok=all(v.replay_matches for v in verdicts),
                                  partitions=verdicts)

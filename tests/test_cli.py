@@ -15,6 +15,7 @@ import pytest
 
 from client.cli import main
 from ledger.routing import partition_of
+from proto.wallet.v1 import wallet_pb2 as pb
 from tests.fake_wallet_server import FakeWalletServer, running_fake
 
 
@@ -230,3 +231,31 @@ def test_injected_unavailable_is_retried_by_the_cli(
 
     assert (code, obj["status"], obj["balance"], obj["currency"]) == (0, "SUCCEEDED", "3.00", "USD")
     assert len({r.transaction_id for r in fake.requests_of("Deposit")}) == 1
+
+
+# -- verify: each replica against its peers -------------------------------------------
+
+
+def _verdicts(*partitions: tuple[int, int, str, str]) -> pb.VerifyResponse:
+    return pb.VerifyResponse(ok=True, partitions=[
+        pb.PartitionVerdict(partition=p, position=position, state_hash=state, chain_hash=chain,
+                            replay_matches=True) for p, position, state, chain in partitions])
+
+
+def test_verify_finds_a_replica_behind_its_peers_even_when_its_own_replay_matches() -> None:
+    from client.cli import _replicas_behind
+
+    answers = {"n1": _verdicts((0, 57, "s57", "c57")), "n2": _verdicts((0, 0, "s0", "")),
+               "n3": _verdicts((0, 57, "s57", "c57"))}
+    assert _replicas_behind(answers, {0: 57}) == [("n2", 0, 0)]
+
+
+def test_verify_finds_replicas_whose_histories_or_states_differ() -> None:
+    from client.cli import _disagreements
+
+    same = {"n1": _verdicts((0, 9, "s", "c")), "n2": _verdicts((0, 9, "s", "c"))}
+    assert _disagreements(same, {0: 9}) == []
+    forked = {"n1": _verdicts((1, 9, "s", "c")), "n2": _verdicts((1, 9, "t", "d"))}
+    (history, state) = _disagreements(forked, {1: 9})
+    assert history[0] == 1 and "DISAGREE on the history to position 9" in history[1]
+    assert state[0] == 1 and "DISAGREE on the state" in state[1]

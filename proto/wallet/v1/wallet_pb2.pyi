@@ -474,20 +474,39 @@ class ForceFailTransferResponse(_message.Message):
     def __init__(self, destination_outcome: _Optional[str] = ..., destination_partition: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("skip_replay", "chain_hash_at")
+    class ChainHashAtEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    SKIP_REPLAY_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASH_AT_FIELD_NUMBER: _ClassVar[int]
+    skip_replay: bool
+    chain_hash_at: _containers.ScalarMap[int, int]
+    def __init__(self, skip_replay: _Optional[bool] = ..., chain_hash_at: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class PartitionVerdict(_message.Message):
-    __slots__ = ("partition", "replicas_agree", "replay_matches", "detail")
+    __slots__ = ("partition", "replicas_agree", "replay_matches", "detail", "position", "state_hash", "chain_position", "chain_hash")
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_AGREE_FIELD_NUMBER: _ClassVar[int]
     REPLAY_MATCHES_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    STATE_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_POSITION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_HASH_FIELD_NUMBER: _ClassVar[int]
     partition: int
     replicas_agree: bool
     replay_matches: bool
     detail: str
-    def __init__(self, partition: _Optional[int] = ..., replicas_agree: _Optional[bool] = ..., replay_matches: _Optional[bool] = ..., detail: _Optional[str] = ...) -> None: ...
+    position: int
+    state_hash: str
+    chain_position: int
+    chain_hash: str
+    def __init__(self, partition: _Optional[int] = ..., replicas_agree: _Optional[bool] = ..., replay_matches: _Optional[bool] = ..., detail: _Optional[str] = ..., position: _Optional[int] = ..., state_hash: _Optional[str] = ..., chain_position: _Optional[int] = ..., chain_hash: _Optional[str] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("ok", "partitions")
