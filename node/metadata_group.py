@@ -82,7 +82,8 @@ class MetadataGroup:
         self.journal: DurableJournal = journal
         try:  # never compacted: the journal must still start at index 1
             replica_guard.check_log_covers(data_dir, META, int(journal[0][1]),
-                                           int(journal[-1][1]), None, 0)
+                                           int(journal[-1][1]), None, 0,
+                                           journal.getRaftCommitIndex())
         except replica_guard.ReplicaStateMissing:
             self.syncobj.destroy()
             raise

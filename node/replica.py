@@ -263,7 +263,7 @@ class PartitionReplica:
         try:
             replica_guard.check_log_covers(
                 data_dir, partition, int(journal[0][1]), int(journal[-1][1]), snapshot_meta,
-                self.archive.last_log_index)
+                self.archive.last_log_index, journal.getRaftCommitIndex())
         except replica_guard.ReplicaStateMissing:
             self.syncobj.destroy()
             self.archive.close()

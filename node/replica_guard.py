@@ -130,12 +130,14 @@ def _check_marker_content(directory: Path, marker_path: Path, group: int, node_i
 
 def check_log_covers(directory: str, group: int, journal_first_index: int,
                      journal_last_index: int, snapshot: snapshot_file.RaftMeta | None,
-                     archived_log_index: int) -> None:
+                     archived_log_index: int, commit_index: int = 0) -> None:
     """After the journal was opened: the journal, snapshot and archive fit together.
 
     `snapshot` is the snapshot file's Raft metadata (None when there is no
     file); `archived_log_index` the Raft index of the event archive's last
-    record (0 when empty or when the group has no archive).
+    record (0 when empty or when the group has no archive); `commit_index` the
+    one the journal's meta file stored (node/journal.py already refuses a
+    non-empty journal that ends before it; an emptied one is caught here).
     """
     name = group_name(group)
     snapshot_index = 0 if snapshot is None else int(snapshot.last_entry[1])
@@ -150,6 +152,11 @@ def check_log_covers(directory: str, group: int, journal_first_index: int,
             f"journal starts at {journal_first_index}: the entries between them are lost (an "
             "older snapshot was put back)")
     reached_index = max(journal_last_index, snapshot_index)
+    if commit_index > reached_index:
+        raise ReplicaStateMissing(
+            directory, f"the journal of {name} ends at log index {journal_last_index} (the "
+            f"snapshot at {snapshot_index}) but its meta file records commit index "
+            f"{commit_index}: durable, acknowledged records are missing")
     if archived_log_index > reached_index:
         raise ReplicaStateMissing(
             directory, f"the event archive of {name} holds entries up to log index "

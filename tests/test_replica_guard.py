@@ -107,3 +107,12 @@ def test_an_archive_past_the_journal_and_snapshot_means_the_journal_was_shortene
 def test_the_metadata_group_is_named_in_messages() -> None:
     with pytest.raises(ReplicaStateMissing, match="snapshot of metadata is missing"):
         check_log_covers("d", -1, 5, 9, None, 0)
+
+
+def test_an_emptied_journal_below_its_stored_commit_index_refuses() -> None:
+    with pytest.raises(ReplicaStateMissing, match="records commit index 30"):
+        check_log_covers("d", 0, 1, 1, None, 0, commit_index=30)
+
+
+def test_an_emptied_journal_whose_snapshot_covers_the_commit_index_is_accepted() -> None:
+    check_log_covers("d", 0, 1, 1, snapshot_at(40), 0, commit_index=30)
