@@ -19,6 +19,16 @@ Kinds (each starts, lasts `duration_s`, then is undone before the next begins):
   empty disk. From then on the new node is a member like the others. Slow (tens of
   seconds), so at most `ScheduleShape.replaces_max` per run, each planned with
   `replace_runbook_s` of room.
+- damage: a node is stopped and part of its data dir destroyed (a partition directory,
+  a journal, a meta file, a snapshot its journal needs, the journal's committed tail cut
+  on a record boundary or mid-record, or everything but the identity and map files; see
+  storage.py). Started again, it must refuse (status 3), never rejoin as a voter with
+  forgotten state; then the runbook replaces it, as for `replace` (and counts against
+  the same `replaces_max`).
+- disk_full: the filesystem of one node (a leader, mostly) fills up. The node must end
+  itself (status 74) at its first failed write, so that its partitions elect other
+  leaders; at the end the space is freed and the node restarted (each node's data dir is
+  a small tmpfs of its own in runs with this fault: needs root).
 isolate, split and slow need a network that can inject them (not "loopback").
 
 Every fault is printed when it starts and ends and written to `nemesis.jsonl` with both
@@ -38,6 +48,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tests.chaos.history import JsonlWriter, now, read_lines
+from tests.chaos.storage import pick_damage
 
 NEMESIS_FILE = "nemesis.jsonl"
 
@@ -50,12 +61,17 @@ class FaultKind(StrEnum):
     SPLIT = "split"
     SLOW = "slow"
     REPLACE = "replace"
+    DAMAGE = "damage"
+    DISK_FULL = "disk_full"
 
 
 PROCESS_FAULTS = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.KILL_ALL)
 NETWORK_FAULTS = (FaultKind.ISOLATE, FaultKind.SPLIT, FaultKind.SLOW)
 MEMBERSHIP_FAULTS = (FaultKind.REPLACE,)
-ALL_FAULTS = (*PROCESS_FAULTS, *NETWORK_FAULTS, *MEMBERSHIP_FAULTS)
+STORAGE_FAULTS = (FaultKind.DAMAGE, FaultKind.DISK_FULL)
+ALL_FAULTS = (*PROCESS_FAULTS, *NETWORK_FAULTS, *MEMBERSHIP_FAULTS, *STORAGE_FAULTS)
+RUNBOOK_FAULTS = (FaultKind.REPLACE, FaultKind.DAMAGE)
+"""Faults healed by the replacement runbook: slow, and at most `replaces_max` a run."""
 LEADER_PREFERENCE = 0.75
 """Share of single-node faults aimed at a leader rather than at any node."""
 SLOW_DELAY_MS_RANGE = (50, 250)
@@ -105,23 +121,23 @@ def plan(seed: int, duration_s: float, kinds: Sequence[FaultKind],
     while True:
         if not round_kinds:
             round_kinds = [k for k in kinds
-                           if k is not FaultKind.REPLACE or replaces < shape.replaces_max]
+                           if k not in RUNBOOK_FAULTS or replaces < shape.replaces_max]
             if not round_kinds:
                 return faults
             rng.shuffle(round_kinds)
         kind = round_kinds.pop()
-        if kind is FaultKind.REPLACE and replaces >= shape.replaces_max:
+        if kind in RUNBOOK_FAULTS and replaces >= shape.replaces_max:
             continue
         length_s = rng.uniform(*shape.fault_s)
         fault = PlannedFault(kind, round(at_s, 3), round(length_s, 3),
                              prefer_leader=rng.random() < LEADER_PREFERENCE, pick=rng.random(),
                              delay_ms=rng.randint(*SLOW_DELAY_MS_RANGE),
                              drop_rate=round(rng.uniform(0, SLOW_DROP_RATE_MAX), 4))
-        slot_s = length_s + (shape.replace_runbook_s if kind is FaultKind.REPLACE else 0.0)
+        slot_s = length_s + (shape.replace_runbook_s if kind in RUNBOOK_FAULTS else 0.0)
         if at_s + slot_s > duration_s - shape.tail_s:
             return faults
         faults.append(fault)
-        replaces += kind is FaultKind.REPLACE
+        replaces += kind in RUNBOOK_FAULTS
         at_s += slot_s + rng.uniform(*shape.gap_s)
 
 
@@ -187,6 +203,21 @@ class Target(Protocol):
         refused; returns what happened (the new id, each step's time). Raises FaultFailed."""
         ...
 
+    def damage(self, node_id: str, what: str, pick: float) -> str:
+        """Stop the node, destroy `what` of one of its replicas (storage.DAMAGES), start it
+        and check that it refuses; says what happened (a start that is not refused is one
+        of the run's problems)."""
+        ...
+
+    def fill_disk(self, node_id: str) -> str:
+        """Fill the node's filesystem: it is expected to end itself (status 74)."""
+        ...
+
+    def free_disk(self, node_id: str, led_partitions: Sequence[int]) -> str:
+        """Free the space, check how the node ended (74, or still running if it never had to
+        write), and restart it."""
+        ...
+
 
 def _choose(candidates: Sequence[str], pick: float) -> str:
     assert candidates and 0.0 <= pick < 1.0
@@ -210,7 +241,7 @@ class Nemesis:
                     return
                 # Asked before the clock starts: the fault's time is the fault's, not the
                 # map read's (a write in between still reaches the victim).
-                candidates = (self.target.replaceable() if fault.kind is FaultKind.REPLACE
+                candidates = (self.target.replaceable() if fault.kind in RUNBOOK_FAULTS
                               else None)
                 start_s, start_ms = now()
                 nodes, detail, led = self._inject(fault, candidates)
@@ -287,8 +318,21 @@ class Nemesis:
             target.wipe(victim)
             self._undo = lambda: target.replace(victim)
             return (victim,), "disk lost", led
+        if fault.kind is FaultKind.DAMAGE:
+            assert candidates is not None, "replaceable() is asked before a damage"
+            if not candidates:
+                return (), "skipped: no node can be replaced now (see the cluster map)", ()
+            victim = self._victim(fault, candidates)
+            led = self._led_by((victim,))
+            detail = target.damage(victim, pick_damage(fault.pick), fault.pick)
+            self._undo = lambda: target.replace(victim)
+            return (victim,), detail, led
         victim = self._victim(fault)
         led = self._led_by((victim,))
+        if fault.kind is FaultKind.DISK_FULL:
+            detail = target.fill_disk(victim)
+            self._undo = lambda: target.free_disk(victim, led)
+            return (victim,), detail, led
         if fault.kind is FaultKind.KILL:
             target.kill(victim)
             self._undo = lambda: target.restart(victim)

@@ -61,6 +61,7 @@ from tests.chaos.runbook import (
     group_label,
     replaceable,
 )
+from tests.chaos.storage import DISK_MIB, StorageFaults
 from tests.cluster_harness import allocate_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -150,12 +151,16 @@ def make_network(kind: str) -> ChaosNetwork | LoopbackNetwork:
     return LoopbackNetwork() if kind == "loopback" else open_network(kind)
 
 
-class Nodes:
+class Nodes(StorageFaults):
     """The node processes of a run, and the nemesis' handle on them (its `Target`)."""
 
     def __init__(self, network: ChaosNetwork | LoopbackNetwork, config: ClusterConfig,
-                 config_path: Path, out: Path) -> None:
+                 config_path: Path, out: Path, disk_mib: int | None = None) -> None:
         self.network, self.config, self.config_path, self.out = network, config, config_path, out
+        self.disk_mib = disk_mib
+        """Each node's data dir is a tmpfs of this size (disk faults), or a plain dir."""
+        self.mounted: list[Path] = []
+        self.grpc_addresses = {n.id: n.grpc_address for n in config.nodes}
         self.node_ids = tuple(n.id for n in config.nodes)
         """The current members: a replacement swaps the old id for the new one."""
         self.ids_used = set(self.node_ids)
@@ -171,6 +176,7 @@ class Nodes:
         (out / "data").mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, node_id: str, *flags: str) -> subprocess.Popen[bytes]:
+        self.prepare_disk(node_id)
         argv = [*node_command(self.config_path, node_id, self.out / "data" / node_id, False),
                 *flags, *self.network.node_extra_args(node_id)]
         with open(self.out / "logs" / f"{node_id}.log", "ab") as log:
@@ -258,7 +264,12 @@ class Nodes:
         with self._lock:
             process = self.processes[node_id]
         assert process.poll() is not None, f"{node_id} must be dead before its disk is wiped"
-        shutil.rmtree(self.out / "data" / node_id)
+        data_dir = self.node_dir(node_id)
+        if data_dir in self.mounted:  # a filesystem of its own: empty it
+            for path in data_dir.iterdir():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        else:
+            shutil.rmtree(data_dir)
 
     def replace(self, node_id: str) -> str:
         """The runbook for a node whose disk was lost; see runbook.py and nemesis.py."""
@@ -307,6 +318,7 @@ class Nodes:
         new_id = f"n{max(int(n[1:]) for n in self.ids_used) + 1}"
         self.ids_used.add(new_id)
         node = self.network.add_node(new_id)
+        self.grpc_addresses[new_id] = node.grpc_address
         metrics = ("--metrics-port", str(node.metrics_port)) if node.metrics_port else ()
         step("node add", "node", "add", "--id", new_id, "--host", node.host, "--grpc-port",
              str(node.grpc_port), "--raft-port-base", str(node.raft_port_base), *metrics)
@@ -368,6 +380,7 @@ class Nodes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=NODE_STOP_GRACE_S)
+        self.unmount_all()
 
 
 def _last_sample(path: Path) -> Sample | None:
@@ -457,7 +470,8 @@ def run(options: RunOptions, say: Callable[[str], None] = print) -> Report:
                                       options.partitions, "chaos")
         config_path = out / "cluster.toml"
         config_path.write_text(dump_cluster_config(config), encoding="utf-8")
-        nodes = Nodes(network, config, config_path, out)
+        nodes = Nodes(network, config, config_path, out,
+                      DISK_MIB if FaultKind.DISK_FULL in kinds else None)
         for node_id in nodes.node_ids:
             nodes.start(node_id, bootstrap=True)
         workload = Client(network, [
@@ -529,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--faults", default="all",
                         help="comma-separated kinds (kill,pause,kill_all,isolate,split,slow,"
-                        "replace) or all; network kinds are dropped on the loopback network")
+                        "replace,damage,disk_full) or all; network kinds are dropped on the "
+                        "loopback network; disk_full needs root (a tmpfs per node)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: a new directory under /tmp")
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ from tests.chaos.nemesis import (
     read_faults,
 )
 from tests.chaos.runbook import replaceable
+from tests.chaos.storage import DAMAGES, pick_damage
 
 QUICK = ScheduleShape(gap_s=(0.0, 0.0), fault_s=(0.01, 0.02), first_s=0.0, tail_s=0.0,
                       replace_runbook_s=5.0)
@@ -29,7 +30,8 @@ QUICK = ScheduleShape(gap_s=(0.0, 0.0), fault_s=(0.01, 0.02), first_s=0.0, tail_
 def test_a_schedule_replaces_at_most_replaces_max_nodes() -> None:
     schedule = plan(5, 3_600.0, ALL_FAULTS, ScheduleShape(replaces_max=2))
     kinds = [f.kind for f in schedule]
-    assert kinds.count(FaultKind.REPLACE) == 2
+    # A damaged node is replaced by the runbook too: both count against the cap.
+    assert kinds.count(FaultKind.REPLACE) + kinds.count(FaultKind.DAMAGE) == 2
     assert kinds.count(FaultKind.KILL) > 10  # the other kinds go on after the cap
 
 
@@ -98,6 +100,18 @@ class FakeTarget:
             raise FaultFailed("replica add refused")
         self.node_ids = (*[n for n in self.node_ids if n != node_id], "n4")
         return "-> n4"
+
+    def damage(self, node_id: str, what: str, pick: float) -> str:
+        self.actions.append(f"damage {node_id} {what}")
+        return f"{what} lost; refused (status 3)"
+
+    def fill_disk(self, node_id: str) -> str:
+        self.actions.append(f"fill {node_id}")
+        return "disk full"
+
+    def free_disk(self, node_id: str, led_partitions: Sequence[int]) -> str:
+        self.actions.append(f"free {node_id} led {list(led_partitions)}")
+        return "space freed"
 
 
 def replace_at(at_s: float, prefer_leader: bool = True) -> PlannedFault:
@@ -177,3 +191,31 @@ def test_the_only_replica_of_a_group_is_not_replaceable() -> None:
     cluster_map = three_node_map()
     alone = (Slot("n1"),)
     assert replaceable(three_node_map(groups=(alone, *cluster_map.groups[1:]))) == ("n2", "n3")
+
+
+def test_a_damage_stops_breaks_and_restarts_a_node_then_the_runbook_replaces_it(
+    tmp_path: Path,
+) -> None:
+    target = FakeTarget()
+    fault = PlannedFault(FaultKind.DAMAGE, 0.0, 0.01, prefer_leader=True, pick=0.3)
+    run_nemesis(target, [fault], tmp_path / "nemesis.jsonl")
+    what = pick_damage(0.3)
+    assert what in DAMAGES
+    assert target.actions == [f"damage n2 {what}", "replace n2"]
+    (record,) = read_faults(tmp_path / "nemesis.jsonl")
+    assert record.detail == f"{what} lost; refused (status 3) -> n4"
+
+
+def test_a_full_disk_is_freed_when_the_fault_ends_knowing_what_the_node_led(
+    tmp_path: Path,
+) -> None:
+    target = FakeTarget()
+    fault = PlannedFault(FaultKind.DISK_FULL, 0.0, 0.01, prefer_leader=True, pick=0.0)
+    run_nemesis(target, [fault], tmp_path / "nemesis.jsonl")
+    assert target.actions == ["fill n2", "free n2 led [0]"]
+
+
+def test_damage_and_replace_share_the_replacement_budget() -> None:
+    shape = ScheduleShape(replaces_max=2)
+    schedule = plan(5, 3600.0, [FaultKind.DAMAGE, FaultKind.REPLACE, FaultKind.KILL], shape)
+    assert sum(f.kind in (FaultKind.DAMAGE, FaultKind.REPLACE) for f in schedule) == 2
