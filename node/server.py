@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from client.auth import Credentials
 from ledger import commands as c
 from node import journal as journal_patch
-from node import logs, snapshot_file
+from node import logs, raft_wire, snapshot_file
 from node.admin_service import AdminService
 from node.api import DEDUP_WINDOW_S
 from node.archive import ArchiveCorrupt
@@ -440,6 +440,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
                                 archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")
         journal_patch.install(fsync=settings.fsync)
+        raft_wire.install()
         factory = NodeGroupFactory(node_id, data_dir, config.secret or None, settings,
                                    raft_bind_port_offset)
         groups = build_groups(cache.current, factory)
