@@ -7,12 +7,14 @@ import socket
 import struct
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.routing import partition_of
 from node.wallet_service import TRANSFERS_PER_BATCH_MAX
@@ -156,6 +158,16 @@ class Writer:
         return max(b - a for a, b in itertools.pairwise(times))
 
 
+def dropped_oversize(cluster: LocalCluster, node_id: str) -> float:
+    port = cluster.config.node(node_id).metrics_port
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode("utf-8")
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples
+               if sample.name == "raftwallet_raft_connections_dropped_oversize_total")
+
+
 def leaders_and_terms(cluster: LocalCluster) -> list[tuple[str, int]]:
     status = cluster.wait_for_leaders()
     return [(p.leader_node_id, p.term) for p in sorted(status.partitions,
@@ -209,3 +221,4 @@ def test_hostile_clients_streaming_into_every_raft_port_neither_stall_writes_nor
     assert leaders_and_terms(cluster) == before
     for node in cluster.config.nodes:
         assert "frame length over the bound" in cluster.log(node.id)
+        assert dropped_oversize(cluster, node.id) >= 1
