@@ -238,8 +238,9 @@ class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
 
         pysyncobj asks the poller for WRITE events only from a WRITE event: what one
         `send()` could not hand to the socket at once waited for the next message
-        (a heartbeat, every 0.1 s), so a 2 MB entry took a second to leave and a 3 MB
-        one could outlast the election timeout, again and again.
+        (a heartbeat, every 0.1 s), so a 2 MB entry took a second to leave, and with
+        the library's default election timeout a 3 MB one kept being cut off by
+        elections (tests/test_raft_wire_unit.py shows the library waiting).
         """
         super().send(message)
         fileno = self.fileno()
