@@ -96,6 +96,8 @@ class HostileClient:
     closed_by_server: list[float] = field(default_factory=list)
     """Seconds from the length prefix to the node closing the connection, per connection."""
     still_open_at_end: int = 0
+    """Connections the node had not closed CLOSE_S_MAX after their length prefix (or at
+    the attack's end, whichever is later)."""
 
     def run(self, until: float) -> None:
         chunk = bytes(STREAM_CHUNK_BYTES)
@@ -109,7 +111,8 @@ class HostileClient:
             started = time.monotonic()
             try:
                 sock.sendall(struct.pack("i", 2**31 - 1))
-                while time.monotonic() < until:
+                # Past the attack's end too: each connection gets its full CLOSE_S_MAX.
+                while time.monotonic() < max(until, started + CLOSE_S_MAX):
                     sock.sendall(chunk)
                 self.still_open_at_end += 1
             except TimeoutError:
