@@ -49,6 +49,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ledger.results import Code
+from node import raft_wire
 
 if TYPE_CHECKING:
     from node.host import NodeHost
@@ -313,6 +314,14 @@ class PartitionCollector(Collector):
             yield CounterMetricFamily(
                 f"{PREFIX}saga_credits_sent", "Credits this node's saga driver sent to "
                 "destination partitions (retries included)", value=self.driver.credits_sent)
+        yield CounterMetricFamily(
+            f"{PREFIX}raft_connections_dropped_oversize", "Raft connections this node closed "
+            "because a frame's length prefix was over the bound (node/raft_wire.py)",
+            value=raft_wire.counters.connections_dropped_oversize)
+        yield CounterMetricFamily(
+            f"{PREFIX}raft_transmission_parts_refused", "Parts of multi-part AppendEntries "
+            "this node refused (never applied)",
+            value=raft_wire.counters.transmission_parts_refused)
 
 
 @dataclass(frozen=True, slots=True)

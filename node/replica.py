@@ -30,13 +30,12 @@ from typing import Any
 
 from pysyncobj import SERIALIZER_STATE, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.node import TCPNode
-from pysyncobj.transport import TCPTransport
 
 from ledger.codec import decode_entry
 from ledger.results import EntryResult
 from ledger.results_codec import encode_results
 from ledger.state import StateMachine
-from node import failpoints, replica_guard, snapshot_file
+from node import failpoints, raft_wire, replica_guard, snapshot_file
 from node.archive import EventArchive
 from node.fail_stop import halt
 from node.journal import DurableJournal
@@ -90,6 +89,8 @@ def raft_conf(settings: RaftSettings, secret: str | None, bind_address: str, jou
         journalFile=journal_path,
         dynamicMembershipChange=True,
         useFork=False,
+        # Above every command: no entry is split into unchecked parts (node/raft_wire.py).
+        appendEntriesBatchSizeBytes=raft_wire.APPEND_ENTRIES_BATCH_BYTES,
         **extra,
     )
 
@@ -106,7 +107,7 @@ def hold_elections(syncobj: Any, settings: RaftSettings) -> None:
     syncobj._SyncObj__raftElectionDeadline = time.monotonic() + settings.election_timeout_max_s
 
 
-class _SyncingTransport(TCPTransport):  # type: ignore[misc]
+class _SyncingTransport(raft_wire.BoundedTransport):
     """Makes pending journal records durable before any message leaves (group commit)."""
 
     before_send: Callable[[], None] | None = None

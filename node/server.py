@@ -32,7 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from client.auth import Credentials
 from ledger import commands as c
-from node import fail_stop, logs, replica_guard, snapshot_file
+from node import fail_stop, logs, raft_wire, replica_guard, snapshot_file
 from node import journal as journal_patch
 from node.admin_service import AdminService
 from node.api import DEDUP_WINDOW_S
@@ -476,6 +476,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
                                 archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")
         journal_patch.install(fsync=settings.fsync)
+        raft_wire.install()
         fail_stop.halt_on_storage_failure()
         factory = NodeGroupFactory(node_id, data_dir, config.secret or None, settings,
                                    raft_bind_port_offset, initialising=bootstrap)

@@ -13,7 +13,7 @@ from ledger import commands as c
 from ledger.codec import encode_entry
 from ledger.results import EntryResult
 from node import journal as journal_patch
-from node import snapshot_file
+from node import raft_wire, snapshot_file
 from node.journal import DurableJournal
 from node.replica import PartitionReplica, RaftSettings
 from tests.cluster_harness import allocate_ports, wait_until
@@ -26,6 +26,7 @@ def durable_journal(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(pysyncobj.syncobj, "createJournal", pysyncobj.syncobj.createJournal)
     journal_patch.install()
+    raft_wire.install()
 
 
 class Replica:
