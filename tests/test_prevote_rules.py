@@ -286,3 +286,10 @@ def test_a_connected_peer_is_greeted(member: Member) -> None:
     member.obj._SyncObj__onNodeConnected(member.peers[0])
     assert member.sent_of(PRE_VOTE_HELLO) == [(str(member.peers[0].id), {"type": PRE_VOTE_HELLO})]
 
+
+def test_every_raft_group_of_a_node_runs_pre_vote() -> None:
+    from node.metadata_group import _MetadataSyncObj
+    from node.replica import _PartitionSyncObj
+
+    for kind in (_PartitionSyncObj, _MetadataSyncObj):
+        assert issubclass(kind, PreVoteSyncObj) and issubclass(kind, LogMatchingSyncObj)
