@@ -29,6 +29,7 @@ from node.cluster_map import META, ClusterMap, MapChangeRefused, apply_command, 
 from node.fail_stop import halt
 from node.journal import DurableJournal
 from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
+from node.prevote import PreVoteSyncObj
 from node.replica import RaftSettings, _SyncingTransport, hold_elections, raft_conf
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ MapResult = tuple[bool, str, str, int]
 """(applied, refusal kind, refusal message, map version after the entry)."""
 
 MapCallback = Callable[[MapResult | None, int], None]
+
+
+class _MetadataSyncObj(PreVoteSyncObj, LogMatchingSyncObj):
+    """Followers truncate only from a conflict (node.log_matching); every election is
+    preceded by a pre-vote (node.prevote)."""
 
 
 class _MapConsumer(SyncObjConsumer):  # type: ignore[misc]
@@ -73,9 +79,9 @@ class MetadataGroup:
                          logCompactionMinEntries=NEVER_COMPACT,
                          logCompactionMinTime=NEVER_COMPACT)
         self._consumer = _MapConsumer(self)
-        self.syncobj = LogMatchingSyncObj(self_address, peer_addresses, conf,
-                                          consumers=[self._consumer],
-                                          transportClass=_SyncingTransport)
+        self.syncobj = _MetadataSyncObj(self_address, peer_addresses, conf,
+                                        consumers=[self._consumer],
+                                        transportClass=_SyncingTransport)
         journal = self.syncobj._SyncObj__raftLog
         if not isinstance(journal, DurableJournal):
             raise RuntimeError("node.journal.install() must run before the metadata group")

@@ -40,6 +40,7 @@ from node.archive import EventArchive
 from node.fail_stop import halt
 from node.journal import DurableJournal
 from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
+from node.prevote import PreVoteSyncObj
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,12 @@ def raft_conf(settings: RaftSettings, secret: str | None, bind_address: str, jou
 def hold_elections(syncobj: Any, settings: RaftSettings) -> None:
     """Keep a joining replica from calling an election until it hears from a leader.
 
-    pysyncobj has no pre-vote: a new member whose election timer ran out while
-    nobody knew it would, on its first connection, send a RequestVote with a
-    higher term and depose a healthy leader (it cannot win: its log is behind).
-    Pushing its election deadline forward until a leader's AppendEntries
-    arrives avoids that needless election. Tick thread only.
+    Pre-vote (node.prevote) already refuses its election (its log is behind, and
+    its peers hear the leader). Holding spares those rounds, and keeps it quiet
+    among peers still on code without pre-vote, where a round nobody answers
+    would let it call a real election and depose a healthy leader. Pushes its
+    election deadline forward until a leader's AppendEntries arrives. Tick
+    thread only.
     """
     syncobj._SyncObj__raftElectionDeadline = time.monotonic() + settings.election_timeout_max_s
 
@@ -118,9 +120,10 @@ class _SyncingTransport(raft_wire.BoundedTransport):
         return bool(super().send(node, message))
 
 
-class _PartitionSyncObj(LogMatchingSyncObj):
-    """SyncObj with a dump loader that keeps committed entries and fails loudly, and
-    followers that truncate only from a conflicting entry (node.log_matching)."""
+class _PartitionSyncObj(PreVoteSyncObj, LogMatchingSyncObj):
+    """SyncObj with a dump loader that keeps committed entries and fails loudly,
+    followers that truncate only from a conflicting entry (node.log_matching), and a
+    pre-vote before every election (node.prevote)."""
 
     installing_snapshot = False
     """True while loading a snapshot just received from the leader (not our own)."""
