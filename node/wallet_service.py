@@ -254,19 +254,34 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
 
     def _transfer_message(self, partition: int, command: c.Transfer | c.DebitForTransfer,
                           code: Code) -> str:
-        if isinstance(command, c.DebitForTransfer) and code in (
-                Code.ACCOUNT_NOT_FOUND, Code.CURRENCY_MISMATCH, Code.ACCOUNT_CLOSED,
-                Code.BALANCE_LIMIT, Code.INVALID_ACCOUNT_ID) and self._local_balance(
-                    partition, command.from_account) is not None:
-            return (f"to_account {command.to_account!r} on partition "
-                    f"{command.destination_partition} refused the credit ({code.name}); the "
-                    "debit was compensated, the transfer is FAILED and nothing moved")
-        if code is Code.ACCOUNT_NOT_FOUND:
+        """The refusal's message, naming exactly the account that caused it.
+
+        Across partitions, to_account lives on the destination, so this partition can say
+        nothing about it. A refusal there is recorded: the dedup record of the debit ends
+        compensated (a resolved position and the destination's reason). Any other refusal
+        came from the debit, which looked at from_account only.
+        """
+        if isinstance(command, c.DebitForTransfer):
+            if self._credit_refused(partition, command, code):
+                return (f"to_account {command.to_account!r} on partition "
+                        f"{command.destination_partition} refused the credit ({code.name}); "
+                        "the debit was compensated, the transfer is FAILED and nothing moved")
+            debit_refusals = {
+                Code.ACCOUNT_NOT_FOUND: f"from_account {command.from_account!r} does not exist",
+                Code.CURRENCY_MISMATCH: f"currency {command.currency} does not match the "
+                                        f"currency of from_account {command.from_account!r}",
+                Code.ACCOUNT_CLOSED: f"from_account {command.from_account!r} is closed",
+            }
+            if code in debit_refusals:
+                return debit_refusals[code]
+        elif code is Code.ACCOUNT_NOT_FOUND:
             missing = [f"{field} {name!r}" for field, name in
                        (("from_account", command.from_account),
                         ("to_account", command.to_account))
                        if self._local_balance(partition, name) is None]
-            return f"{' and '.join(missing) or 'account'} does not exist"
+            if not missing:
+                return "from_account or to_account does not exist"
+            return f"{' and '.join(missing)} {'do' if len(missing) > 1 else 'does'} not exist"
         messages = {
             Code.INSUFFICIENT_FUNDS: f"from_account {command.from_account!r} has insufficient "
                                      "funds (this outcome is recorded for the transaction_id)",
@@ -278,6 +293,16 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             Code.ABORTED: "transaction_id was aborted earlier; use a new transaction_id",
         }
         return messages.get(code, code.name)
+
+    def _credit_refused(self, partition: int, command: c.DebitForTransfer, code: Code) -> bool:
+        """Whether `code` is the destination's refusal of this transfer's credit."""
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            record = replica.state.transfer_record(command.from_account,
+                                                   command.transaction_id)
+        return (record is not None and record.kind is RecordKind.CROSS_TRANSFER
+                and record.resolved_position != 0 and record.code is code
+                and code is not Code.OK)
 
     @_handler
     async def TransferBatch(self, request: pb.TransferBatchRequest,

@@ -297,6 +297,54 @@ def test_refusals_carry_a_machine_readable_reason(
     assert metadata["raftwallet-reason"] == "INSUFFICIENT_FUNDS"
 
 
+# -- issue #13: the smaller defects ------------------------------------------------------
+
+
+def far_account(cluster: LocalCluster, prefix: str) -> str:
+    """A new USD account on partition 1 (funded's accounts are on partition 0)."""
+    (far,) = accounts_on(1, 1, prefix)
+    cluster.wallet("n1").CreateAccount(pb.CreateAccountRequest(
+        account_id=far, currency="USD", request_id=new_id()), timeout=30)
+    return far
+
+
+def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_only_the_unknown(
+    cluster: LocalCluster,
+) -> None:
+    (ghost,) = accounts_on(0, 1, "nobody-cross")
+    far = far_account(cluster, "far-known")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n2").Transfer(transfer(ghost, far), timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+    assert excinfo.value.details() == f"from_account {ghost!r} does not exist"
+    assert dict(excinfo.value.trailing_metadata() or ())["raftwallet-reason"] == (
+        "ACCOUNT_NOT_FOUND")
+
+
+def test_a_transfer_from_and_to_unknown_accounts_of_one_partition_names_both(
+    cluster: LocalCluster,
+) -> None:
+    ghost, other = accounts_on(0, 2, "nobody-both")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n2").Transfer(transfer(ghost, other), timeout=30)
+    assert excinfo.value.details() == (
+        f"from_account {ghost!r} and to_account {other!r} do not exist")
+
+
+def test_a_credit_refused_across_partitions_still_names_the_to_account(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    (ghost,) = accounts_on(1, 1, "far-ghost")
+    request = transfer(alice, ghost, amount="0.50")
+    for _ in range(2):  # the first answer, then the retry answered from the dedup record
+        with pytest.raises(grpc.RpcError) as excinfo:
+            cluster.wallet("n1").Transfer(request, timeout=30)
+        assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+        assert excinfo.value.details().startswith(
+            f"to_account {ghost!r} on partition 1 refused the credit (ACCOUNT_NOT_FOUND)")
+
+
 def test_the_node_refuses_to_start_without_identity_in_its_data_dir(tmp_path: Path) -> None:
     spare = LocalCluster(tmp_path, nodes=1, partitions=1)
     try:

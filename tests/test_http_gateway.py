@@ -466,6 +466,20 @@ def test_the_history_pages_an_accounts_transfers(http: httpx.Client, accounts: A
                  "page_token")
 
 
+# --- issue #13: the smaller defects -----------------------------------------------------
+
+
+def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_only_the_unknown(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    (ghost,) = accounts_on(0, 1, "http-nobody-cross")
+    before = balance(http, accounts.far)
+    response = post(http, TRANSFER, transfer_body(ghost, accounts.far))
+    assert_error(response, 404, "ACCOUNT_NOT_FOUND")
+    assert response.json()["error"]["message"] == f"from_account {ghost!r} does not exist"
+    assert balance(http, accounts.far) == before
+
+
 # --- health, documents, limits ----------------------------------------------------------
 
 
