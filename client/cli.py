@@ -27,6 +27,7 @@ import importlib
 import json
 import sys
 import tomllib
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -817,9 +818,28 @@ def _command(
     return parser
 
 
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def _new_id(text: str) -> str:
+    """--id: a canonical UUID, not the nil one (the node refuses both the same way)."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or str(parsed) != text.lower():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a UUID like '0f8fad5b-d9cb-469f-a165-70867728950e'")
+    if parsed.int == 0:
+        raise argparse.ArgumentTypeError(
+            f"the nil UUID {NIL_UUID} is not a usable id: leave --id out for a fresh one, "
+            "or give a UUID of your own")
+    return text
+
+
 def _id_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
-        "--id", metavar="UUID", default=None,
+        "--id", metavar="UUID", default=None, type=_new_id,
         help=f"{what} (idempotency key); default: a new UUIDv7. Reuse it to retry safely",
     )
 

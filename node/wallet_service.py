@@ -425,7 +425,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     async def GetTransfer(self, request: pb.GetTransferRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
-        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id",
+                                        nil_allowed=True)
         partition = self._partition(from_account)
         deadline = deadline_of(context)
         if not self.host.hosts(partition):
@@ -449,7 +450,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     async def AbortTransfer(self, request: pb.AbortTransferRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
-        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id",
+                                        nil_allowed=True)
         # An expired id's outcome may be forgotten: aborting it could hide a transfer
         # that happened. Its history is still in the archive (ListTransfers).
         api.check_not_expired(transaction_id, int(time.time() * 1000))

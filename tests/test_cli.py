@@ -294,3 +294,19 @@ def test_a_valid_cluster_file_with_a_placement_gives_its_targets() -> None:
 
     assert targets_from_config(REPO / "cluster-configs" / "local-3node.toml") == (
         "127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103")
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ("00000000-0000-0000-0000-000000000000", "nil UUID"),
+    ("not-a-uuid", "is not a UUID"),
+    ("{0f8fad5b-d9cb-469f-a165-70867728950e}", "is not a UUID"),
+])
+def test_a_nil_or_malformed_id_is_a_usage_error_before_any_call(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str], given: str, words: str,
+) -> None:
+    code = main(["--target", fake.address, "transfer", "alice", "bob", "1.00",
+                 "--currency", "USD", "--id", given])
+
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert fake.requests_of("Transfer") == []

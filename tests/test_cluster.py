@@ -299,6 +299,8 @@ def test_refusals_carry_a_machine_readable_reason(
 
 # -- issue #13: the smaller defects ------------------------------------------------------
 
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
 
 def far_account(cluster: LocalCluster, prefix: str) -> str:
     """A new USD account on partition 1 (funded's accounts are on partition 0)."""
@@ -343,6 +345,55 @@ def test_a_credit_refused_across_partitions_still_names_the_to_account(
         assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
         assert excinfo.value.details().startswith(
             f"to_account {ghost!r} on partition 1 refused the credit (ACCOUNT_NOT_FOUND)")
+
+
+@pytest.mark.parametrize("call", ["Transfer", "Deposit", "CreateAccount"])
+def test_the_nil_uuid_is_refused_as_the_id_of_a_write(
+    cluster: LocalCluster, funded: tuple[str, str, str], call: str,
+) -> None:
+    alice, bob, _ = funded
+    request, field = {
+        "Transfer": (transfer(alice, bob, transaction_id=NIL_UUID), "transaction_id"),
+        "Deposit": (pb.DepositRequest(account_id=alice, amount="1.00", currency="USD",
+                                      transaction_id=NIL_UUID), "transaction_id"),
+        "CreateAccount": (pb.CreateAccountRequest(account_id="nil-request", currency="USD",
+                                                  request_id=NIL_UUID), "request_id"),
+    }[call]
+    before = [balance(cluster, alice), balance(cluster, bob)]
+    with pytest.raises(grpc.RpcError) as excinfo:
+        getattr(cluster.wallet("n2"), call)(request, timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert excinfo.value.details().startswith(f"{field}: the nil UUID {NIL_UUID} is not")
+    assert dict(excinfo.value.trailing_metadata() or ())["raftwallet-reason"] == (
+        "INVALID_TRANSACTION_ID")
+    assert [balance(cluster, alice), balance(cluster, bob)] == before
+
+
+def test_a_nil_transaction_id_can_still_be_looked_up(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n1").GetTransfer(pb.GetTransferRequest(
+            from_account=alice, transaction_id=NIL_UUID), timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND  # not INVALID_ARGUMENT
+
+
+def test_the_sdk_refuses_a_nil_transaction_id_at_once_without_retrying(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    from client.errors import OutcomeUnknown, WalletError
+    from client.sdk import WalletClient
+
+    alice, bob, _ = funded
+    targets = [node.grpc_address for node in cluster.config.nodes]
+    with WalletClient(targets, retry_deadline_s=5.0) as wallet, \
+            pytest.raises(WalletError) as excinfo:
+        wallet.transfer(alice, bob, "0.01", "USD", NIL_UUID)
+    assert not isinstance(excinfo.value, OutcomeUnknown)
+    assert (excinfo.value.status, excinfo.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRANSACTION_ID")
+    assert "nil UUID" in excinfo.value.message
 
 
 def test_the_node_refuses_to_start_without_identity_in_its_data_dir(tmp_path: Path) -> None:

@@ -480,6 +480,24 @@ def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_on
     assert balance(http, accounts.far) == before
 
 
+def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    nil = "00000000-0000-0000-0000-000000000000"
+    before = balance(http, accounts.alice), balance(http, accounts.bob)
+    response = post(http, TRANSFER, transfer_body(accounts.alice, accounts.bob,
+                                                  transaction_id=nil))
+    assert_error(response, 400, "INVALID_TRANSACTION_ID", "transaction_id", "nil UUID")
+    assert response.json()["transaction_id"] == nil
+    assert_error(post(http, "/v1/wallet/deposit", {
+        "account_id": accounts.alice, "amount": "1.00", "currency": "USD",
+        "transaction_id": nil}), 400, "INVALID_TRANSACTION_ID", "nil UUID")
+    assert_error(post(http, "/v1/wallet/accounts", {
+        "account_id": "http-nil-request", "currency": "USD", "request_id": nil}),
+        400, "INVALID_TRANSACTION_ID", "request_id", "nil UUID")
+    assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+
+
 # --- health, documents, limits ----------------------------------------------------------
 
 
