@@ -45,7 +45,13 @@ from ledger.money import MoneyError, parse_amount
 from ledger.routing import partition_of
 from ledger.state import ACCOUNT_ID_RE
 from node.auth import node_client_credentials
-from node.http_gateway import MAX_BODY_BYTES, create_app, http_error_of, parse_listen
+from node.http_gateway import (
+    MAX_BODY_BYTES,
+    create_app,
+    duplicate_key_of,
+    http_error_of,
+    parse_listen,
+)
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
 from tests.fake_wallet_server import FakeWalletServer, running_fake
@@ -480,6 +486,22 @@ def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_on
     assert balance(http, accounts.far) == before
 
 
+def test_a_body_with_a_duplicate_key_is_refused_and_moves_nothing(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    before = balance(http, accounts.alice), balance(http, accounts.bob)
+    transaction_id = new_id()
+    content = (f'{{"from_account": "{accounts.alice}", "to_account": "{accounts.bob}", '
+               f'"amount": "1.00", "currency": "USD", "transaction_id": "{transaction_id}", '
+               '"amount": "99.00"}').encode()
+    response = http.post(TRANSFER, content=content, headers={"content-type": "application/json"})
+    assert_error(response, 400, "INVALID_ARGUMENT", "amount", "more than once")
+    assert response.json()["transaction_id"] == transaction_id
+    assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+    status = http.get(f"/v1/wallet/transfers/{accounts.alice}/{transaction_id}")
+    assert_error(status, 404, "TRANSFER_NOT_FOUND")
+
+
 def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
     http: httpx.Client, accounts: Accounts,
 ) -> None:
@@ -496,6 +518,24 @@ def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
         "account_id": "http-nil-request", "currency": "USD", "request_id": nil}),
         400, "INVALID_TRANSACTION_ID", "request_id", "nil UUID")
     assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+
+
+@pytest.mark.parametrize(("body", "duplicate"), [
+    (b'{"a": 1, "b": 2}', None), (b'{"a": 1, "a": 1}', "a"), (b'{"x": {"b": 1, "b": 2}}', "b"),
+    (b'[{"c": 1}, {"c": 2}]', None), (b'{"a": ', None), (b"\xff", None), (b"", None),
+])
+def test_duplicate_keys_are_found_at_any_depth(body: bytes, duplicate: str | None) -> None:
+    assert duplicate_key_of(body) == duplicate
+
+
+@pytest.mark.parametrize("query", ["?as_of=2026-11-25T18:00:00Z", "?consistency=stale&x=1",
+                                   "?consistency=stale&consistency=linearizable"])
+def test_unknown_or_repeated_query_parameters_of_the_balance_are_400(
+    http: httpx.Client, accounts: Accounts, query: str,
+) -> None:
+    response = http.get(f"/v1/wallet/accounts/{accounts.alice}/balance{query}")
+    assert_error(response, 400, "INVALID_ARGUMENT")
+    assert response.json()["error"]["message"].split(":")[0] in query
 
 
 # --- health, documents, limits ----------------------------------------------------------
