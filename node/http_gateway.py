@@ -26,6 +26,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
@@ -104,6 +105,8 @@ READY_RETRY_DEADLINE_S = 2.0
 """/readyz asks ClusterStatus, rotating over the targets, for at most this long."""
 SHUTDOWN_GRACE_S = 15
 """On SIGTERM, requests in flight get this long to finish."""
+AT_MAX_CHARS = 64
+"""`?at=` of the balance: an ISO 8601 time is about 32 characters."""
 HISTORY_LIMIT_MAX = 1_000
 """Most transfers per history page (the node's node.history.PAGE_LIMIT_MAX)."""
 EXIT_OK = 0
@@ -733,9 +736,26 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
         operation_id="getBalance", summary="An account's balance",
         response_model=BalanceAnswer, responses=_errors(400, 404, 500, 503),
     )
-    async def get_balance(account_id: AccountPath,
-                          consistency: Consistency = "linearizable") -> Response:
-        found = await _call(clients.wallet().balance(account_id, consistency))
+    async def get_balance(
+        account_id: AccountPath,
+        consistency: Consistency = "linearizable",
+        at: Annotated[str | None, Query(
+            max_length=AT_MAX_CHARS, examples=["2026-11-25T18:00:00Z"],
+            description="The balance as it was at this time (ISO 8601 with a time zone, "
+            "e.g. `2026-11-25T18:00:00Z`), rebuilt from the event archive; `position` is "
+            "then where that balance was set. Reads through the log: not with "
+            "`consistency=stale`.")] = None,
+    ) -> Response:
+        if at is not None:
+            if consistency == "stale":
+                raise GatewayError(HttpError(
+                    400, "INVALID_ARGUMENT", "consistency: `stale` does not apply to a "
+                    "balance `at` a time (it is rebuilt from the archive after a "
+                    "linearizable read)"))
+            found = await _call(clients.wallet().balance_at(account_id,
+                                                            time_ms=parse_at_ms(at)))
+        else:
+            found = await _call(clients.wallet().balance(account_id, consistency))
         return _json(BalanceAnswer(account_id=found.account_id, balance=found.balance,
                                    currency=found.currency, position=found.position,
                                    stale=found.stale))
@@ -818,6 +838,20 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
                                      partitions=partitions))
 
     return app
+
+
+def parse_at_ms(text: str) -> int:
+    """`?at=`: an ISO 8601 time with a time zone, as Unix milliseconds (GatewayError 400)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        problem = "is not an ISO 8601 time" if moment is None else "has no time zone"
+        raise GatewayError(HttpError(
+            400, "INVALID_ARGUMENT", f"at: {_safe_text(repr(text), 80)} {problem}; give one "
+            "like 2026-11-25T18:00:00Z or 2026-11-25T19:00:00+01:00"))
+    return int(moment.timestamp() * 1000)
 
 
 # --- serving ----------------------------------------------------------------------------

@@ -249,7 +249,8 @@ class BalanceAnswer(BaseModel):
     account_id: str
     balance: str
     currency: str
-    position: int = Field(description="Log position of the account's partition read.")
+    position: int = Field(description="Log position of the account's partition read; with "
+                          "`at`, the position where that balance was set.")
     stale: bool = Field(description="True for a `consistency=stale` read (may lag).")
 
 

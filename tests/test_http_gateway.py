@@ -16,10 +16,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -518,6 +520,30 @@ def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
         "account_id": "http-nil-request", "currency": "USD", "request_id": nil}),
         400, "INVALID_TRANSACTION_ID", "request_id", "nil UUID")
     assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+
+
+def test_the_balance_at_a_time_is_the_balance_then(http: httpx.Client) -> None:
+    (account,) = accounts_on(1, 1, "http-at")
+    create(http, account, "USD")
+    url = f"/v1/wallet/accounts/{account}/balance"
+    deposit(http, account, "5.00")
+    then = http.get(url).json()
+    at = datetime.now(tz=UTC).isoformat()  # after the first deposit's leader time stamp
+    time.sleep(0.05)  # the second deposit is stamped later
+    deposit(http, account, "7.00")
+
+    past = http.get(url, params={"at": at})
+
+    assert past.status_code == 200, past.text
+    assert (past.json()["balance"], past.json()["stale"]) == ("5.00", False)
+    assert past.json()["position"] <= then["position"]
+    assert http.get(url).json()["balance"] == "12.00"
+    assert_error(http.get(url, params={"at": "2000-01-01T00:00:00Z"}), 404, "ACCOUNT_NOT_FOUND")
+    assert_error(http.get(url, params={"at": "2026-11-25T18:00:00"}), 400, "INVALID_ARGUMENT",
+                 "at", "time zone")
+    assert_error(http.get(url, params={"at": "yesterday"}), 400, "INVALID_ARGUMENT", "at")
+    assert_error(http.get(url, params={"at": at, "consistency": "stale"}), 400,
+                 "INVALID_ARGUMENT", "consistency")
 
 
 @pytest.mark.parametrize(("body", "duplicate"), [
