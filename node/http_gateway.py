@@ -588,9 +588,11 @@ def _transfer_url(from_account: str, transaction_id: str) -> str:
 
 def _transfer_answer(result: TransferResult, transaction_id: str) -> JSONResponse:
     if result.status is TransferStatus.SUCCEEDED:
-        return _json(TransferDone(status="success", transaction_id=transaction_id))
+        return _json(TransferDone(status="success", transaction_id=transaction_id,
+                                  position=result.position))
     if result.status is TransferStatus.PENDING:
-        return _json(TransferPending(status="pending", transaction_id=transaction_id), 202,
+        return _json(TransferPending(status="pending", transaction_id=transaction_id,
+                                     position=result.position), 202,
                      {"Location": _transfer_url(result.from_account, transaction_id)})
     raise GatewayError(http_error_of(_outcome_error(result.status, result.reason)),
                        transaction_id)
@@ -602,7 +604,8 @@ def _movement_answer(result: MovementResult, transaction_id: str) -> JSONRespons
                            transaction_id)
     return _json(MovementDone(status="success", transaction_id=transaction_id,
                               account_id=result.account_id, amount=result.amount,
-                              currency=result.currency, balance=result.balance))
+                              currency=result.currency, balance=result.balance,
+                              position=result.position))
 
 
 def _record_answer(record: TransferRecord) -> TransferStatusAnswer:

@@ -133,8 +133,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         if applied.result.code is not Code.OK:
             raise api.ledger_error(applied.result.code, _account_message(
                 applied.result.code, account_id, cur.code))
+        position = applied.position
+        if applied.result.replayed:  # a retry: the position of the creation it repeats
+            replica = self.host.replicas[partition]
+            with replica.lock:
+                account = replica.state.accounts.get(account_id)
+            position = account.created_position if account is not None else position
         return pb.CreateAccountResponse(account_id=account_id, currency=cur.code,
-                                        position=applied.position)
+                                        position=position)
 
     async def _money(self, request: pb.DepositRequest | pb.WithdrawRequest,
                      context: grpc.aio.ServicerContext, withdraw: bool) -> pb.MoneyMovementResponse:
@@ -160,7 +166,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         return pb.MoneyMovementResponse(
             transaction_id=request.transaction_id, status=pb.SUCCEEDED,
             balance=format_amount(balance, cur.exponent) if balance is not None else "",
-            position=applied.position)
+            position=self._decided_at(partition, applied, (account_id, transaction_id)))
 
     @_handler
     async def Deposit(self, request: pb.DepositRequest,
@@ -244,13 +250,29 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             key = (command.from_account, command.transaction_id)
             (code,) = await self._final_codes(partition, [key], deadline)
         self.transfer_outcomes.record(code, cross)
-        if code is Code.PENDING:
-            return pb.TransferResponse(status=pb.PENDING, transaction_id=request.transaction_id,
-                                       position=applied.position)
-        if code is not Code.OK:
+        if code is not Code.PENDING and code is not Code.OK:
             raise api.ledger_error(code, self._transfer_message(partition, command, code))
-        return pb.TransferResponse(status=pb.SUCCEEDED, transaction_id=request.transaction_id,
-                                   position=applied.position)
+        position = self._decided_at(partition, applied,
+                                    (command.from_account, command.transaction_id))
+        status = pb.PENDING if code is Code.PENDING else pb.SUCCEEDED
+        return pb.TransferResponse(status=status, transaction_id=request.transaction_id,
+                                   position=position)
+
+    def _decided_at(self, partition: int, applied: Applied, key: tuple[str, bytes]) -> int:
+        """The log position a write's answer reports: where its id was first applied.
+
+        A retry of an applied id is a new log entry that only finds the id's dedup
+        record (`replayed`); the record keeps the position of the entry that applied
+        it (a cross-partition transfer's debit), so the retry answers the same position
+        as the first answer. Without a record (pruned after the dedup window) the
+        entry's own position is all there is.
+        """
+        if not applied.result.replayed:
+            return applied.position
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            record = replica.state.transfer_record(*key)
+        return applied.position if record is None else record.position
 
     def _transfer_message(self, partition: int, command: c.Transfer | c.DebitForTransfer,
                           code: Code) -> str:

@@ -396,6 +396,39 @@ def test_the_sdk_refuses_a_nil_transaction_id_at_once_without_retrying(
     assert "nil UUID" in excinfo.value.message
 
 
+@pytest.mark.parametrize("across", [False, True])
+def test_a_retried_transfer_answers_the_position_of_its_first_answer(
+    cluster: LocalCluster, funded: tuple[str, str, str], across: bool,
+) -> None:
+    alice, bob, _ = funded
+    to_account = far_account(cluster, f"far-retry-{new_id()[:8]}") if across else bob
+    request = transfer(alice, to_account, amount="0.05")
+    first = cluster.wallet("n1").Transfer(request, timeout=30)
+    cluster.wallet("n1").Deposit(pb.DepositRequest(  # the log moves on in between
+        account_id=alice, amount="0.01", currency="USD", transaction_id=new_id()), timeout=30)
+    again = cluster.wallet("n2").Transfer(request, timeout=30)
+    assert (first.status, again.status) == (pb.SUCCEEDED, pb.SUCCEEDED)
+    assert again.position == first.position > 0
+    found = cluster.wallet("n1").GetTransfer(pb.GetTransferRequest(
+        from_account=alice, transaction_id=request.transaction_id), timeout=30)
+    assert found.steps[0].position == first.position
+
+
+def test_retried_deposits_and_account_creations_answer_their_first_position(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    wallet = cluster.wallet("n1")
+    deposit = pb.DepositRequest(account_id=alice, amount="0.02", currency="USD",
+                                transaction_id=new_id())
+    (account,) = accounts_on(0, 1, f"retry-create-{new_id()[:8]}")
+    create = pb.CreateAccountRequest(account_id=account, currency="USD", request_id=new_id())
+    first = wallet.Deposit(deposit, timeout=30), wallet.CreateAccount(create, timeout=30)
+    wallet.Transfer(transfer(alice, account, amount="0.01"), timeout=30)
+    again = wallet.Deposit(deposit, timeout=30), wallet.CreateAccount(create, timeout=30)
+    assert [answer.position for answer in again] == [answer.position for answer in first]
+
+
 def test_the_node_refuses_to_start_without_identity_in_its_data_dir(tmp_path: Path) -> None:
     spare = LocalCluster(tmp_path, nodes=1, partitions=1)
     try:

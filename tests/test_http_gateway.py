@@ -205,7 +205,10 @@ def test_balance_transfer_succeeds_and_moves_the_money(
     body = transfer_body(accounts.alice, accounts.bob, "2.50")
     response = post(http, TRANSFER, body)
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "success", "transaction_id": body["transaction_id"]}
+    answer = response.json()
+    assert answer == {"status": "success", "transaction_id": body["transaction_id"],
+                      "position": answer["position"]}
+    assert isinstance(answer["position"], int) and answer["position"] > 0
     after = balance(http, accounts.alice), balance(http, accounts.bob)
     assert after == (before[0] - Decimal("2.50"), before[1] + Decimal("2.50"))
 
@@ -413,7 +416,7 @@ def test_deposit_and_withdraw_report_the_balance_and_refuse_what_they_cannot_do(
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "success", "transaction_id": transaction_id,
                                "account_id": account, "amount": "500", "currency": "JPY",
-                               "balance": "500"}
+                               "balance": "500", "position": response.json()["position"]}
     assert post(http, "/v1/wallet/deposit", body).json() == response.json()
     withdrawn = post(http, "/v1/wallet/withdraw", body | {"amount": "200",
                                                           "transaction_id": new_id()})
@@ -564,6 +567,20 @@ def test_unknown_or_repeated_query_parameters_of_the_balance_are_400(
     assert response.json()["error"]["message"].split(":")[0] in query
 
 
+@pytest.mark.parametrize("partition", [0, 1])
+def test_a_retried_transfer_answers_the_position_of_its_first_answer(
+    http: httpx.Client, accounts: Accounts, partition: int,
+) -> None:
+    to_account = accounts.bob if partition == 0 else accounts.far
+    body = transfer_body(accounts.alice, to_account, "0.03")
+    first = post(http, TRANSFER, body)
+    deposit(http, accounts.alice, "0.01")  # the partition's log moves on in between
+    again = post(http, TRANSFER, body)
+    assert (first.status_code, again.status_code) == (200, 200), again.text
+    assert again.json() == first.json()
+    assert first.json()["position"] > 0
+
+
 # --- health, documents, limits ----------------------------------------------------------
 
 
@@ -709,7 +726,8 @@ def test_a_transfer_not_final_by_the_deadline_is_202_with_its_status_url(
         body = transfer_body("alice", "bob")
         response = post(client, TRANSFER, body)
         assert response.status_code == 202, response.text
-        assert response.json() == {"status": "pending", "transaction_id": body["transaction_id"]}
+        assert response.json() == {"status": "pending", "transaction_id": body["transaction_id"],
+                                   "position": 0}
         assert response.headers["location"] == (
             f"/v1/wallet/transfers/alice/{body['transaction_id']}")
 
