@@ -276,7 +276,7 @@ def test_walletctl_refuses_a_cluster_file_whose_partitions_name_an_unknown_node(
     ["cluster", "status"], ["cluster", "map"], ["verify"], ["node", "drain", "n1"],
     ["replica", "add", "--partition", "0", "--node", "n1"],
     ["node", "snapshot", "--partition", "0", "--target", "127.0.0.1:1"],
-    ["gateway", "--target", "127.0.0.1:1", "--listen", "127.0.0.1:1"],
+    ["gateway", "--target", "127.0.0.1:1", "--listen", "127.0.0.1:0"],  # would not serve
 ])
 def test_every_command_given_an_invalid_cluster_file_refuses_it_before_any_call(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str],
