@@ -44,6 +44,7 @@ from client.sdk import (
     _Op,
     _op_abort_transfer,
     _op_balance,
+    _op_balance_at,
     _op_cluster_map,
     _op_cluster_status,
     _op_create_account,
@@ -121,6 +122,13 @@ class AsyncWalletClient(_ClientBase):
         self, account_id: str, consistency: Consistency = "linearizable", min_position: int = 0
     ) -> Balance:
         return await self._run(_op_balance(account_id, consistency, min_position))
+
+    async def balance_at(self, account_id: str, position: int | None = None,
+                         time_ms: int | None = None) -> Balance:
+        """As `WalletClient.balance_at`: the balance after a log position, or at a time."""
+        if (position is None) == (time_ms is None):
+            raise ValueError("give exactly one of position and time_ms")
+        return await self._run(_op_balance_at(account_id, position, time_ms))
 
     async def get_transfer(
         self, from_account: str, transaction_id: str, consistency: Consistency = "linearizable"

@@ -28,6 +28,7 @@ import json
 import sys
 import time
 import tomllib
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -83,7 +84,14 @@ class UsageError(Exception):
 
 
 def targets_from_config(path: Path) -> tuple[str, ...]:
-    """`host:grpc_port` of every `[[nodes]]` entry of a cluster TOML file."""
+    """`host:grpc_port` of every `[[nodes]]` entry of a cluster TOML file.
+
+    The file is also checked for what would make the nodes refuse it at their next
+    restart and that a client can see without the node's loader (client/ never
+    imports node/): every `[[partitions]]` table must name only nodes of the file.
+    The message is the one `node.config` gives (a test pins it), so an operator who
+    edits the file learns it from walletctl at once, not from a node refusing to start.
+    """
     try:
         with path.open("rb") as file:
             data = tomllib.load(file)
@@ -95,6 +103,7 @@ def targets_from_config(path: Path) -> tuple[str, ...]:
     if not isinstance(nodes, list) or not nodes:
         raise UsageError(f"{path}: no [[nodes]] entries")
     targets: list[str] = []
+    node_ids: list[str] = []
     for index, node in enumerate(nodes):
         host = node.get("host") if isinstance(node, dict) else None
         port = node.get("grpc_port") if isinstance(node, dict) else None
@@ -102,8 +111,37 @@ def targets_from_config(path: Path) -> tuple[str, ...]:
             raise UsageError(f"{path}: nodes[{index}].host: missing or not a string")
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             raise UsageError(f"{path}: nodes[{index}].grpc_port: missing or not a port number")
+        node_id = node.get("id")
+        if isinstance(node_id, str):
+            node_ids.append(node_id)
         targets.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    _check_placement_names_known_nodes(path, data.get("partitions"), node_ids)
     return normalize_targets(targets)
+
+
+def _check_placement_names_known_nodes(
+    path: Path, partitions: object, node_ids: Sequence[str]
+) -> None:
+    """Each `[[partitions]]` table's replicas are ids of `[[nodes]]` tables of the file.
+
+    Same field path and wording as node.config's `_read_replicas`.
+    """
+    if partitions is None:
+        return
+    if not isinstance(partitions, list) or not all(isinstance(t, dict) for t in partitions):
+        raise UsageError(f"{path}: partitions: expected an array of tables ([[partitions]])")
+    known = ", ".join(node_ids)
+    for index, table in enumerate(partitions):
+        replicas = table.get("replicas")
+        if not isinstance(replicas, list):
+            raise UsageError(f"{path}: partitions[{index}].replicas: missing or not an array")
+        for position, value in enumerate(replicas):
+            if not isinstance(value, str):
+                raise UsageError(f"{path}: partitions[{index}].replicas[{position}]: "
+                                 "expected a node id string")
+            if value not in node_ids:
+                raise UsageError(f"{path}: partitions[{index}].replicas[{position}]: "
+                                 f"unknown node {value!r} (nodes: {known})")
 
 
 def resolve_targets(target_args: Sequence[str], config: str | None) -> tuple[str, ...]:
@@ -851,9 +889,28 @@ def _command(
     return parser
 
 
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def _new_id(text: str) -> str:
+    """--id: a canonical UUID, not the nil one (the node refuses both the same way)."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        parsed = None
+    if parsed is None or str(parsed) != text.lower():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a UUID like '0f8fad5b-d9cb-469f-a165-70867728950e'")
+    if parsed.int == 0:
+        raise argparse.ArgumentTypeError(
+            f"the nil UUID {NIL_UUID} is not a usable id: leave --id out for a fresh one, "
+            "or give a UUID of your own")
+    return text
+
+
 def _id_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
-        "--id", metavar="UUID", default=None,
+        "--id", metavar="UUID", default=None, type=_new_id,
         help=f"{what} (idempotency key); default: a new UUIDv7. Reuse it to retry safely",
     )
 
@@ -1106,6 +1163,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LOADED_BY_THE_NODE: frozenset[Handler] = frozenset({cmd_cluster_up, cmd_node_start})
+"""Commands whose --config is read by node.config, which checks every rule of the file
+(`cluster up` exits 2, `node start` 3: its "refused, do not restart in a loop")."""
+
+
 def _exit_status(code: object) -> int:
     if code is None:
         return EXIT_OK
@@ -1131,6 +1193,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(bool(args.json), sys.stdout, sys.stderr)
     handler: Handler = args.handler
     try:
+        if getattr(args, "config", None) and handler not in _LOADED_BY_THE_NODE:
+            targets_from_config(Path(args.config))  # an invalid file is refused at once
         return handler(args, out)
     except WalletError as error:
         out.error(str(error))

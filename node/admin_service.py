@@ -194,7 +194,9 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
                                 context: grpc.aio.ServicerContext,
                                 ) -> pb.ForceFailTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
-        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        # An existing transfer's id: a nil one from before nil ids were refused is allowed.
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id",
+                                        nil_allowed=True)
         config = self.host.config
         source = partition_of(from_account, config.partition_count)
         if not self.host.hosts(source):

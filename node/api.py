@@ -37,14 +37,28 @@ def invalid(field: str, message: str, reason: str = "INVALID_ARGUMENT") -> ApiEr
     return ApiError(grpc.StatusCode.INVALID_ARGUMENT, reason, f"{field}: {message}")
 
 
-def parse_uuid(text: str, field: str) -> bytes:
-    """A UUID in its canonical 8-4-4-4-12 hex form, as its 16 bytes."""
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def parse_uuid(text: str, field: str, *, nil_allowed: bool = False) -> bytes:
+    """A UUID in its canonical 8-4-4-4-12 hex form, as its 16 bytes.
+
+    The nil UUID is refused unless `nil_allowed`: as the idempotency key of a new
+    write it is what an unset field or a zeroed buffer sends, so every such client
+    would share one key and see each other's first answer instead of moving money.
+    Reads of an existing id (GetTransfer, AbortTransfer) allow it: ids applied before
+    it was refused stay reachable.
+    """
     if not text:
         raise invalid(field, "is required (a UUID)", Code.INVALID_TRANSACTION_ID.name)
     if len(text) != 36 or _UUID_RE.fullmatch(text) is None:
         raise invalid(field, f"{_show(text)} is not a UUID like "
                       "'0f8fad5b-d9cb-469f-a165-70867728950e'", Code.INVALID_TRANSACTION_ID.name)
-    return bytes.fromhex(text.replace("-", ""))
+    raw = bytes.fromhex(text.replace("-", ""))
+    if not nil_allowed and not any(raw):
+        raise invalid(field, f"the nil UUID {NIL_UUID} is not a usable id: send a fresh UUID "
+                      "per request (UUIDv7 recommended)", Code.INVALID_TRANSACTION_ID.name)
+    return raw
 
 
 PAGE_TOKEN_CHARS_MAX = 20

@@ -18,13 +18,15 @@ document is served at /openapi.json and its interactive page at /docs;
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
@@ -35,6 +37,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,6 +105,8 @@ READY_RETRY_DEADLINE_S = 2.0
 """/readyz asks ClusterStatus, rotating over the targets, for at most this long."""
 SHUTDOWN_GRACE_S = 15
 """On SIGTERM, requests in flight get this long to finish."""
+AT_MAX_CHARS = 64
+"""`?at=` of the balance: an ISO 8601 time is about 32 characters."""
 HISTORY_LIMIT_MAX = 1_000
 """Most transfers per history page (the node's node.history.PAGE_LIMIT_MAX)."""
 EXIT_OK = 0
@@ -362,6 +367,94 @@ async def _drain(receive: Receive, budget: int) -> None:
             return
 
 
+# --- strict requests: no duplicate JSON keys, no unknown or repeated query parameters -----
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
+def duplicate_key_of(body: bytes) -> str | None:
+    """The first key that a JSON object of `body` holds twice; None if there is none (or
+    `body` is not JSON at all: FastAPI's own parsing then says what is wrong with it).
+
+    Python's json keeps the last of two equal keys, so `{"amount": "1.00", "amount":
+    "99.00"}` would move 99.00 while a reviewer, a log line or a proxy in front of us
+    may read 1.00. Which value counts is ambiguous, so such a body is refused.
+    """
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as duplicate:
+        return duplicate.key
+    except (ValueError, RecursionError):
+        return None
+    return None
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its list of (key, value) pairs, duplicates kept."""
+
+
+def _echo_top_level_id(body: bytes) -> str | None:
+    """The body's transaction_id when it appears once at the top level, for the error."""
+    try:
+        document = json.loads(body, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, _Pairs):
+        return None
+    values = [value for key, value in document if key == "transaction_id"]
+    return _echo_id(values[0]) if len(values) == 1 else None
+
+
+class StrictRoute(APIRoute):
+    """A route that refuses what FastAPI would silently resolve: a JSON body with a key
+    given twice (json keeps the last), a query parameter it does not declare (ignored:
+    `?at=` on a route without `at` answered the current balance), or one given twice
+    (the last wins). Each is 400 INVALID_ARGUMENT naming the key; nothing is called."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        declared = tuple(param.alias for param in self.dependant.query_params)
+
+        async def strict_handler(request: Request) -> Response:
+            given: set[str] = set()
+            for name, _ in request.query_params.multi_items():
+                if name not in declared:
+                    known = ", ".join(declared) if declared else "none"
+                    return error_response(HttpError(
+                        400, "INVALID_ARGUMENT",
+                        f"{_safe_text(name, 80)}: is not a query parameter of this route "
+                        f"(unknown parameters are refused; it has: {known})"))
+                if name in given:
+                    return error_response(HttpError(
+                        400, "INVALID_ARGUMENT", f"{name}: is given more than once"))
+                given.add(name)
+            if self.body_field is not None:
+                body = await request.body()
+                duplicate = duplicate_key_of(body)
+                if duplicate is not None:
+                    return error_response(HttpError(
+                        400, "INVALID_ARGUMENT",
+                        f"{_safe_text(duplicate, 80)}: the key appears more than once in the "
+                        "JSON object (duplicate keys are refused: which value counts would be "
+                        "ambiguous)"), _echo_top_level_id(body))
+            return await handler(request)
+
+        return strict_handler
+
+
 # --- OpenAPI: the error answers of each route -------------------------------------------
 
 _ERROR_DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
@@ -495,9 +588,11 @@ def _transfer_url(from_account: str, transaction_id: str) -> str:
 
 def _transfer_answer(result: TransferResult, transaction_id: str) -> JSONResponse:
     if result.status is TransferStatus.SUCCEEDED:
-        return _json(TransferDone(status="success", transaction_id=transaction_id))
+        return _json(TransferDone(status="success", transaction_id=transaction_id,
+                                  position=result.position))
     if result.status is TransferStatus.PENDING:
-        return _json(TransferPending(status="pending", transaction_id=transaction_id), 202,
+        return _json(TransferPending(status="pending", transaction_id=transaction_id,
+                                     position=result.position), 202,
                      {"Location": _transfer_url(result.from_account, transaction_id)})
     raise GatewayError(http_error_of(_outcome_error(result.status, result.reason)),
                        transaction_id)
@@ -509,7 +604,8 @@ def _movement_answer(result: MovementResult, transaction_id: str) -> JSONRespons
                            transaction_id)
     return _json(MovementDone(status="success", transaction_id=transaction_id,
                               account_id=result.account_id, amount=result.amount,
-                              currency=result.currency, balance=result.balance))
+                              currency=result.currency, balance=result.balance,
+                              position=result.position))
 
 
 def _record_answer(record: TransferRecord) -> TransferStatusAnswer:
@@ -574,6 +670,7 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
             {"name": "health", "description": "For load balancers."},
         ],
     )
+    app.router.route_class = StrictRoute
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
@@ -642,9 +739,26 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
         operation_id="getBalance", summary="An account's balance",
         response_model=BalanceAnswer, responses=_errors(400, 404, 500, 503),
     )
-    async def get_balance(account_id: AccountPath,
-                          consistency: Consistency = "linearizable") -> Response:
-        found = await _call(clients.wallet().balance(account_id, consistency))
+    async def get_balance(
+        account_id: AccountPath,
+        consistency: Consistency = "linearizable",
+        at: Annotated[str | None, Query(
+            max_length=AT_MAX_CHARS, examples=["2026-11-25T18:00:00Z"],
+            description="The balance as it was at this time (ISO 8601 with a time zone, "
+            "e.g. `2026-11-25T18:00:00Z`), rebuilt from the event archive; `position` is "
+            "then where that balance was set. Reads through the log: not with "
+            "`consistency=stale`.")] = None,
+    ) -> Response:
+        if at is not None:
+            if consistency == "stale":
+                raise GatewayError(HttpError(
+                    400, "INVALID_ARGUMENT", "consistency: `stale` does not apply to a "
+                    "balance `at` a time (it is rebuilt from the archive after a "
+                    "linearizable read)"))
+            found = await _call(clients.wallet().balance_at(account_id,
+                                                            time_ms=parse_at_ms(at)))
+        else:
+            found = await _call(clients.wallet().balance(account_id, consistency))
         return _json(BalanceAnswer(account_id=found.account_id, balance=found.balance,
                                    currency=found.currency, position=found.position,
                                    stale=found.stale))
@@ -727,6 +841,20 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
                                      partitions=partitions))
 
     return app
+
+
+def parse_at_ms(text: str) -> int:
+    """`?at=`: an ISO 8601 time with a time zone, as Unix milliseconds (GatewayError 400)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        problem = "is not an ISO 8601 time" if moment is None else "has no time zone"
+        raise GatewayError(HttpError(
+            400, "INVALID_ARGUMENT", f"at: {_safe_text(repr(text), 80)} {problem}; give one "
+            "like 2026-11-25T18:00:00Z or 2026-11-25T19:00:00+01:00"))
+    return int(moment.timestamp() * 1000)
 
 
 # --- serving ----------------------------------------------------------------------------

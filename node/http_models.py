@@ -170,12 +170,16 @@ class TransferDone(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "success", "transaction_id": EXAMPLE_TRANSACTION_ID}]
+            "examples": [{"status": "success", "transaction_id": EXAMPLE_TRANSACTION_ID,
+                          "position": 41}]
         }
     )
 
     status: Literal["success"]
     transaction_id: str
+    position: int = Field(description="Log position of the source partition where the "
+                          "transfer was decided (across partitions: its debit). A retry with "
+                          "the same transaction_id answers the same position.")
 
 
 class TransferPending(BaseModel):
@@ -183,12 +187,16 @@ class TransferPending(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"status": "pending", "transaction_id": EXAMPLE_TRANSACTION_ID}]
+            "examples": [{"status": "pending", "transaction_id": EXAMPLE_TRANSACTION_ID,
+                          "position": 41}]
         }
     )
 
     status: Literal["pending"]
     transaction_id: str
+    position: int = Field(description="Log position of the source partition where the "
+                          "transfer was decided (across partitions: its debit). A retry with "
+                          "the same transaction_id answers the same position.")
 
 
 class AccountCreated(BaseModel):
@@ -218,6 +226,7 @@ class MovementDone(BaseModel):
                     "amount": "100.00",
                     "currency": "USD",
                     "balance": "100.00",
+                    "position": 7,
                 }
             ]
         }
@@ -229,6 +238,9 @@ class MovementDone(BaseModel):
     amount: str
     currency: str
     balance: str = Field(description="The balance right after the movement (\"\" if unknown).")
+    position: int = Field(description="Log position of the account's partition where the "
+                          "movement was applied; a retry with the same transaction_id answers "
+                          "the same position.")
 
 
 class BalanceAnswer(BaseModel):
@@ -249,7 +261,8 @@ class BalanceAnswer(BaseModel):
     account_id: str
     balance: str
     currency: str
-    position: int = Field(description="Log position of the account's partition read.")
+    position: int = Field(description="Log position of the account's partition read; with "
+                          "`at`, the position where that balance was set.")
     stale: bool = Field(description="True for a `consistency=stale` read (may lag).")
 
 

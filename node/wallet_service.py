@@ -133,8 +133,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         if applied.result.code is not Code.OK:
             raise api.ledger_error(applied.result.code, _account_message(
                 applied.result.code, account_id, cur.code))
+        position = applied.position
+        if applied.result.replayed:  # a retry: the position of the creation it repeats
+            replica = self.host.replicas[partition]
+            with replica.lock:
+                account = replica.state.accounts.get(account_id)
+            position = account.created_position if account is not None else position
         return pb.CreateAccountResponse(account_id=account_id, currency=cur.code,
-                                        position=applied.position)
+                                        position=position)
 
     async def _money(self, request: pb.DepositRequest | pb.WithdrawRequest,
                      context: grpc.aio.ServicerContext, withdraw: bool) -> pb.MoneyMovementResponse:
@@ -160,7 +166,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         return pb.MoneyMovementResponse(
             transaction_id=request.transaction_id, status=pb.SUCCEEDED,
             balance=format_amount(balance, cur.exponent) if balance is not None else "",
-            position=applied.position)
+            position=self._decided_at(partition, applied, (account_id, transaction_id)))
 
     @_handler
     async def Deposit(self, request: pb.DepositRequest,
@@ -244,29 +250,60 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             key = (command.from_account, command.transaction_id)
             (code,) = await self._final_codes(partition, [key], deadline)
         self.transfer_outcomes.record(code, cross)
-        if code is Code.PENDING:
-            return pb.TransferResponse(status=pb.PENDING, transaction_id=request.transaction_id,
-                                       position=applied.position)
-        if code is not Code.OK:
+        if code is not Code.PENDING and code is not Code.OK:
             raise api.ledger_error(code, self._transfer_message(partition, command, code))
-        return pb.TransferResponse(status=pb.SUCCEEDED, transaction_id=request.transaction_id,
-                                   position=applied.position)
+        position = self._decided_at(partition, applied,
+                                    (command.from_account, command.transaction_id))
+        status = pb.PENDING if code is Code.PENDING else pb.SUCCEEDED
+        return pb.TransferResponse(status=status, transaction_id=request.transaction_id,
+                                   position=position)
+
+    def _decided_at(self, partition: int, applied: Applied, key: tuple[str, bytes]) -> int:
+        """The log position a write's answer reports: where its id was first applied.
+
+        A retry of an applied id is a new log entry that only finds the id's dedup
+        record (`replayed`); the record keeps the position of the entry that applied
+        it (a cross-partition transfer's debit), so the retry answers the same position
+        as the first answer. Without a record (pruned after the dedup window) the
+        entry's own position is all there is.
+        """
+        if not applied.result.replayed:
+            return applied.position
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            record = replica.state.transfer_record(*key)
+        return applied.position if record is None else record.position
 
     def _transfer_message(self, partition: int, command: c.Transfer | c.DebitForTransfer,
                           code: Code) -> str:
-        if isinstance(command, c.DebitForTransfer) and code in (
-                Code.ACCOUNT_NOT_FOUND, Code.CURRENCY_MISMATCH, Code.ACCOUNT_CLOSED,
-                Code.BALANCE_LIMIT, Code.INVALID_ACCOUNT_ID) and self._local_balance(
-                    partition, command.from_account) is not None:
-            return (f"to_account {command.to_account!r} on partition "
-                    f"{command.destination_partition} refused the credit ({code.name}); the "
-                    "debit was compensated, the transfer is FAILED and nothing moved")
-        if code is Code.ACCOUNT_NOT_FOUND:
+        """The refusal's message, naming exactly the account that caused it.
+
+        Across partitions, to_account lives on the destination, so this partition can say
+        nothing about it. A refusal there is recorded: the dedup record of the debit ends
+        compensated (a resolved position and the destination's reason). Any other refusal
+        came from the debit, which looked at from_account only.
+        """
+        if isinstance(command, c.DebitForTransfer):
+            if self._credit_refused(partition, command, code):
+                return (f"to_account {command.to_account!r} on partition "
+                        f"{command.destination_partition} refused the credit ({code.name}); "
+                        "the debit was compensated, the transfer is FAILED and nothing moved")
+            debit_refusals = {
+                Code.ACCOUNT_NOT_FOUND: f"from_account {command.from_account!r} does not exist",
+                Code.CURRENCY_MISMATCH: f"currency {command.currency} does not match the "
+                                        f"currency of from_account {command.from_account!r}",
+                Code.ACCOUNT_CLOSED: f"from_account {command.from_account!r} is closed",
+            }
+            if code in debit_refusals:
+                return debit_refusals[code]
+        elif code is Code.ACCOUNT_NOT_FOUND:
             missing = [f"{field} {name!r}" for field, name in
                        (("from_account", command.from_account),
                         ("to_account", command.to_account))
                        if self._local_balance(partition, name) is None]
-            return f"{' and '.join(missing) or 'account'} does not exist"
+            if not missing:
+                return "from_account or to_account does not exist"
+            return f"{' and '.join(missing)} {'do' if len(missing) > 1 else 'does'} not exist"
         messages = {
             Code.INSUFFICIENT_FUNDS: f"from_account {command.from_account!r} has insufficient "
                                      "funds (this outcome is recorded for the transaction_id)",
@@ -278,6 +315,16 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             Code.ABORTED: "transaction_id was aborted earlier; use a new transaction_id",
         }
         return messages.get(code, code.name)
+
+    def _credit_refused(self, partition: int, command: c.DebitForTransfer, code: Code) -> bool:
+        """Whether `code` is the destination's refusal of this transfer's credit."""
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            record = replica.state.transfer_record(command.from_account,
+                                                   command.transaction_id)
+        return (record is not None and record.kind is RecordKind.CROSS_TRANSFER
+                and record.resolved_position != 0 and record.code is code
+                and code is not Code.OK)
 
     @_handler
     async def TransferBatch(self, request: pb.TransferBatchRequest,
@@ -400,7 +447,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     async def GetTransfer(self, request: pb.GetTransferRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
-        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id",
+                                        nil_allowed=True)
         partition = self._partition(from_account)
         deadline = deadline_of(context)
         if not self.host.hosts(partition):
@@ -424,7 +472,8 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
     async def AbortTransfer(self, request: pb.AbortTransferRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
-        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id")
+        transaction_id = api.parse_uuid(request.transaction_id, "transaction_id",
+                                        nil_allowed=True)
         # An expired id's outcome may be forgotten: aborting it could hide a transfer
         # that happened. Its history is still in the archive (ListTransfers).
         api.check_not_expired(transaction_id, int(time.time() * 1000))

@@ -80,3 +80,16 @@ def test_an_id_from_the_far_future_is_refused() -> None:
     with pytest.raises(ApiError) as excinfo:
         api.check_not_expired(uuid7_at(now_ms + api.CLOCK_SKEW_S_MAX * 1000 + 1), now_ms)
     assert excinfo.value.reason == "TRANSACTION_ID_IN_FUTURE"
+
+
+def test_the_nil_uuid_is_refused_as_a_new_id_with_a_precise_reason() -> None:
+    with pytest.raises(ApiError) as excinfo:
+        api.parse_uuid("00000000-0000-0000-0000-000000000000", "transaction_id")
+    assert excinfo.value.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert excinfo.value.reason == "INVALID_TRANSACTION_ID"
+    assert excinfo.value.message.startswith("transaction_id: the nil UUID")
+
+
+def test_the_nil_uuid_is_accepted_where_an_existing_id_is_looked_up() -> None:
+    nil = "00000000-0000-0000-0000-000000000000"
+    assert api.parse_uuid(nil, "transaction_id", nil_allowed=True) == bytes(16)

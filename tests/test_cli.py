@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 import types
 from collections.abc import Iterator
@@ -259,3 +261,81 @@ def test_verify_finds_replicas_whose_histories_or_states_differ() -> None:
     (history, state) = _disagreements(forked, {1: 9})
     assert history[0] == 1 and "DISAGREE on the history to position 9" in history[1]
     assert state[0] == 1 and "DISAGREE on the state" in state[1]
+
+
+# --- a cluster file the nodes would refuse is refused at once ------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def file_naming_a_removed_node(tmp_path: Path) -> Path:
+    """local-3node.toml with n3 replaced by n4 in [[nodes]] but still in [[partitions]]: the
+    file the runbook's node replacement left before it said to delete those tables."""
+    text = (REPO / "cluster-configs" / "local-3node.toml").read_text(encoding="utf-8")
+    start = text.index('[[nodes]]\nid = "n3"')
+    end = text.index("[[", start + 1)
+    path = tmp_path / "cluster.toml"
+    n4 = ('[[nodes]]\nid = "n4"\nhost = "127.0.0.1"\ngrpc_port = 7104\n'
+          'raft_port_base = 7230\n\n')
+    path.write_text(text[:start] + n4 + text[end:], encoding="utf-8")
+    return path
+
+
+def test_walletctl_refuses_a_cluster_file_whose_partitions_name_an_unknown_node(
+    tmp_path: Path,
+) -> None:
+    from node.config import ConfigError, load_cluster_config
+
+    path = file_naming_a_removed_node(tmp_path)
+    with pytest.raises(ConfigError) as refused_by_the_node:
+        load_cluster_config(path)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "client.cli", "--config", str(path), "cluster", "map"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"walletctl: error: {refused_by_the_node.value}\n"
+    assert "partitions[0].replicas[2]: unknown node 'n3' (nodes: n1, n2, n4)" in done.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["balance", "alice"], ["transfer", "alice", "bob", "1.00", "--currency", "USD"],
+    ["cluster", "status"], ["cluster", "map"], ["verify"], ["node", "drain", "n1"],
+    ["replica", "add", "--partition", "0", "--node", "n1"],
+    ["node", "snapshot", "--partition", "0", "--target", "127.0.0.1:1"],
+    ["gateway", "--target", "127.0.0.1:1", "--listen", "127.0.0.1:0"],  # would not serve
+])
+def test_every_command_given_an_invalid_cluster_file_refuses_it_before_any_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str],
+) -> None:
+    path = file_naming_a_removed_node(tmp_path)
+
+    code = main([*command, "--config", str(path), "--timeout", "0.1"])
+
+    assert code == 2
+    assert "partitions[0].replicas[2]: unknown node 'n3'" in capsys.readouterr().err
+
+
+def test_a_valid_cluster_file_with_a_placement_gives_its_targets() -> None:
+    from client.cli import targets_from_config
+
+    assert targets_from_config(REPO / "cluster-configs" / "local-3node.toml") == (
+        "127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103")
+
+
+@pytest.mark.parametrize(("given", "words"), [
+    ("00000000-0000-0000-0000-000000000000", "nil UUID"),
+    ("not-a-uuid", "is not a UUID"),
+    ("{0f8fad5b-d9cb-469f-a165-70867728950e}", "is not a UUID"),
+])
+def test_a_nil_or_malformed_id_is_a_usage_error_before_any_call(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str], given: str, words: str,
+) -> None:
+    code = main(["--target", fake.address, "transfer", "alice", "bob", "1.00",
+                 "--currency", "USD", "--id", given])
+
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert fake.requests_of("Transfer") == []

@@ -297,6 +297,138 @@ def test_refusals_carry_a_machine_readable_reason(
     assert metadata["raftwallet-reason"] == "INSUFFICIENT_FUNDS"
 
 
+# -- issue #13: the smaller defects ------------------------------------------------------
+
+NIL_UUID = "00000000-0000-0000-0000-000000000000"
+
+
+def far_account(cluster: LocalCluster, prefix: str) -> str:
+    """A new USD account on partition 1 (funded's accounts are on partition 0)."""
+    (far,) = accounts_on(1, 1, prefix)
+    cluster.wallet("n1").CreateAccount(pb.CreateAccountRequest(
+        account_id=far, currency="USD", request_id=new_id()), timeout=30)
+    return far
+
+
+def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_only_the_unknown(
+    cluster: LocalCluster,
+) -> None:
+    (ghost,) = accounts_on(0, 1, "nobody-cross")
+    far = far_account(cluster, "far-known")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n2").Transfer(transfer(ghost, far), timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+    assert excinfo.value.details() == f"from_account {ghost!r} does not exist"
+    assert dict(excinfo.value.trailing_metadata() or ())["raftwallet-reason"] == (
+        "ACCOUNT_NOT_FOUND")
+
+
+def test_a_transfer_from_and_to_unknown_accounts_of_one_partition_names_both(
+    cluster: LocalCluster,
+) -> None:
+    ghost, other = accounts_on(0, 2, "nobody-both")
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n2").Transfer(transfer(ghost, other), timeout=30)
+    assert excinfo.value.details() == (
+        f"from_account {ghost!r} and to_account {other!r} do not exist")
+
+
+def test_a_credit_refused_across_partitions_still_names_the_to_account(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    (ghost,) = accounts_on(1, 1, "far-ghost")
+    request = transfer(alice, ghost, amount="0.50")
+    for _ in range(2):  # the first answer, then the retry answered from the dedup record
+        with pytest.raises(grpc.RpcError) as excinfo:
+            cluster.wallet("n1").Transfer(request, timeout=30)
+        assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND
+        assert excinfo.value.details().startswith(
+            f"to_account {ghost!r} on partition 1 refused the credit (ACCOUNT_NOT_FOUND)")
+
+
+@pytest.mark.parametrize("call", ["Transfer", "Deposit", "CreateAccount"])
+def test_the_nil_uuid_is_refused_as_the_id_of_a_write(
+    cluster: LocalCluster, funded: tuple[str, str, str], call: str,
+) -> None:
+    alice, bob, _ = funded
+    request, field = {
+        "Transfer": (transfer(alice, bob, transaction_id=NIL_UUID), "transaction_id"),
+        "Deposit": (pb.DepositRequest(account_id=alice, amount="1.00", currency="USD",
+                                      transaction_id=NIL_UUID), "transaction_id"),
+        "CreateAccount": (pb.CreateAccountRequest(account_id="nil-request", currency="USD",
+                                                  request_id=NIL_UUID), "request_id"),
+    }[call]
+    before = [balance(cluster, alice), balance(cluster, bob)]
+    with pytest.raises(grpc.RpcError) as excinfo:
+        getattr(cluster.wallet("n2"), call)(request, timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert excinfo.value.details().startswith(f"{field}: the nil UUID {NIL_UUID} is not")
+    assert dict(excinfo.value.trailing_metadata() or ())["raftwallet-reason"] == (
+        "INVALID_TRANSACTION_ID")
+    assert [balance(cluster, alice), balance(cluster, bob)] == before
+
+
+def test_a_nil_transaction_id_can_still_be_looked_up(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    _, bob, _ = funded  # never the debited account of a nil-id write in these tests
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n1").GetTransfer(pb.GetTransferRequest(
+            from_account=bob, transaction_id=NIL_UUID), timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.NOT_FOUND  # not INVALID_ARGUMENT
+
+
+def test_the_sdk_refuses_a_nil_transaction_id_at_once_without_retrying(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    from client.errors import OutcomeUnknown, WalletError
+    from client.sdk import WalletClient
+
+    alice, bob, _ = funded
+    targets = [node.grpc_address for node in cluster.config.nodes]
+    with WalletClient(targets, retry_deadline_s=5.0) as wallet, \
+            pytest.raises(WalletError) as excinfo:
+        wallet.transfer(alice, bob, "0.01", "USD", NIL_UUID)
+    assert not isinstance(excinfo.value, OutcomeUnknown)
+    assert (excinfo.value.status, excinfo.value.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TRANSACTION_ID")
+    assert "nil UUID" in excinfo.value.message
+
+
+@pytest.mark.parametrize("across", [False, True])
+def test_a_retried_transfer_answers_the_position_of_its_first_answer(
+    cluster: LocalCluster, funded: tuple[str, str, str], across: bool,
+) -> None:
+    alice, bob, _ = funded
+    to_account = far_account(cluster, f"far-retry-{new_id()[:8]}") if across else bob
+    request = transfer(alice, to_account, amount="0.05")
+    first = cluster.wallet("n1").Transfer(request, timeout=30)
+    cluster.wallet("n1").Deposit(pb.DepositRequest(  # the log moves on in between
+        account_id=alice, amount="0.01", currency="USD", transaction_id=new_id()), timeout=30)
+    again = cluster.wallet("n2").Transfer(request, timeout=30)
+    assert (first.status, again.status) == (pb.SUCCEEDED, pb.SUCCEEDED)
+    assert again.position == first.position > 0
+    found = cluster.wallet("n1").GetTransfer(pb.GetTransferRequest(
+        from_account=alice, transaction_id=request.transaction_id), timeout=30)
+    assert found.steps[0].position == first.position
+
+
+def test_retried_deposits_and_account_creations_answer_their_first_position(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, _ = funded
+    wallet = cluster.wallet("n1")
+    deposit = pb.DepositRequest(account_id=alice, amount="0.02", currency="USD",
+                                transaction_id=new_id())
+    (account,) = accounts_on(0, 1, f"retry-create-{new_id()[:8]}")
+    create = pb.CreateAccountRequest(account_id=account, currency="USD", request_id=new_id())
+    first = wallet.Deposit(deposit, timeout=30), wallet.CreateAccount(create, timeout=30)
+    wallet.Transfer(transfer(alice, account, amount="0.01"), timeout=30)
+    again = wallet.Deposit(deposit, timeout=30), wallet.CreateAccount(create, timeout=30)
+    assert [answer.position for answer in again] == [answer.position for answer in first]
+
+
 def test_the_node_refuses_to_start_without_identity_in_its_data_dir(tmp_path: Path) -> None:
     spare = LocalCluster(tmp_path, nodes=1, partitions=1)
     try:

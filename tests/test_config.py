@@ -652,3 +652,80 @@ def test_local_cluster_config_validates_like_a_file() -> None:
         ConfigError, match=r"cluster\.replication_factor: 3 is more than the 2 nodes"
     ):
         local_cluster_config("dev", 2, 4, list(range(30000, 30014)))
+
+
+# --- the runbook's node replacement (docs/operations.md), applied to local-3node.toml -------
+
+RUNBOOK = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+NEW_NODE_TABLE = """
+[[nodes]]
+id = "n4"
+host = "127.0.0.1"
+grpc_port = 7104
+raft_port_base = 7230
+metrics_port = 7304
+"""
+
+
+def without_tables(text: str, name: str, node_id: str | None = None) -> str:
+    """`text` without its `[[name]]` tables (only the one with `id = "node_id"` if given)."""
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines(keepends=True):
+        if line.startswith("["):
+            blocks.append([])
+        blocks[-1].append(line)
+
+    def dropped(block: list[str]) -> bool:
+        if not block or block[0].strip() != f"[[{name}]]":
+            return False
+        return node_id is None or f'id = "{node_id}"\n' in block
+
+    return "".join("".join(block) for block in blocks if not dropped(block))
+
+
+def runbook_section(title: str) -> str:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    start = text.index(f"## {title}")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_runbooks_node_replacement_gives_a_file_the_nodes_accept() -> None:
+    section = runbook_section("Replacing a node")
+    assert "delete\n   `eu-3`'s `[[nodes]]` table, and delete every `[[partitions]]` table" in (
+        section)
+    # Step 3: the replacement's [[nodes]] table is added ("Adding a node", step 1).
+    text = (CLUSTER_CONFIGS / "local-3node.toml").read_text(encoding="utf-8") + NEW_NODE_TABLE
+    parse_cluster_config(text)
+    # Step 4: the dead node's [[nodes]] table and every [[partitions]] table are deleted.
+    text = without_tables(without_tables(text, "nodes", "n3"), "partitions")
+
+    config = parse_cluster_config(text, "cluster.toml")
+
+    assert [node.id for node in config.nodes] == ["n1", "n2", "n4"]
+    assert "n3" not in {node_id for replicas in config.placement for node_id in replicas}
+
+
+def test_deleting_only_the_dead_nodes_table_is_refused_naming_the_field_and_the_node() -> None:
+    text = (CLUSTER_CONFIGS / "local-3node.toml").read_text(encoding="utf-8") + NEW_NODE_TABLE
+    text = without_tables(text, "nodes", "n3")
+
+    with pytest.raises(ConfigError) as caught:
+        parse_cluster_config(text, "cluster.toml")
+
+    assert str(caught.value) == (
+        "cluster.toml: partitions[0].replicas[2]: unknown node 'n3' (nodes: n1, n2, n4)")
+
+
+def test_the_runbooks_node_removal_gives_a_file_the_nodes_accept() -> None:
+    section = runbook_section("Draining and removing a node")
+    assert "delete its `[[nodes]]`\ntable and every `[[partitions]]` table" in section
+    assert "lower `replication_factor`" in section
+    text = (CLUSTER_CONFIGS / "local-3node.toml").read_text(encoding="utf-8")
+    text = without_tables(without_tables(text, "nodes", "n3"), "partitions")
+    with pytest.raises(ConfigError, match="replication_factor: 3 is more than the 2 nodes"):
+        parse_cluster_config(text)
+
+    config = parse_cluster_config(edited("replication_factor = 3", "replication_factor = 2",
+                                         text))
+
+    assert [node.id for node in config.nodes] == ["n1", "n2"]

@@ -16,10 +16,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,13 @@ from ledger.money import MoneyError, parse_amount
 from ledger.routing import partition_of
 from ledger.state import ACCOUNT_ID_RE
 from node.auth import node_client_credentials
-from node.http_gateway import MAX_BODY_BYTES, create_app, http_error_of, parse_listen
+from node.http_gateway import (
+    MAX_BODY_BYTES,
+    create_app,
+    duplicate_key_of,
+    http_error_of,
+    parse_listen,
+)
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
 from tests.fake_wallet_server import FakeWalletServer, running_fake
@@ -197,7 +205,10 @@ def test_balance_transfer_succeeds_and_moves_the_money(
     body = transfer_body(accounts.alice, accounts.bob, "2.50")
     response = post(http, TRANSFER, body)
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "success", "transaction_id": body["transaction_id"]}
+    answer = response.json()
+    assert answer == {"status": "success", "transaction_id": body["transaction_id"],
+                      "position": answer["position"]}
+    assert isinstance(answer["position"], int) and answer["position"] > 0
     after = balance(http, accounts.alice), balance(http, accounts.bob)
     assert after == (before[0] - Decimal("2.50"), before[1] + Decimal("2.50"))
 
@@ -405,7 +416,7 @@ def test_deposit_and_withdraw_report_the_balance_and_refuse_what_they_cannot_do(
     assert response.status_code == 200, response.text
     assert response.json() == {"status": "success", "transaction_id": transaction_id,
                                "account_id": account, "amount": "500", "currency": "JPY",
-                               "balance": "500"}
+                               "balance": "500", "position": response.json()["position"]}
     assert post(http, "/v1/wallet/deposit", body).json() == response.json()
     withdrawn = post(http, "/v1/wallet/withdraw", body | {"amount": "200",
                                                           "transaction_id": new_id()})
@@ -464,6 +475,110 @@ def test_the_history_pages_an_accounts_transfers(http: httpx.Client, accounts: A
     assert_error(http.get(url, params={"limit": 0}), 400, "INVALID_ARGUMENT", "limit")
     assert_error(http.get(url, params={"page_token": "next"}), 400, "INVALID_ARGUMENT",
                  "page_token")
+
+
+# --- issue #13: the smaller defects -----------------------------------------------------
+
+
+def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_only_the_unknown(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    (ghost,) = accounts_on(0, 1, "http-nobody-cross")
+    before = balance(http, accounts.far)
+    response = post(http, TRANSFER, transfer_body(ghost, accounts.far))
+    assert_error(response, 404, "ACCOUNT_NOT_FOUND")
+    assert response.json()["error"]["message"] == f"from_account {ghost!r} does not exist"
+    assert balance(http, accounts.far) == before
+
+
+def test_a_body_with_a_duplicate_key_is_refused_and_moves_nothing(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    before = balance(http, accounts.alice), balance(http, accounts.bob)
+    transaction_id = new_id()
+    content = (f'{{"from_account": "{accounts.alice}", "to_account": "{accounts.bob}", '
+               f'"amount": "1.00", "currency": "USD", "transaction_id": "{transaction_id}", '
+               '"amount": "99.00"}').encode()
+    response = http.post(TRANSFER, content=content, headers={"content-type": "application/json"})
+    assert_error(response, 400, "INVALID_ARGUMENT", "amount", "more than once")
+    assert response.json()["transaction_id"] == transaction_id
+    assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+    status = http.get(f"/v1/wallet/transfers/{accounts.alice}/{transaction_id}")
+    assert_error(status, 404, "TRANSFER_NOT_FOUND")
+
+
+def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    nil = "00000000-0000-0000-0000-000000000000"
+    before = balance(http, accounts.alice), balance(http, accounts.bob)
+    response = post(http, TRANSFER, transfer_body(accounts.alice, accounts.bob,
+                                                  transaction_id=nil))
+    assert_error(response, 400, "INVALID_TRANSACTION_ID", "transaction_id", "nil UUID")
+    assert response.json()["transaction_id"] == nil
+    assert_error(post(http, "/v1/wallet/deposit", {
+        "account_id": accounts.alice, "amount": "1.00", "currency": "USD",
+        "transaction_id": nil}), 400, "INVALID_TRANSACTION_ID", "nil UUID")
+    assert_error(post(http, "/v1/wallet/accounts", {
+        "account_id": "http-nil-request", "currency": "USD", "request_id": nil}),
+        400, "INVALID_TRANSACTION_ID", "request_id", "nil UUID")
+    assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+
+
+def test_the_balance_at_a_time_is_the_balance_then(http: httpx.Client) -> None:
+    (account,) = accounts_on(1, 1, "http-at")
+    create(http, account, "USD")
+    url = f"/v1/wallet/accounts/{account}/balance"
+    deposit(http, account, "5.00")
+    then = http.get(url).json()
+    at = datetime.now(tz=UTC).isoformat()  # after the first deposit's leader time stamp
+    time.sleep(0.05)  # the second deposit is stamped later
+    deposit(http, account, "7.00")
+
+    past = http.get(url, params={"at": at})
+
+    assert past.status_code == 200, past.text
+    assert (past.json()["balance"], past.json()["stale"]) == ("5.00", False)
+    assert past.json()["position"] <= then["position"]
+    assert http.get(url).json()["balance"] == "12.00"
+    assert_error(http.get(url, params={"at": "2000-01-01T00:00:00Z"}), 404, "ACCOUNT_NOT_FOUND")
+    assert_error(http.get(url, params={"at": "2026-11-25T18:00:00"}), 400, "INVALID_ARGUMENT",
+                 "at", "time zone")
+    assert_error(http.get(url, params={"at": "yesterday"}), 400, "INVALID_ARGUMENT", "at")
+    assert_error(http.get(url, params={"at": at, "consistency": "stale"}), 400,
+                 "INVALID_ARGUMENT", "consistency")
+
+
+@pytest.mark.parametrize(("body", "duplicate"), [
+    (b'{"a": 1, "b": 2}', None), (b'{"a": 1, "a": 1}', "a"), (b'{"x": {"b": 1, "b": 2}}', "b"),
+    (b'[{"c": 1}, {"c": 2}]', None), (b'{"a": ', None), (b"\xff", None), (b"", None),
+])
+def test_duplicate_keys_are_found_at_any_depth(body: bytes, duplicate: str | None) -> None:
+    assert duplicate_key_of(body) == duplicate
+
+
+@pytest.mark.parametrize("query", ["?as_of=2026-11-25T18:00:00Z", "?consistency=stale&x=1",
+                                   "?consistency=stale&consistency=linearizable"])
+def test_unknown_or_repeated_query_parameters_of_the_balance_are_400(
+    http: httpx.Client, accounts: Accounts, query: str,
+) -> None:
+    response = http.get(f"/v1/wallet/accounts/{accounts.alice}/balance{query}")
+    assert_error(response, 400, "INVALID_ARGUMENT")
+    assert response.json()["error"]["message"].split(":")[0] in query
+
+
+@pytest.mark.parametrize("partition", [0, 1])
+def test_a_retried_transfer_answers_the_position_of_its_first_answer(
+    http: httpx.Client, accounts: Accounts, partition: int,
+) -> None:
+    to_account = accounts.bob if partition == 0 else accounts.far
+    body = transfer_body(accounts.alice, to_account, "0.03")
+    first = post(http, TRANSFER, body)
+    deposit(http, accounts.alice, "0.01")  # the partition's log moves on in between
+    again = post(http, TRANSFER, body)
+    assert (first.status_code, again.status_code) == (200, 200), again.text
+    assert again.json() == first.json()
+    assert first.json()["position"] > 0
 
 
 # --- health, documents, limits ----------------------------------------------------------
@@ -611,7 +726,8 @@ def test_a_transfer_not_final_by_the_deadline_is_202_with_its_status_url(
         body = transfer_body("alice", "bob")
         response = post(client, TRANSFER, body)
         assert response.status_code == 202, response.text
-        assert response.json() == {"status": "pending", "transaction_id": body["transaction_id"]}
+        assert response.json() == {"status": "pending", "transaction_id": body["transaction_id"],
+                                   "position": 0}
         assert response.headers["location"] == (
             f"/v1/wallet/transfers/alice/{body['transaction_id']}")
 
