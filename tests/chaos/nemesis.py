@@ -29,6 +29,10 @@ Kinds (each starts, lasts `duration_s`, then is undone before the next begins):
   itself (status 74) at its first failed write, so that its partitions elect other
   leaders; at the end the space is freed and the node restarted (each node's data dir is
   a small tmpfs of its own in runs with this fault: needs root).
+- hostile: for the fault's length, a client without the secret keeps a connection to
+  every Raft port of one node (a leader, mostly), announces a 2 GiB message and streams
+  junk (hostile.py). The node must close such connections and keep its partitions
+  writing (the checker's availability figures show any stall).
 isolate, split and slow need a network that can inject them (not "loopback").
 
 Every fault is printed when it starts and ends and written to `nemesis.jsonl` with both
@@ -63,13 +67,16 @@ class FaultKind(StrEnum):
     REPLACE = "replace"
     DAMAGE = "damage"
     DISK_FULL = "disk_full"
+    HOSTILE = "hostile"
 
 
 PROCESS_FAULTS = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.KILL_ALL)
 NETWORK_FAULTS = (FaultKind.ISOLATE, FaultKind.SPLIT, FaultKind.SLOW)
 MEMBERSHIP_FAULTS = (FaultKind.REPLACE,)
 STORAGE_FAULTS = (FaultKind.DAMAGE, FaultKind.DISK_FULL)
-ALL_FAULTS = (*PROCESS_FAULTS, *NETWORK_FAULTS, *MEMBERSHIP_FAULTS, *STORAGE_FAULTS)
+INPUT_FAULTS = (FaultKind.HOSTILE,)
+ALL_FAULTS = (*PROCESS_FAULTS, *NETWORK_FAULTS, *MEMBERSHIP_FAULTS, *STORAGE_FAULTS,
+              *INPUT_FAULTS)
 RUNBOOK_FAULTS = (FaultKind.REPLACE, FaultKind.DAMAGE)
 """Faults healed by the replacement runbook: slow, and at most `replaces_max` a run."""
 LEADER_PREFERENCE = 0.75
@@ -218,6 +225,15 @@ class Target(Protocol):
         write), and restart it."""
         ...
 
+    def hostile(self, node_id: str, duration_s: float) -> str:
+        """Hostile bytes on every Raft port of the node for `duration_s`."""
+        ...
+
+    def end_hostile(self, node_id: str) -> str:
+        """Wait for the hostile client to end; what it saw (a node that never closed a
+        hostile connection is one of the run's problems)."""
+        ...
+
 
 def _choose(candidates: Sequence[str], pick: float) -> str:
     assert candidates and 0.0 <= pick < 1.0
@@ -332,6 +348,10 @@ class Nemesis:
         if fault.kind is FaultKind.DISK_FULL:
             detail = target.fill_disk(victim)
             self._undo = lambda: target.free_disk(victim, led)
+            return (victim,), detail, led
+        if fault.kind is FaultKind.HOSTILE:
+            detail = target.hostile(victim, fault.duration_s)
+            self._undo = lambda: target.end_hostile(victim)
             return (victim,), detail, led
         if fault.kind is FaultKind.KILL:
             target.kill(victim)

@@ -41,6 +41,7 @@ from node.config import ClusterConfig, NodeConfig, dump_cluster_config, local_cl
 from node.launcher import node_command
 from tests.chaos.checker import RUNNER_PROBLEMS_FILE, Report, check_dir, render
 from tests.chaos.history import SAMPLES_FILE, SETUP_FILE, Sample, sample_from_json
+from tests.chaos.hostile import HostileFaults
 from tests.chaos.nemesis import (
     ALL_FAULTS,
     NEMESIS_FILE,
@@ -151,7 +152,7 @@ def make_network(kind: str) -> ChaosNetwork | LoopbackNetwork:
     return LoopbackNetwork() if kind == "loopback" else open_network(kind)
 
 
-class Nodes(StorageFaults):
+class Nodes(StorageFaults, HostileFaults):
     """The node processes of a run, and the nemesis' handle on them (its `Target`)."""
 
     def __init__(self, network: ChaosNetwork | LoopbackNetwork, config: ClusterConfig,
@@ -161,6 +162,7 @@ class Nodes(StorageFaults):
         """Each node's data dir is a tmpfs of this size (disk faults), or a plain dir."""
         self.mounted: list[Path] = []
         self.grpc_addresses = {n.id: n.grpc_address for n in config.nodes}
+        self._attacks: dict[str, subprocess.Popen[bytes]] = {}
         self.node_ids = tuple(n.id for n in config.nodes)
         """The current members: a replacement swaps the old id for the new one."""
         self.ids_used = set(self.node_ids)
@@ -543,8 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--faults", default="all",
                         help="comma-separated kinds (kill,pause,kill_all,isolate,split,slow,"
-                        "replace,damage,disk_full) or all; network kinds are dropped on the "
-                        "loopback network; disk_full needs root (a tmpfs per node)")
+                        "replace,damage,disk_full,hostile) or all; network kinds are dropped "
+                        "on the loopback network; disk_full needs root (a tmpfs per node)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: a new directory under /tmp")
     args = parser.parse_args(argv)

@@ -113,6 +113,14 @@ class FakeTarget:
         self.actions.append(f"free {node_id} led {list(led_partitions)}")
         return "space freed"
 
+    def hostile(self, node_id: str, duration_s: float) -> str:
+        self.actions.append(f"hostile {node_id} {duration_s:g} s")
+        return "on 3 Raft ports"
+
+    def end_hostile(self, node_id: str) -> str:
+        self.actions.append(f"end hostile {node_id}")
+        return "2 connections, 2 closed by the node"
+
 
 def replace_at(at_s: float, prefer_leader: bool = True) -> PlannedFault:
     return PlannedFault(FaultKind.REPLACE, at_s, 0.01, prefer_leader=prefer_leader, pick=0.0)
@@ -219,3 +227,12 @@ def test_damage_and_replace_share_the_replacement_budget() -> None:
     shape = ScheduleShape(replaces_max=2)
     schedule = plan(5, 3600.0, [FaultKind.DAMAGE, FaultKind.REPLACE, FaultKind.KILL], shape)
     assert sum(f.kind in (FaultKind.DAMAGE, FaultKind.REPLACE) for f in schedule) == 2
+
+
+def test_hostile_bytes_last_as_long_as_the_fault(tmp_path: Path) -> None:
+    target = FakeTarget()
+    fault = PlannedFault(FaultKind.HOSTILE, 0.0, 0.02, prefer_leader=True, pick=0.0)
+    run_nemesis(target, [fault], tmp_path / "nemesis.jsonl")
+    assert target.actions == ["hostile n2 0.02 s", "end hostile n2"]
+    (record,) = read_faults(tmp_path / "nemesis.jsonl")
+    assert record.detail == "on 3 Raft ports 2 connections, 2 closed by the node"

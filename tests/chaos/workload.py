@@ -42,7 +42,7 @@ from client.errors import (
     OutcomeUnknown,
     WalletError,
 )
-from client.sdk import TransferStatus, WalletClient, new_id
+from client.sdk import TransferSpec, TransferStatus, WalletClient, new_id
 from ledger.money import currency as currency_of
 from ledger.money import format_amount, parse_amount
 from ledger.routing import partition_of
@@ -96,6 +96,12 @@ READY_TIMEOUT_S = 90.0
 STOP_POLL_S = 0.2
 MIX = ((OpKind.TRANSFER, 0.65), (OpKind.DEPOSIT, 0.10), (OpKind.READ, 0.25))
 """The share of each op among the workers' calls."""
+BATCH_ITEMS = 2_000
+"""Transfers of one TransferBatch (one Raft entry of ~350 KB on its partitions)."""
+BATCH_PERIOD_S = 5.0
+BATCH_ITEM_MINOR_MAX = 10
+"""Small amounts: most items of a batch succeed (the sources are not drained at once)."""
+"""Worker 0 sends a batch this often, between its single ops."""
 
 
 def accounts_for(partition_count: int, per_partition: int) -> tuple[str, ...]:
@@ -168,6 +174,36 @@ def do_transfer(client: WalletClient, recorder: Recorder, source: str, target: s
             complete(EventType.UNKNOWN, status=str(result.status))
 
 
+def do_batch(client: WalletClient, recorder: Recorder, rng: random.Random,
+             accounts: Sequence[str], items: int) -> None:
+    """One TransferBatch of `items` transfers (a large Raft entry under faults): each item
+    is recorded as its own transfer, with the outcome the batch answered for it."""
+    specs = []
+    completions = []
+    for _ in range(items):
+        source, target = rng.sample(list(accounts), 2)
+        amount_minor = rng.randint(1, BATCH_ITEM_MINOR_MAX)
+        transaction_id = new_id()
+        completions.append(recorder.invoke(OpKind.TRANSFER, source, to_account=target,
+                                           amount_minor=amount_minor, currency=CURRENCY,
+                                           transaction_id=transaction_id))
+        specs.append(TransferSpec(source, target, _minor_to_text(amount_minor), CURRENCY,
+                                  transaction_id))
+    try:
+        answer = client.transfer_batch(specs)
+    except Exception as error:  # a batch refused as a whole, or no answer: unknown each
+        for complete in completions:
+            complete(EventType.UNKNOWN, error=_error_text(error))
+        return
+    for complete, result in zip(completions, answer.results, strict=True):
+        if result.status == TransferStatus.FAILED:
+            complete(EventType.FAIL, status=str(result.status), error=result.reason)
+        elif result.status in (TransferStatus.SUCCEEDED, TransferStatus.PENDING):
+            complete(EventType.OK, status=str(result.status))
+        else:
+            complete(EventType.UNKNOWN, status=str(result.status))
+
+
 def do_deposit(client: WalletClient, recorder: Recorder, account: str,
                amount_minor: int) -> None:
     transaction_id = new_id()
@@ -204,7 +240,12 @@ def worker_loop(client: WalletClient, writer: JsonlWriter, accounts: Sequence[st
     recorder = Recorder(writer, worker)
     kinds = [kind for kind, _ in MIX]
     weights = [weight for _, weight in MIX]
+    next_batch_s = time.monotonic() + rng.uniform(0, BATCH_PERIOD_S)
     while not stop.is_set():
+        if worker == 0 and time.monotonic() >= next_batch_s:
+            do_batch(client, recorder, rng, accounts, BATCH_ITEMS)
+            next_batch_s = time.monotonic() + BATCH_PERIOD_S
+            continue
         kind = rng.choices(kinds, weights)[0]
         if kind is OpKind.TRANSFER:
             source, target = rng.sample(list(accounts), 2)
