@@ -91,6 +91,10 @@ def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstra
     was lost and that comes back under its old id.
     """
     identity_path = data_dir / IDENTITY_FILE
+    if identity_path.exists() and bootstrap:
+        raise StartRefused(
+            f"--bootstrap creates a NEW cluster and needs an empty data dir; {data_dir} already "
+            "belongs to a node (its identity file exists). Start it without --bootstrap")
     if identity_path.exists():
         identity = json.loads(identity_path.read_text(encoding="utf-8"))
         if identity.get("node_id") != node_id or identity.get("cluster") != config.name:

@@ -44,10 +44,10 @@ def transfer_many(cluster: LocalCluster, payer: str, payee: str, count: int) -> 
     return acknowledged
 
 
-def start_refused(cluster: LocalCluster, node_id: str) -> str:
+def start_refused(cluster: LocalCluster, node_id: str, bootstrap: bool = False) -> str:
     """Start `node_id`, expect the refusal exit status; the log lines of this start."""
     log_before = len(cluster.log(node_id))
-    process = cluster.start(node_id)
+    process = cluster.start(node_id, bootstrap=bootstrap)
     assert process.wait(timeout=WAIT_S) == EXIT_REFUSED, cluster.log(node_id)[log_before:]
     cluster.killed.add(node_id)
     return cluster.log(node_id)[log_before:]
@@ -171,6 +171,13 @@ def test_a_replica_missing_acknowledged_state_refuses_to_start_whatever_was_lost
         output = start_refused(cluster, "n2")
         assert message in output, f"{what}: {output[-2000:]}"
         assert "docs/operations.md" in output and "NEW id" in output, what
+
+    # Nor does --bootstrap make a node that lost its replicas start them afresh.
+    shutil.rmtree(cluster.node_dir("n2"))
+    shutil.copytree(pristine, cluster.node_dir("n2"))
+    keep_only(cluster.node_dir("n2"), {IDENTITY_FILE, "cluster-map.json"})
+    output = start_refused(cluster, "n2", bootstrap=True)
+    assert "already belongs to a node" in output, output[-2000:]
 
     shutil.rmtree(cluster.node_dir("n2"))
     shutil.copytree(pristine, cluster.node_dir("n2"))

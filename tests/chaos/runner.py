@@ -266,11 +266,14 @@ class Nodes(StorageFaults, HostileFaults):
         with self._lock:
             process = self.processes[node_id]
         assert process.poll() is not None, f"{node_id} must be dead before its disk is wiped"
+        self._lose_disk(node_id)
+
+    def _lose_disk(self, node_id: str) -> None:
         data_dir = self.node_dir(node_id)
         if data_dir in self.mounted:  # a filesystem of its own: empty it
             for path in data_dir.iterdir():
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-        else:
+        elif data_dir.exists():
             shutil.rmtree(data_dir)
 
     def replace(self, node_id: str) -> str:
@@ -342,6 +345,7 @@ class Nodes(StorageFaults, HostileFaults):
             self.expected_down.discard(old_id)
             self.paused.discard(old_id)
         runbook_s = time.monotonic() - started
+        self._lose_disk(old_id)  # (a damaged one is given up: the node was replaced)
         refused = self._spawn(old_id, "--bootstrap")  # a new empty disk under the old id
         try:
             status = refused.wait(timeout=REFUSAL_WAIT_S)

@@ -83,3 +83,31 @@ def test_a_short_seeded_chaos_run_replacing_a_lost_node_passes_the_checker(
     old = nodes_hit[0]
     assert old not in final.node_ids and "n4" in final.node_ids
     assert {v.node_id for v in final.verify} == set(final.node_ids)
+
+
+STORAGE = ScheduleShape(gap_s=(2.0, 4.0), fault_s=(3.0, 6.0), first_s=2.0, tail_s=4.0,
+                        replace_runbook_s=20.0, replaces_max=1)
+"""damage (+ its runbook), disk_full and hostile fit in 56 s: 2 + 6 + 20 + 2 x 6 + 3 x 4 +
+4 = 56 (with a 20 s runbook; a slower one runs to its end after the run's duration)."""
+
+
+def test_a_short_seeded_chaos_run_with_storage_faults_and_hostile_bytes_passes_the_checker(
+    tmp_path: Path,
+) -> None:
+    """A stopped node loses part of its data dir and must refuse to start, then is replaced
+    by the runbook; a node's disk fills up and it must end itself (status 74), then catch
+    up; a client without the secret streams junk at a node's Raft ports. Large batches
+    run throughout. Each node's data dir is a tmpfs of its own (needs root)."""
+    faults = (FaultKind.DAMAGE, FaultKind.DISK_FULL, FaultKind.HOSTILE)
+    options = RunOptions(duration_s=58.0, seed=SEED + 3, network="loopback", nodes=3,
+                         partitions=2, out=tmp_path / "chaos", faults=faults, workers=3,
+                         recovery_s=4.0, shape=STORAGE)
+    report = run(options, say=lambda line: print(line, flush=True))
+    assert report.ok, [f"[{v.check}] {v.detail}" for v in report.violations[:10]]
+    fault_log = report.summary["fault_log"]
+    assert isinstance(fault_log, list)
+    details = {str(f["kind"]): str(f["detail"]) for f in fault_log}
+    assert set(details) == {"damage", "disk_full", "hostile"}, fault_log
+    assert "refused (status 3)" in details["damage"] and "-> n4" in details["damage"]
+    assert "status 74" in details["disk_full"] or "still running" in details["disk_full"]
+    assert "closed by the node" in details["hostile"]
