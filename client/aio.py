@@ -1,7 +1,9 @@
 """`AsyncWalletClient`: the SDK's methods as coroutines, on grpc.aio.
 
 Same answers (the dataclasses of `client.sdk`), same exceptions
-(`client.errors`), same ids, retry policy and routing as `WalletClient`:
+(`client.errors`), same ids, deadlines, retry policy, node health and routing as
+`WalletClient`: both drive the decisions of `client.sdk` (`_Attempts`,
+`_Discovery`, `_ClientBase`), each with its own transport.
 
     async with AsyncWalletClient("127.0.0.1:50051") as wallet:
         result = await wallet.transfer("alice", "bob", "12.34", "USD")
@@ -22,11 +24,15 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from client.auth import TlsOptions
-from client.errors import from_rpc_error, is_retryable
+from client.errors import WalletError, from_rpc_error
 from client.sdk import (
     CHANNEL_OPTIONS,
+    DEFAULT_PROBE_TIMEOUT_S,
     DEFAULT_RETRY_DEADLINE_S,
     DEFAULT_TIMEOUT_S,
+    DISCOVERY_TIMEOUT_S,
+    PROBE_PATH,
+    ROUTE_LOOKUP_TIMEOUT_S_MAX,
     Account,
     Balance,
     BatchResult,
@@ -39,8 +45,10 @@ from client.sdk import (
     TransferRecord,
     TransferResult,
     TransferSpec,
+    _Attempts,
     _ClientBase,
     _cluster_status,
+    _Discovery,
     _Op,
     _op_abort_transfer,
     _op_balance,
@@ -53,6 +61,7 @@ from client.sdk import (
     _op_movement,
     _op_transfer,
     _op_transfer_batch,
+    _probe_refusal,
     _Retry,
     _serialize,
     route_of,
@@ -64,9 +73,11 @@ T = TypeVar("T")
 
 
 class AsyncWalletClient(_ClientBase):
-    """An asyncio RaftWallet client; one grpc.aio channel per node address.
+    """An asyncio RaftWallet client; one grpc.aio channel per node address, kept for the
+    client's life.
 
-    `token`, `admin_token` and `tls` as for `client.sdk.WalletClient`.
+    `timeout_s`, `retry_deadline_s`, `probe_timeout_s`, `learn_routes`, `token`,
+    `admin_token` and `tls` as for `client.sdk.WalletClient`.
     """
 
     def __init__(
@@ -75,15 +86,19 @@ class AsyncWalletClient(_ClientBase):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         *,
+        probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
         learn_routes: bool = True,
         token: str = "",
         admin_token: str = "",
         tls: TlsOptions | None = None,
     ) -> None:
-        super().__init__(targets, timeout_s, retry_deadline_s, learn_routes=learn_routes,
+        super().__init__(targets, timeout_s, retry_deadline_s,
+                         probe_timeout_s=probe_timeout_s, learn_routes=learn_routes,
                          token=token, admin_token=admin_token, tls=tls)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], Any] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        """Discovery calls still running after their round ended (each within its deadline)."""
 
     async def create_account(
         self, account_id: str, currency: str, request_id: str | None = None
@@ -159,6 +174,8 @@ class AsyncWalletClient(_ClientBase):
 
     async def close(self) -> None:
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
         channels = list(self._channels.values())
         self._channels.clear()
         self._callables.clear()
@@ -182,7 +199,8 @@ class AsyncWalletClient(_ClientBase):
     def _channel_count(self) -> int:
         return len(self._channels)
 
-    def _callable(self, address: str, path: str, response_type: type[Message]) -> Any:
+    def _callable(self, address: str, path: str, response_type: type[Message] | None) -> Any:
+        """The cached callable of `path` at `address` (None: raw bytes in and out)."""
         self._check_open()
         method = self._callables.get((address, path))
         if method is None:
@@ -196,53 +214,87 @@ class AsyncWalletClient(_ClientBase):
                 )
                 self._channels[address] = channel
             method = channel.unary_unary(
-                path, request_serializer=_serialize, response_deserializer=response_type.FromString
+                path,
+                request_serializer=None if response_type is None else _serialize,
+                response_deserializer=None if response_type is None
+                else response_type.FromString,
             )
             self._callables[(address, path)] = method
         return method
 
-    async def _refresh_routes(self, retry: _Retry) -> None:
-        if not self._routes.claim_refresh():
-            return
-        address = self._address(None, retry.attempt)
-        map_op = _op_cluster_map()
+    async def _send(self, address: str, op: _Op[Any], clock: _Retry, limit_s: float,
+                    probe_s: float | None) -> Any:
+        """`WalletClient._send` on grpc.aio."""
+        call = self._callable(address, op.path, op.response_type)
+        if probe_s is not None:
+            probe = self._callable(address, PROBE_PATH, None)
+            try:
+                await probe(b"", timeout=probe_s)
+            except grpc.RpcError as rpc_error:
+                refusal = _probe_refusal(address, from_rpc_error(rpc_error), probe_s)
+                if refusal is not None:
+                    raise refusal from rpc_error
         try:
-            map_call = self._callable(address, map_op.path, map_op.response_type)
-            self._routes.update_map(map_op.convert(await map_call(
-                map_op.request, timeout=self._lookup_timeout(retry),
-                metadata=self._credentials.metadata_for(map_op.path))))
-        except grpc.RpcError:
-            pass  # an old server without the map, or this node is down: keep what we know
-        if not self._routes.wants_status:
-            return
-        op = _op_cluster_status()
-        try:
-            call = self._callable(address, op.path, op.response_type)
-            response = await call(op.request, timeout=self._lookup_timeout(retry),
-                                  metadata=self._credentials.metadata_for(op.path))
-        except grpc.RpcError as error:
-            self._routes.lookup_failed(error)
-            return
-        self._routes.update(response)
+            return await call(op.request, timeout=clock.slice(limit_s),
+                              metadata=self._credentials.metadata_for(op.path))
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
 
-    async def _run(self, op: _Op[T]) -> T:
-        retry = _Retry(self.timeout_s, self.retry_deadline_s)
-        while True:
-            if op.account is not None:
-                await self._refresh_routes(retry)
-            address = self._address(op.account, retry.attempt)
+    async def _discover(self, discovery: _Discovery, timeout_s: float) -> None:
+        """`WalletClient._discover` on grpc.aio: one task per node asked."""
+        op = _op_cluster_map()
+        over = asyncio.Event()
+
+        async def ask(address: str) -> None:
             try:
                 call = self._callable(address, op.path, op.response_type)
-                response = await call(op.request, timeout=retry.attempt_timeout(),
+                response = await call(op.request, timeout=timeout_s,
                                       metadata=self._credentials.metadata_for(op.path))
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-                if not is_retryable(error):
-                    raise error from rpc_error
-                self._routes.invalidate()  # the leader may have moved: look again
-                delay = retry.backoff()
-                if delay is None:
-                    raise op.exhausted(error) from rpc_error
-                await asyncio.sleep(delay)
+            except (grpc.RpcError, RuntimeError) as error:  # RuntimeError: client closed
+                done = discovery.failed(address, error)
+            else:
+                done = discovery.answered(address, response)
+            if done:
+                over.set()
+
+        for address in discovery.addresses:
+            task = asyncio.get_running_loop().create_task(ask(address))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        try:
+            await asyncio.wait_for(over.wait(), timeout_s)
+        except TimeoutError:
+            pass  # every node asked is silent: route by what is known
+
+    async def _refresh_routes(self, clock: _Retry) -> None:
+        if not self._routes.claim_refresh():
+            return
+        discovery = self._new_discovery()
+        await self._discover(discovery, clock.slice(DISCOVERY_TIMEOUT_S))
+        if not self._routes.wants_status:
+            return
+        address = self._status_address(discovery)
+        try:
+            response = await self._send(address, _op_cluster_status(), clock,
+                                        ROUTE_LOOKUP_TIMEOUT_S_MAX,
+                                        self._probe_s(address, clock))
+        except WalletError as error:
+            self._status_failed(address, error)
+            return
+        self._status_answered(address, response)
+
+    async def _run(self, op: _Op[T]) -> T:
+        attempts = _Attempts(self, op)
+        while True:
+            if op.account is not None:
+                await self._refresh_routes(attempts.clock)
+            address = attempts.next()
+            try:
+                response = await self._send(address, op, attempts.clock, self.timeout_s,
+                                            attempts.probe_s())
+            except WalletError as error:
+                await asyncio.sleep(attempts.failed(error))
                 continue
+            attempts.answered()
             return op.convert(response)
+

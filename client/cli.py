@@ -5,9 +5,9 @@
     walletctl --target 127.0.0.1:7101 --json transfer alice bob 12.34 --currency USD
     walletctl --config cluster-configs/local-3node.toml cluster status
 
-Global options (--target, --config, --json, --timeout, and the credentials
---token, --admin-token, --tls-ca, --tls-cert, --tls-key) go before or after the
-command. With --json every command prints exactly one JSON object on stdout
+Global options (--target, --config, --json, --timeout, --attempt-timeout, and
+the credentials --token, --admin-token, --tls-ca, --tls-cert, --tls-key) go
+before or after the command. With --json every command prints exactly one JSON object on stdout
 (an `{"error": {...}}` object when it fails); amounts are decimal strings next
 to their `currency`. Exit status: 0 done, 1 the cluster refused the request
 (or a transfer, deposit or withdrawal FAILED), 2 usage, configuration or
@@ -49,6 +49,7 @@ from client.auth import (
     open_channel,
 )
 from client.errors import OutcomeUnknown, Unavailable, WalletError
+from client.sdk import DEFAULT_TIMEOUT_S as SDK_ATTEMPT_TIMEOUT_S
 from client.sdk import (
     Account,
     Balance,
@@ -71,6 +72,9 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_TIMEOUT_S = 10.0
 """--timeout: each command gives up after this long, retrying transient failures until then."""
+DEFAULT_ATTEMPT_TIMEOUT_S = SDK_ATTEMPT_TIMEOUT_S
+"""--attempt-timeout: one attempt at one node gets at most this long (within --timeout)
+before the command tries the next node with the same ids: a paused node costs one slice."""
 HISTORY_LIMIT_MAX = 10_000
 STATE_HASH_PREFIX_CHARS = 12
 TABLE_WIDTH_NOT_A_TTY = 160
@@ -309,8 +313,11 @@ def _client(args: argparse.Namespace) -> WalletClient:
                               args.config)
     credentials = resolve_credentials(args)
     # One request per run: a ClusterStatus look-up for routing would only add a round trip.
+    # Each attempt gets a slice of --timeout, so that a silent first node leaves time
+    # for the others (nodes that do not answer a health check within 1 s get nothing).
     return WalletClient(
-        targets, timeout_s=args.timeout, retry_deadline_s=args.timeout, learn_routes=False,
+        targets, timeout_s=min(args.attempt_timeout, args.timeout),
+        retry_deadline_s=args.timeout, learn_routes=False,
         token=credentials.wallet_token, admin_token=credentials.admin_token,
         tls=credentials.tls,
     )
@@ -796,6 +803,7 @@ def cmd_gateway(args: argparse.Namespace, out: Output) -> int:
             targets=targets,
             listen=args.listen,
             timeout_s=args.timeout,
+            attempt_timeout_s=args.attempt_timeout,
         )
     )
 
@@ -848,6 +856,12 @@ _TLS_CA_HELP = "connect with TLS, verifying the nodes with this CA (default: --c
 _TIMEOUT_HELP = (
     f"give up after SECONDS, retrying transient failures until then (default {DEFAULT_TIMEOUT_S:g})"
 )
+_ATTEMPT_TIMEOUT_HELP = (
+    "wait at most SECONDS for one node's answer (within --timeout) before trying the next "
+    "node with the same ids; a node that does not answer a health check within 1 s is "
+    f"skipped at once (default {DEFAULT_ATTEMPT_TIMEOUT_S:g}; account, money, balance, "
+    "transfer, route, cluster status and gateway commands)"
+)
 
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool, config: bool = True) -> None:
@@ -866,6 +880,10 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool, config: bool 
     options.add_argument(
         "--timeout", type=_positive_float, metavar="SECONDS", help=_TIMEOUT_HELP,
         default=DEFAULT_TIMEOUT_S if top else default,
+    )
+    options.add_argument(
+        "--attempt-timeout", type=_positive_float, metavar="SECONDS",
+        help=_ATTEMPT_TIMEOUT_HELP, default=DEFAULT_ATTEMPT_TIMEOUT_S if top else default,
     )
     options.add_argument("--token", metavar="TOKEN", help=_TOKEN_HELP, default=default)
     options.add_argument(
@@ -1064,7 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "/docs, /healthz and /readyz) on --listen until SIGTERM, talking to the "
                  "cluster of --config (every [[nodes]] host:grpc_port) or --target through the "
                  "client SDK (node.http_gateway). --timeout bounds each HTTP request's cluster "
-                 "calls, retries included.")
+                 "calls, retries included; --attempt-timeout each attempt at one node.")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                    help="address to serve HTTP on (default 127.0.0.1:8080)")
     _global_options(p, top=False)

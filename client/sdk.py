@@ -14,26 +14,44 @@ Exactly once: every write carries an id (a transaction id, or the request id of
 an account creation); when the caller gives none the SDK generates a UUIDv7.
 On a transient failure (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
 RESOURCE_EXHAUSTED) the SDK resends the *same* request, with the same id, after
-a bounded exponential backoff with jitter, rotating over the nodes, until
+a bounded exponential backoff with jitter, to the next node, until
 `retry_deadline_s`; the ledger deduplicates by id, so a resent write happens at
 most once. A write that never gets a definite answer raises `OutcomeUnknown`
 with its id. Other statuses are never retried.
 
-Routing is an optimisation (any node accepts any request): the client learns
-the partition count and each partition's leader from `ClusterStatus`, sends a
-request for an account to its partition leader first, and falls back to the
-configured targets. If `ClusterStatus` fails, it simply uses the targets.
+Deadlines: a call ends within max(`timeout_s`, `retry_deadline_s`). Each attempt
+gets a slice of that, min(`timeout_s`, what is left). Before an attempt at a node
+that has not answered lately, the client asks it for its health (the standard
+gRPC health check: a few bytes, no credentials) and waits at most
+min(`probe_timeout_s`, what is left): a node that does not answer (down, paused,
+cut off) is passed over with nothing sent. Probes are made on the first pass over
+the nodes only: after that the request itself goes out, so that a node too busy
+to answer a health check that fast still gets it. A node that holds an attempt
+for its whole slice is passed over too, and the next node is tried. An attempt
+that timed out is an unknown outcome until a later attempt answers; as every
+attempt carries the same id, that answer is the write's one outcome. Nodes that
+failed an attempt are tried after the others for `SUSPECT_S`, so a paused node
+costs a call one probe or one slice, not every call.
+
+Routing is an optimisation (any node accepts any request): the client asks
+several nodes at once for the cluster map (`GetClusterMap`, answered from every
+node's memory; the first answer ends the wait, the newest map version wins), so
+that one answering seed is enough; then it learns each partition's leader from
+`ClusterStatus`, sends a request for an account to its partition leader first,
+and falls back to the other nodes. If `ClusterStatus` fails, it routes by the
+map's preferred leaders; without a map, it simply uses the targets.
 
 Authentication: `token=` is sent to WalletService and `admin_token=` to
-AdminService as `authorization: Bearer ...` metadata (ClusterStatus, and so
-route learning, needs the admin token; without it the client uses its
-targets); `tls=TlsOptions(...)` makes every channel TLS (`client.auth`).
+AdminService as `authorization: Bearer ...` metadata (ClusterStatus needs the
+admin token; without it the client routes by the map's preferred leaders);
+`tls=TlsOptions(...)` makes every channel TLS (`client.auth`).
 
 `client.aio.AsyncWalletClient` offers the same methods on grpc.aio.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import secrets
@@ -56,7 +74,6 @@ from client.errors import (
     WalletError,
     from_rpc_error,
     is_retryable,
-    status_of,
 )
 from ledger.routing import partition_of
 from proto.wallet.v1 import wallet_pb2 as pb
@@ -85,11 +102,31 @@ __all__ = [
     "route_of",
 ]
 
-DEFAULT_TIMEOUT_S = 10.0
-"""Deadline of one attempt of one call."""
+DEFAULT_TIMEOUT_S = 3.0
+"""Deadline of one attempt of one call: long enough for a partition to elect a new leader
+(1 to 2.5 s) while the node waits, short enough that a paused node holding the attempt
+costs the call one slice of its deadline before the next node is tried."""
 
 DEFAULT_RETRY_DEADLINE_S = 30.0
 """How long a call keeps retrying a transient failure, from its first attempt."""
+
+DEFAULT_PROBE_TIMEOUT_S = 1.0
+"""How long the health check before an attempt at a node that has not answered lately may
+take; a node silent that long (down, paused, cut off) is passed over with nothing sent."""
+
+PROBE_PATH = "/grpc.health.v1.Health/Check"
+"""The probe: every node serves the standard gRPC health check without credentials. Any
+answer (even UNIMPLEMENTED from a server without it) shows that the node is there."""
+
+DISCOVERY_TIMEOUT_S = 1.0
+"""Deadline of each GetClusterMap of a discovery round (every node answers it from memory)."""
+
+DISCOVERY_FANOUT_MAX = 8
+"""Most nodes one discovery round asks at once."""
+
+SUSPECT_S = 10.0
+"""A node that failed an attempt (no connection, no answer in time) is tried after the
+other nodes for this long, then like a node never tried."""
 
 RETRY_BACKOFF_S_BASE = 0.05
 """Backoff before the first retry; it doubles per retry up to RETRY_BACKOFF_S_MAX."""
@@ -98,13 +135,15 @@ RETRY_BACKOFF_S_MAX = 1.0
 """Longest wait between two attempts."""
 
 RETRY_ATTEMPT_S_MIN = 0.05
-"""A retry is only made if at least this much of the retry deadline is left for it."""
+"""A retry is only made if at least this much of the retry deadline is left for it; no
+attempt or probe gets less."""
 
 ROUTE_REFRESH_S_MIN = 1.0
-"""Least time between two ClusterStatus look-ups made for routing."""
+"""Least time between two route look-ups (a discovery round, then ClusterStatus)."""
 
 ROUTE_LOOKUP_TIMEOUT_S_MAX = 2.0
-"""Deadline of a ClusterStatus look-up made for routing (never retried)."""
+"""Deadline of a ClusterStatus look-up made for routing (never retried). More than the
+node's own 1 s wait for its peers' views, so that paused peers do not fail it."""
 
 MAX_CHANNELS = 64
 """Most channels one client keeps open (targets first, then learnt leader addresses)."""
@@ -685,33 +724,174 @@ def _serialize(message: Message) -> bytes:
 
 
 # --- retries and routing, shared by both clients ------------------------------------
+#
+# Everything here decides and remembers; nothing sends. Each client drives the same
+# decisions with its own transport (`_send`, `_discover`): grpc's blocking calls for
+# WalletClient, grpc.aio for AsyncWalletClient.
 
 
 class _Retry:
-    """The clock of one call: attempt deadlines and backoff within retry_deadline_s."""
+    """The clock of one call: its deadline, each attempt's slice of it, the backoff.
+
+    The call ends by max(timeout_s, retry_deadline_s) from its start. Each attempt gets
+    min(timeout_s, what is left) and each probe min(probe_timeout_s, what is left),
+    never less than RETRY_ATTEMPT_S_MIN; a retry is only started while retry_deadline_s
+    leaves room for it (0: never retry).
+    """
 
     def __init__(self, timeout_s: float, retry_deadline_s: float) -> None:
+        now = time.monotonic()
         self.timeout_s = timeout_s
-        self.deadline = time.monotonic() + retry_deadline_s
+        self.deadline = now + max(timeout_s, retry_deadline_s)
+        self.retry_deadline = now + retry_deadline_s
         self.attempt = 0
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
+    def slice(self, limit_s: float) -> float:
+        """min(limit_s, what the call's deadline leaves), at least RETRY_ATTEMPT_S_MIN."""
+        return max(RETRY_ATTEMPT_S_MIN, min(limit_s, self.remaining()))
+
     def attempt_timeout(self) -> float:
-        """The first attempt gets timeout_s; a retry no more than what the deadline leaves."""
-        if self.attempt == 0:
-            return self.timeout_s
-        return max(RETRY_ATTEMPT_S_MIN, min(self.timeout_s, self.remaining()))
+        """The deadline of the next attempt (after its probe, if any)."""
+        return self.slice(self.timeout_s)
 
     def backoff(self) -> float | None:
         """Seconds to wait before the next attempt, or None when the deadline is too near."""
         ceiling = min(RETRY_BACKOFF_S_MAX, RETRY_BACKOFF_S_BASE * (1 << min(self.attempt, 16)))
         delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        if self.remaining() - delay < RETRY_ATTEMPT_S_MIN:
+        if self.retry_deadline - time.monotonic() - delay < RETRY_ATTEMPT_S_MIN:
             return None
         self.attempt += 1
         return delay
+
+
+_NO_ANSWER: frozenset[grpc.StatusCode] = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+})
+
+
+def _node_answered(error: WalletError) -> bool:
+    """Whether the node itself sent this status (so it is up), rather than the transport
+    saying it could not reach the node or heard nothing back in time. A node's own
+    UNAVAILABLE (no leader, outcome unknown) always carries a ledger reason."""
+    return bool(error.reason) or error.status not in _NO_ANSWER
+
+
+class _NodeHealth:
+    """What the client saw of each node lately, to choose where the next attempt goes.
+
+    A node is *up* once it answered anything (a refusal too): attempts there skip the
+    probe. It is *suspect* for SUSPECT_S after an attempt or probe it did not answer
+    (no connection, or no answer in time): the other nodes are tried first. Otherwise
+    it is unknown. At most one entry per address a client ever tried (MAX_CHANNELS).
+    """
+
+    UP, UNKNOWN, SUSPECT = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._up: set[str] = set()
+        self._suspect_until: dict[str, float] = {}
+
+    def answered(self, address: str) -> None:
+        with self._lock:
+            self._up.add(address)
+            self._suspect_until.pop(address, None)
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            self._up.discard(address)
+            self._suspect_until[address] = time.monotonic() + SUSPECT_S
+
+    def record(self, address: str, error: WalletError) -> None:
+        """A failed call at `address`: the node is up if it sent the status itself."""
+        if _node_answered(error):
+            self.answered(address)
+        else:
+            self.failed(address)
+
+    def is_up(self, address: str) -> bool:
+        with self._lock:
+            return address in self._up
+
+    def rank(self, address: str) -> int:
+        """UP, UNKNOWN or SUSPECT: the lower, the sooner the node is tried."""
+        with self._lock:
+            if address in self._up:
+                return self.UP
+            until = self._suspect_until.get(address)
+        if until is not None and time.monotonic() < until:
+            return self.SUSPECT
+        return self.UNKNOWN
+
+
+def _probe_refusal(address: str, error: WalletError, waited_s: float) -> WalletError | None:
+    """None when a failed probe still shows the node is there (it answered, if only to
+    refuse), else why the attempt goes elsewhere with nothing sent."""
+    if _node_answered(error):
+        return None
+    detail = (f"no answer to a health check within {waited_s:.2g} s"
+              if error.status is grpc.StatusCode.DEADLINE_EXCEEDED
+              else f"health check failed ({error})")
+    return Unavailable(grpc.StatusCode.UNAVAILABLE, f"{address}: {detail}; nothing was sent")
+
+
+def _as_wallet_error(error: BaseException) -> WalletError:
+    """A failed call's exception as a WalletError (a grpc future can also be cancelled)."""
+    if isinstance(error, WalletError):
+        return error
+    if isinstance(error, grpc.RpcError):
+        return from_rpc_error(error)
+    return WalletError(grpc.StatusCode.CANCELLED, f"{type(error).__name__}: {error}")
+
+
+class _Discovery:
+    """One round of asking several nodes at once for the cluster map.
+
+    The round is over at the first map (or once every node asked has failed): one
+    answering seed is enough. Answers that arrive later still count: the routes keep
+    the newest map version, and every answer or failure updates the nodes' health.
+    Thread-safe: the sync client records the answers from gRPC's threads.
+    """
+
+    def __init__(self, addresses: list[str], routes: _RouteTable, health: _NodeHealth) -> None:
+        self.addresses = addresses
+        self._routes = routes
+        self._health = health
+        self._lock = threading.Lock()
+        self._pending = set(addresses)
+        self.first: str | None = None
+        """The node that sent the first map: up, and the one to ask for ClusterStatus."""
+
+    def answered(self, address: str, response: pb.GetClusterMapResponse) -> bool:
+        """Record a map; True when the round is over."""
+        self._health.answered(address)
+        try:
+            view = ClusterMapView.from_json(response.map_json)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return self._settle(address, got_map=False)  # a map this SDK cannot read
+        self._routes.update_map(view)
+        return self._settle(address, got_map=True)
+
+    def failed(self, address: str, error: BaseException) -> bool:
+        """Record a failure (an old server without the map, a node down); True when over."""
+        self._health.record(address, _as_wallet_error(error))
+        return self._settle(address, got_map=False)
+
+    def over(self) -> bool:
+        with self._lock:
+            return self.first is not None or not self._pending
+
+    def _settle(self, address: str, got_map: bool) -> bool:
+        with self._lock:
+            self._pending.discard(address)
+            if got_map and self.first is None:
+                self.first = address
+            return self.first is not None or not self._pending
 
 
 class _RouteTable:
@@ -771,9 +951,9 @@ class _RouteTable:
             }
             self._stale = False
 
-    def lookup_failed(self, error: grpc.RpcError) -> None:
+    def lookup_failed(self, status: grpc.StatusCode) -> None:
         # A server without ClusterStatus, or one that does not let this client call it.
-        if status_of(error) in _ROUTES_REFUSED:
+        if status in _ROUTES_REFUSED:
             with self._lock:
                 self._status_refused = True  # route by the map's preferred leaders
                 if self.cluster_map is None:
@@ -799,7 +979,8 @@ _ROUTES_REFUSED = frozenset({
 
 
 class _ClientBase:
-    """Targets, timeouts, routing: everything of a client except its transport."""
+    """Targets, timeouts, routing, the nodes' health: everything of a client except its
+    transport, which each client supplies (`_send`, `_discover`, channels)."""
 
     def __init__(
         self,
@@ -807,6 +988,7 @@ class _ClientBase:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         *,
+        probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
         learn_routes: bool = True,
         token: str = "",
         admin_token: str = "",
@@ -816,10 +998,14 @@ class _ClientBase:
             raise ValueError("timeout_s must be positive")
         if retry_deadline_s < 0:
             raise ValueError("retry_deadline_s must not be negative")
+        if probe_timeout_s <= 0:
+            raise ValueError("probe_timeout_s must be positive")
         self.targets = normalize_targets(targets)
         self.timeout_s = timeout_s
         self.retry_deadline_s = retry_deadline_s
+        self.probe_timeout_s = probe_timeout_s
         self._routes = _RouteTable(enabled=learn_routes)
+        self._health = _NodeHealth()
         self._closed = False
         self._credentials = Credentials(token, admin_token, tls)
 
@@ -829,41 +1015,139 @@ class _ClientBase:
     def _channel_count(self) -> int:
         raise NotImplementedError
 
-    def _address(self, account: str | None, attempt: int) -> str:
-        """Attempt k goes to candidate k mod n: the account's leader first, then the targets,
-        then the nodes learnt from the cluster map (a client given one address survives
-        that node's loss, and finds nodes added later)."""
-        candidates = list(self.targets)
-        if len(candidates) < MAX_CHANNELS:
-            known = set(candidates)
-            learnt = [a for a in self._routes.discovered() if a not in known]
-            candidates += learnt[:MAX_CHANNELS - len(candidates)]
-        leader = self._routes.leader_for(account) if account is not None else None
-        if leader is not None and (
-            self._has_channel(leader) or self._channel_count() < MAX_CHANNELS
-        ):
-            candidates = [leader, *(t for t in candidates if t != leader)]
-        return candidates[attempt % len(candidates)]
+    # -- where attempts go
 
-    def _lookup_timeout(self, retry: _Retry) -> float:
-        timeout = min(ROUTE_LOOKUP_TIMEOUT_S_MAX, self.timeout_s)
-        if retry.attempt > 0:  # a retry's look-up stays within the retry deadline
-            timeout = min(timeout, max(RETRY_ATTEMPT_S_MIN, retry.remaining()))
-        return timeout
+    def _candidates(self, account: str | None) -> list[str]:
+        """Every node an attempt may go to, best first: the account's partition leader
+        (unless suspect), then the targets and the nodes learnt from the cluster map (a
+        client given one address survives that node's loss, and finds nodes added
+        later), nodes that answered lately before unknown ones before suspect ones,
+        each group in the configured order."""
+        others = list(self.targets)
+        if len(others) < MAX_CHANNELS:
+            known = set(others)
+            learnt = [a for a in self._routes.discovered() if a not in known]
+            others += learnt[:MAX_CHANNELS - len(others)]
+        ranked = sorted(others, key=self._health.rank)  # stable: configured order kept
+        leader = self._routes.leader_for(account) if account is not None else None
+        if leader is None or not (self._has_channel(leader)
+                                  or self._channel_count() < MAX_CHANNELS):
+            return ranked
+        rest = [a for a in ranked if a != leader]
+        if self._health.rank(leader) == _NodeHealth.SUSPECT:
+            return [*rest, leader]
+        return [leader, *rest]
+
+    def _pick(self, account: str | None, tried: set[str]) -> tuple[str, bool]:
+        """The best candidate this call has not tried yet, and whether every candidate had
+        been tried (the call then starts over; `tried` is the call's own set)."""
+        candidates = self._candidates(account)
+        fresh = [a for a in candidates if a not in tried]
+        over = not fresh
+        if over:
+            tried.clear()
+            fresh = candidates
+        tried.add(fresh[0])
+        return fresh[0], over
+
+    def _probe_s(self, address: str, clock: _Retry) -> float | None:
+        """How long to wait for `address`'s health check before an attempt there; None
+        (no probe) when the node answered lately."""
+        if self._health.is_up(address):
+            return None
+        return clock.slice(self.probe_timeout_s)
+
+    # -- route look-ups
+
+    def _new_discovery(self) -> _Discovery:
+        """A discovery round over the best DISCOVERY_FANOUT_MAX nodes that are not
+        suspect (over the suspect ones when no other is left)."""
+        candidates = self._candidates(None)
+        hopeful = [a for a in candidates if self._health.rank(a) != _NodeHealth.SUSPECT]
+        return _Discovery((hopeful or candidates)[:DISCOVERY_FANOUT_MAX], self._routes,
+                          self._health)
+
+    def _status_address(self, discovery: _Discovery) -> str:
+        """Where to ask ClusterStatus: the node that just sent the map, else the best one."""
+        return discovery.first or self._pick(None, set())[0]
+
+    def _status_failed(self, address: str, error: WalletError) -> None:
+        self._health.record(address, error)
+        self._routes.lookup_failed(error.status)
+
+    def _status_answered(self, address: str, response: pb.ClusterStatusResponse) -> None:
+        self._health.answered(address)
+        self._routes.update(response)
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the wallet client is closed")
 
 
+class _Attempts:
+    """One call's attempts: the node of each, whether to probe it first, and what a
+    failure means. Both clients drive it the same way:
+
+        attempts = _Attempts(client, op)
+        while True:
+            address = attempts.next()
+            try: response = <probe for attempts.probe_s(), then send op within attempts.clock>
+            except WalletError as error: <sleep attempts.failed(error)>; continue
+            attempts.answered(); return op.convert(response)
+
+    Probes are made on the first pass over the candidates only: once every node was
+    tried, the request itself goes out, so a node too busy to answer a health check
+    within probe_timeout_s still gets it.
+    """
+
+    def __init__(self, client: _ClientBase, op: _Op[Any]) -> None:
+        self.clock = _Retry(client.timeout_s, client.retry_deadline_s)
+        self._client = client
+        self._op = op
+        self._tried: set[str] = set()
+        self._probing = True
+        self.address = ""
+
+    def next(self) -> str:
+        self.address, over = self._client._pick(self._op.account, self._tried)
+        if over:
+            self._probing = False
+        return self.address
+
+    def probe_s(self) -> float | None:
+        """How long to wait for the health check before this attempt (None: no probe)."""
+        return self._client._probe_s(self.address, self.clock) if self._probing else None
+
+    def answered(self) -> None:
+        self._client._health.answered(self.address)
+
+    def failed(self, error: WalletError) -> float:
+        """Seconds to wait before the next attempt; raises what the call ends with when
+        the error is final (a refusal) or the deadline is too near (`_Op.exhausted`: a
+        write's outcome is then unknown)."""
+        self._client._health.record(self.address, error)
+        if not is_retryable(error):
+            raise error
+        self._client._routes.invalidate()  # the leader may have moved: look again
+        delay = self.clock.backoff()
+        if delay is None:
+            final = self._op.exhausted(error)
+            if final is error:
+                raise error
+            raise final from error
+        return delay
+
+
 class WalletClient(_ClientBase):
-    """A synchronous, thread-safe RaftWallet client; one channel per node address.
+    """A synchronous, thread-safe RaftWallet client; one channel per node address, kept
+    for the client's life.
 
     `timeout_s` is the deadline of each attempt, `retry_deadline_s` how long a call
-    keeps retrying transient failures (0: never retry). `learn_routes=False` makes
-    the client never call ClusterStatus on its own (one-shot clients such as
-    walletctl, where the look-up would cost more than it saves). `token`,
-    `admin_token` and `tls`: see "Authentication" above.
+    keeps retrying transient failures (0: never retry), `probe_timeout_s` how long
+    the health check before an attempt at a node that has not answered lately may
+    take (see "Deadlines" above). `learn_routes=False` makes the client never look routes up on
+    its own (one-shot clients such as walletctl, where the look-up would cost more
+    than it saves). `token`, `admin_token` and `tls`: see "Authentication" above.
     """
 
     def __init__(
@@ -872,12 +1156,14 @@ class WalletClient(_ClientBase):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry_deadline_s: float = DEFAULT_RETRY_DEADLINE_S,
         *,
+        probe_timeout_s: float = DEFAULT_PROBE_TIMEOUT_S,
         learn_routes: bool = True,
         token: str = "",
         admin_token: str = "",
         tls: TlsOptions | None = None,
     ) -> None:
-        super().__init__(targets, timeout_s, retry_deadline_s, learn_routes=learn_routes,
+        super().__init__(targets, timeout_s, retry_deadline_s,
+                         probe_timeout_s=probe_timeout_s, learn_routes=learn_routes,
                          token=token, admin_token=admin_token, tls=tls)
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
@@ -996,7 +1282,8 @@ class WalletClient(_ClientBase):
     def _channel_count(self) -> int:
         return len(self._channels)
 
-    def _callable(self, address: str, path: str, response_type: type[Message]) -> Any:
+    def _callable(self, address: str, path: str, response_type: type[Message] | None) -> Any:
+        """The cached callable of `path` at `address` (None: raw bytes in and out)."""
         with self._lock:
             self._check_open()
             method = self._callables.get((address, path))
@@ -1012,54 +1299,84 @@ class WalletClient(_ClientBase):
                     self._channels[address] = channel
                 method = channel.unary_unary(
                     path,
-                    request_serializer=_serialize,
-                    response_deserializer=response_type.FromString,
+                    request_serializer=None if response_type is None else _serialize,
+                    response_deserializer=None if response_type is None
+                    else response_type.FromString,
                 )
                 self._callables[(address, path)] = method
             return method
 
-    def _refresh_routes(self, retry: _Retry) -> None:
+    def _send(self, address: str, op: _Op[Any], clock: _Retry, limit_s: float,
+              probe_s: float | None) -> Any:
+        """One attempt of `op` at `address`: the health check first when probe_s is given
+        (a node silent that long gets nothing), then the call, answered within
+        clock.slice(limit_s). Any failure is raised as a WalletError."""
+        call = self._callable(address, op.path, op.response_type)
+        if probe_s is not None:
+            probe = self._callable(address, PROBE_PATH, None)
+            try:
+                probe(b"", timeout=probe_s)
+            except grpc.RpcError as rpc_error:
+                refusal = _probe_refusal(address, from_rpc_error(rpc_error), probe_s)
+                if refusal is not None:
+                    raise refusal from rpc_error
+        try:
+            return call(op.request, timeout=clock.slice(limit_s),
+                        metadata=self._credentials.metadata_for(op.path))
+        except grpc.RpcError as rpc_error:
+            raise from_rpc_error(rpc_error) from rpc_error
+
+    def _discover(self, discovery: _Discovery, timeout_s: float) -> None:
+        """Ask every node of the round at once; return when the round is over or after
+        timeout_s (the calls still running finish on their own, each within timeout_s)."""
+        op = _op_cluster_map()
+        over = threading.Event()
+
+        def record(address: str, future: grpc.Future) -> None:
+            try:
+                response = future.result()
+            except Exception as error:  # an RpcError, or cancelled by close()
+                done = discovery.failed(address, error)
+            else:
+                done = discovery.answered(address, response)
+            if done:
+                over.set()
+
+        for address in discovery.addresses:
+            call = self._callable(address, op.path, op.response_type)
+            future = call.future(op.request, timeout=timeout_s,
+                                 metadata=self._credentials.metadata_for(op.path))
+            future.add_done_callback(functools.partial(record, address))
+        over.wait(timeout_s)
+
+    def _refresh_routes(self, clock: _Retry) -> None:
         if not self._routes.claim_refresh():
             return
-        address = self._address(None, retry.attempt)
-        map_op = _op_cluster_map()
-        try:
-            call = self._callable(address, map_op.path, map_op.response_type)
-            self._routes.update_map(map_op.convert(call(
-                map_op.request, timeout=self._lookup_timeout(retry),
-                metadata=self._credentials.metadata_for(map_op.path))))
-        except grpc.RpcError:
-            pass  # an old server without the map, or this node is down: keep what we know
+        discovery = self._new_discovery()
+        self._discover(discovery, clock.slice(DISCOVERY_TIMEOUT_S))
         if not self._routes.wants_status:
             return
-        op = _op_cluster_status()
+        address = self._status_address(discovery)
         try:
-            call = self._callable(address, op.path, op.response_type)
-            response = call(op.request, timeout=self._lookup_timeout(retry),
-                            metadata=self._credentials.metadata_for(op.path))
-        except grpc.RpcError as error:
-            self._routes.lookup_failed(error)
+            response = self._send(address, _op_cluster_status(), clock,
+                                  ROUTE_LOOKUP_TIMEOUT_S_MAX, self._probe_s(address, clock))
+        except WalletError as error:
+            self._status_failed(address, error)
             return
-        self._routes.update(response)
+        self._status_answered(address, response)
 
     def _run(self, op: _Op[T]) -> T:
-        retry = _Retry(self.timeout_s, self.retry_deadline_s)
+        attempts = _Attempts(self, op)
         while True:
             if op.account is not None:
-                self._refresh_routes(retry)
-            address = self._address(op.account, retry.attempt)
+                self._refresh_routes(attempts.clock)
+            address = attempts.next()
             try:
-                call = self._callable(address, op.path, op.response_type)
-                response = call(op.request, timeout=retry.attempt_timeout(),
-                                metadata=self._credentials.metadata_for(op.path))
-            except grpc.RpcError as rpc_error:
-                error = from_rpc_error(rpc_error)
-                if not is_retryable(error):
-                    raise error from rpc_error
-                self._routes.invalidate()  # the leader may have moved: look again
-                delay = retry.backoff()
-                if delay is None:
-                    raise op.exhausted(error) from rpc_error
-                time.sleep(delay)
+                response = self._send(address, op, attempts.clock, self.timeout_s,
+                                      attempts.probe_s())
+            except WalletError as error:
+                time.sleep(attempts.failed(error))
                 continue
+            attempts.answered()
             return op.convert(response)
+

@@ -95,14 +95,17 @@ DRAIN_MAX_BYTES = 1024 * 1024
 client receives the answer instead of a connection reset; beyond it the gateway just closes."""
 RETRY_AFTER_S = 1
 """Retry-After of every 503."""
-DEFAULT_TIMEOUT_S = 10.0
-"""Deadline of one attempt of one cluster call (a cross-partition transfer not final by then
-is answered 202 pending)."""
+DEFAULT_TIMEOUT_S = 3.0
+"""Deadline of one attempt of one cluster call at one node (a cross-partition transfer not
+final by then is answered 202 pending); a node that holds an attempt longer (paused, cut
+off) is passed over and the SDK tries the next one with the same transaction id."""
 DEFAULT_RETRY_DEADLINE_S = 10.0
-"""How long one HTTP request keeps retrying transient cluster failures."""
-READY_TIMEOUT_S = 1.0
-READY_RETRY_DEADLINE_S = 2.0
-"""/readyz asks ClusterStatus, rotating over the targets, for at most this long."""
+"""How long one HTTP request keeps retrying transient cluster failures (`--timeout`)."""
+READY_TIMEOUT_S = 2.5
+"""Deadline of one /readyz ClusterStatus: more than the 1 s a node waits for its peers'
+views (node.admin_service.PEER_STATUS_TIMEOUT_S), so that paused peers do not fail it."""
+READY_RETRY_DEADLINE_S = 4.0
+"""/readyz asks ClusterStatus, trying the next node on a failure, for at most this long."""
 SHUTDOWN_GRACE_S = 15
 """On SIGTERM, requests in flight get this long to finish."""
 AT_MAX_CHARS = 64
@@ -646,8 +649,10 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
     """The gateway application for a cluster reachable at `targets` (node gRPC addresses).
 
     It calls the cluster with `credentials` (the wallet token; the admin token for
-    /readyz's ClusterStatus). The HTTP side has no authentication of its own:
-    bind it where only trusted callers reach it."""
+    /readyz's ClusterStatus). `timeout_s` is the deadline of one attempt at one node,
+    `retry_deadline_s` how long one HTTP request keeps trying the nodes (client.sdk,
+    "Deadlines"). The HTTP side has no authentication of its own: bind it where only
+    trusted callers reach it."""
     clients = _Clients(normalize_targets(list(targets)), timeout_s, retry_deadline_s,
                        credentials)
 
@@ -935,13 +940,13 @@ def _resolve_targets(config_path: Path | None, targets: Sequence[str]) -> tuple[
 
 
 def run_gateway(config_path: Path | None, targets: list[str], listen: str, *,
-                timeout_s: float = DEFAULT_TIMEOUT_S,
-                retry_deadline_s: float | None = None) -> int:
+                timeout_s: float = DEFAULT_RETRY_DEADLINE_S,
+                attempt_timeout_s: float = DEFAULT_TIMEOUT_S) -> int:
     """Serve the gateway on `listen` until SIGTERM/SIGINT; returns the exit status.
 
     The cluster is `targets` (node gRPC addresses), else every node of the cluster file.
-    `timeout_s` bounds one cluster call; `retry_deadline_s` (default: `timeout_s`) how
-    long one HTTP request keeps retrying transient failures.
+    `timeout_s` bounds the cluster calls of one HTTP request, retries included;
+    `attempt_timeout_s` (at most `timeout_s`) one attempt at one node.
     """
     try:
         host, port = parse_listen(listen)
@@ -953,9 +958,8 @@ def run_gateway(config_path: Path | None, targets: list[str], listen: str, *,
     except (ValueError, CredentialsError) as error:
         print(f"walletctl gateway: {error}", file=sys.stderr)
         return EXIT_USAGE
-    app = create_app(resolved, timeout_s=timeout_s,
-                     retry_deadline_s=timeout_s if retry_deadline_s is None else retry_deadline_s,
-                     credentials=credentials)
+    app = create_app(resolved, timeout_s=min(attempt_timeout_s, timeout_s),
+                     retry_deadline_s=timeout_s, credentials=credentials)
     config = uvicorn.Config(app, host=host, port=port, loop="asyncio", lifespan="on",
                             log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
                             server_header=False)

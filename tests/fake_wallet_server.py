@@ -4,12 +4,17 @@
 port), keeps balances in a dict (amounts parsed by `ledger.money`), deduplicates
 writes by id like the ledger, reports refusals as gRPC statuses with the
 ledger reason in the `raftwallet-reason` trailing metadata, records every
-request it receives, and fails calls on demand:
+request it receives, and fails or stalls calls on demand:
 
     with running_fake() as fake:
         fake.fail("Transfer", grpc.StatusCode.UNAVAILABLE, times=2)
         ...
         assert [r.transaction_id for r in fake.requests_of("Transfer")] == [...]
+
+`fake.second_address` reaches the same state through another port (two "nodes"
+that share one ledger), `fake.map_json` makes it serve GetClusterMap, and
+`silent_node()` is a port that accepts connections and never answers, like a
+node stopped with SIGSTOP.
 
 Not a model of the cluster: one partition state, no saga, no Raft.
 """
@@ -17,7 +22,9 @@ Not a model of the cluster: one partition state, no saga, no Raft.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
@@ -99,6 +106,8 @@ class FakeWalletServer:
     node_id: str = "fake-1"
     leader_addresses: dict[int, str] = field(default_factory=dict)
     """Leader address per partition reported by ClusterStatus (default: this server)."""
+    map_json: str | None = None
+    """What GetClusterMap answers (None: UNIMPLEMENTED, like a server without the map)."""
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -107,6 +116,7 @@ class FakeWalletServer:
         self.requests: list[tuple[str, Message]] = []
         self._outcomes: dict[tuple[str, str, str], _Outcome] = {}
         self._failures: dict[str, Failure] = {}
+        self._stalls: dict[str, list[float]] = {}
         self._positions = itertools.count(1)
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         wallet_pb2_grpc.add_WalletServiceServicer_to_server(
@@ -117,6 +127,7 @@ class FakeWalletServer:
         )
         self.port: int = self._server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
+        self.second_address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
         self._server.start()
 
     def stop(self) -> None:
@@ -135,6 +146,12 @@ class FakeWalletServer:
         """Make the next `times` calls of `method` (e.g. "Transfer") fail (None: all of them)."""
         with self.lock:
             self._failures[method] = Failure(code, reason, details, times)
+
+    def stall(self, method: str, seconds: float, times: int = 1) -> None:
+        """Make the next `times` calls of `method` wait `seconds` before being served
+        (a node paused mid-call, then resumed: the call is still served afterwards)."""
+        with self.lock:
+            self._stalls.setdefault(method, []).extend([seconds] * times)
 
     def requests_of(self, method: str) -> list[Any]:
         """The requests `method` received, in order (failed ones included)."""
@@ -161,6 +178,9 @@ class FakeWalletServer:
                 failure.times -= 1
                 if failure.times <= 0:
                     del self._failures[method]
+            stalls = self._stalls.get(method)
+            stall_s = stalls.pop(0) if stalls else 0.0
+        time.sleep(stall_s)
         if failure is not None:
             abort(context, Refused(failure.code, failure.reason, failure.details))
 
@@ -432,6 +452,19 @@ class _WalletServicer(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[mi
         return fake.serve("ListTransfers", request, context, body)
 
 
+    def GetClusterMap(
+        self, request: pb.GetClusterMapRequest, context: grpc.ServicerContext
+    ) -> pb.GetClusterMapResponse:
+        fake = self.fake
+
+        def body() -> pb.GetClusterMapResponse:
+            if fake.map_json is None:
+                raise Refused(grpc.StatusCode.UNIMPLEMENTED, "", "no cluster map here")
+            return pb.GetClusterMapResponse(map_json=fake.map_json)
+
+        return fake.serve("GetClusterMap", request, context, body)
+
+
 class _AdminServicer(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, fake: FakeWalletServer) -> None:
         self.fake = fake
@@ -481,3 +514,13 @@ def running_fake(partition_count: int = 4, node_id: str = "fake-1") -> Iterator[
         yield fake
     finally:
         fake.stop()
+
+
+@contextmanager
+def silent_node() -> Iterator[str]:
+    """The address of a port that accepts TCP connections (the kernel completes them) but
+    never answers anything: what a client sees of a node stopped with SIGSTOP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield f"127.0.0.1:{listener.getsockname()[1]}"

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from client.cli import main
 from ledger.routing import partition_of
 from proto.wallet.v1 import wallet_pb2 as pb
-from tests.fake_wallet_server import FakeWalletServer, running_fake
+from tests.fake_wallet_server import FakeWalletServer, running_fake, silent_node
 
 
 @pytest.fixture
@@ -339,3 +340,38 @@ def test_a_nil_or_malformed_id_is_a_usage_error_before_any_call(
     assert code == 2
     assert words in capsys.readouterr().err
     assert fake.requests_of("Transfer") == []
+
+
+def test_a_silent_first_node_of_the_cluster_file_costs_one_health_check(
+    fake: FakeWalletServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "cluster.toml"
+    with silent_node() as paused:
+        config.write_text(
+            '[cluster]\nname = "t"\npartitions = 4\n\n'
+            f'[[nodes]]\nid = "n1"\nhost = "127.0.0.1"\ngrpc_port = {paused.rpartition(":")[2]}\n'
+            f'[[nodes]]\nid = "n2"\nhost = "127.0.0.1"\ngrpc_port = {fake.port}\n'
+        )
+        started = time.monotonic()
+        code, obj = run_json(capsys, "--config", str(config), "--json", "transfer", "alice",
+                             "bob", "1.00", "--currency", "USD")
+        elapsed_s = time.monotonic() - started
+
+    assert (code, obj["status"]) == (0, "SUCCEEDED")
+    assert elapsed_s < 2.0, f"took {elapsed_s:.2f} s: the silent node held the whole --timeout"
+
+
+def test_a_node_that_holds_an_attempt_is_passed_over_after_the_attempt_timeout(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.stall("Transfer", seconds=2.0)
+
+    started = time.monotonic()
+    code, obj = run_json(capsys, "--target", f"{fake.address},{fake.second_address}", "--json",
+                         "--attempt-timeout", "0.5", "transfer", "alice", "bob", "1.00",
+                         "--currency", "USD")
+    elapsed_s = time.monotonic() - started
+
+    assert (code, obj["status"]) == (0, "SUCCEEDED")
+    assert elapsed_s < 1.5, f"took {elapsed_s:.2f} s"
+    assert len({r.transaction_id for r in fake.requests_of("Transfer")}) == 1

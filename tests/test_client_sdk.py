@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import grpc
 import pytest
 
+from client import sdk
 from client.aio import AsyncWalletClient
 from client.errors import (
     AlreadyExists,
@@ -26,7 +30,8 @@ from client.errors import (
 )
 from client.sdk import TransferSpec, TransferStatus, WalletClient, new_id
 from ledger.routing import partition_of
-from tests.fake_wallet_server import FakeWalletServer, running_fake
+from proto.wallet.v1 import wallet_pb2 as pb
+from tests.fake_wallet_server import FakeWalletServer, running_fake, silent_node
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 SHORT_RETRY_DEADLINE_S = 0.3
@@ -287,3 +292,205 @@ def test_a_request_over_the_size_limit_is_not_retried() -> None:
                              "more than 200000 commands queued for partition 1")
     assert not is_retryable(too_big), "the same bytes would be refused every time"
     assert is_retryable(overloaded)
+
+
+# --- deadlines, silent nodes, seeds (issue #13) -------------------------------------------
+
+
+class FakeClock:
+    """time.monotonic for client.sdk, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake_clock = FakeClock()
+    monkeypatch.setattr("client.sdk.time.monotonic", fake_clock)
+    monkeypatch.setattr("client.sdk.random.uniform", lambda low, high: high)  # longest backoff
+    return fake_clock
+
+
+def test_each_attempt_gets_a_slice_of_the_calls_deadline(clock: FakeClock) -> None:
+    retry = sdk._Retry(timeout_s=3.0, retry_deadline_s=10.0)
+
+    assert retry.attempt_timeout() == 3.0
+    assert retry.slice(sdk.DEFAULT_PROBE_TIMEOUT_S) == 1.0
+    clock.now_s += 8.5
+    assert retry.attempt_timeout() == pytest.approx(1.5), "no attempt outlives the call"
+    clock.now_s += 1.49
+    assert retry.attempt_timeout() == sdk.RETRY_ATTEMPT_S_MIN
+
+
+def test_a_call_whose_retry_deadline_is_shorter_than_one_attempt_still_gets_that_attempt(
+    clock: FakeClock,
+) -> None:
+    retry = sdk._Retry(timeout_s=2.0, retry_deadline_s=0.0)
+
+    assert retry.attempt_timeout() == 2.0
+    assert retry.backoff() is None, "retry_deadline_s=0: never retry"
+
+
+def test_retries_start_only_while_the_retry_deadline_leaves_room(clock: FakeClock) -> None:
+    retry = sdk._Retry(timeout_s=3.0, retry_deadline_s=10.0)
+
+    assert retry.backoff() == pytest.approx(sdk.RETRY_BACKOFF_S_BASE)
+    assert retry.backoff() == pytest.approx(2 * sdk.RETRY_BACKOFF_S_BASE)
+    clock.now_s += 10.0 - 0.1 - sdk.RETRY_ATTEMPT_S_MIN
+    assert retry.backoff() is None, "a 0.2 s backoff would leave no time for the attempt"
+    assert retry.attempt == 2
+
+
+def test_nodes_that_failed_are_tried_last_until_they_answer_again(clock: FakeClock) -> None:
+    health = sdk._NodeHealth()
+    unavailable = Unavailable(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    no_leader = Unavailable(grpc.StatusCode.UNAVAILABLE, "no leader", reason="NO_LEADER")
+
+    health.record("a:1", unavailable)
+    health.record("b:2", no_leader)  # the node itself said so: it is up
+    assert [health.rank(a) for a in ("a:1", "b:2", "c:3")] == [
+        sdk._NodeHealth.SUSPECT, sdk._NodeHealth.UP, sdk._NodeHealth.UNKNOWN]
+    clock.now_s += sdk.SUSPECT_S
+    assert health.rank("a:1") == sdk._NodeHealth.UNKNOWN
+
+
+def test_a_discovery_round_ends_at_the_first_map_and_keeps_the_newest() -> None:
+    routes, health = sdk._RouteTable(), sdk._NodeHealth()
+    discovery = sdk._Discovery(["a:1", "b:2", "c:3"], routes, health)
+
+    assert not discovery.failed("a:1", Unavailable(grpc.StatusCode.DEADLINE_EXCEEDED, "late"))
+    assert discovery.answered("b:2", pb.GetClusterMapResponse(map_json=cluster_map_json(5)))
+    assert discovery.first == "b:2"
+    discovery.answered("c:3", pb.GetClusterMapResponse(map_json=cluster_map_json(3)))
+    assert routes.cluster_map is not None and routes.cluster_map.version == 5
+    assert health.rank("a:1") == sdk._NodeHealth.SUSPECT
+    assert health.is_up("b:2") and health.is_up("c:3")
+
+
+def test_a_discovery_round_where_every_node_fails_is_over_without_a_map() -> None:
+    discovery = sdk._Discovery(["a:1"], sdk._RouteTable(), sdk._NodeHealth())
+
+    assert discovery.failed("a:1", WalletError(grpc.StatusCode.UNIMPLEMENTED))
+    assert discovery.first is None
+
+
+def cluster_map_json(version: int, addresses: Sequence[str] = ("127.0.0.1:1",),
+                     partition_count: int = 4) -> str:
+    nodes = []
+    for index, address in enumerate(addresses):
+        host, _, port = address.rpartition(":")
+        nodes.append({"id": f"n{index + 1}", "host": host, "grpc_port": int(port)})
+    voters = [[node["id"], "voter"] for node in nodes]
+    return json.dumps({"version": version, "name": "fake", "partition_count": partition_count,
+                       "nodes": nodes, "groups": [voters] * (partition_count + 1)})
+
+
+def run_client(kind: str, targets: list[str], call: str, *args: Any, **options: Any) -> Any:
+    """Call `call(*args)` on a fresh sync or asyncio client of `targets` and close it."""
+    if kind == "sync":
+        with WalletClient(targets, **options) as wallet:
+            return getattr(wallet, call)(*args)
+
+    async def scenario() -> Any:
+        async with AsyncWalletClient(targets, **options) as wallet:
+            return await getattr(wallet, call)(*args)
+
+    return asyncio.run(scenario())
+
+
+CLIENTS = ["sync", "asyncio"]
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_silent_first_seed_costs_one_health_check_then_the_next_seed_answers(
+    fake: FakeWalletServer, kind: str,
+) -> None:
+    with silent_node() as paused:
+        started = time.monotonic()
+        balance = run_client(kind, [paused, fake.address], "balance", "alice",
+                             learn_routes=False, timeout_s=10.0, retry_deadline_s=10.0)
+        elapsed_s = time.monotonic() - started
+
+    assert balance.balance == "100.00"
+    assert elapsed_s < sdk.DEFAULT_PROBE_TIMEOUT_S + 0.8, f"took {elapsed_s:.2f} s"
+    assert len(fake.requests_of("GetBalance")) == 1
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_write_to_silent_nodes_only_ends_outcome_unknown_within_its_deadline(kind: str) -> None:
+    tid = new_id()
+    with silent_node() as first, silent_node() as second:
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknown) as raised:
+            run_client(kind, [first, second], "transfer", "alice", "bob", "1.00", "USD", tid,
+                       learn_routes=False, timeout_s=0.5, retry_deadline_s=2.0,
+                       probe_timeout_s=0.3)
+        elapsed_s = time.monotonic() - started
+
+    assert raised.value.transaction_id == tid
+    assert 1.5 < elapsed_s < 2.6, f"took {elapsed_s:.2f} s for a 2 s deadline"
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_a_transfer_stalled_past_its_attempt_is_resent_to_the_next_node_and_applied_once(
+    fake: FakeWalletServer, kind: str,
+) -> None:
+    fake.stall("Transfer", seconds=1.5)  # then served anyway, like a node resumed later
+    tid = new_id()
+
+    started = time.monotonic()
+    result = run_client(kind, [fake.address, fake.second_address], "transfer",
+                        "alice", "bob", "1.00", "USD", tid,
+                        learn_routes=False, timeout_s=0.5, retry_deadline_s=10.0)
+    elapsed_s = time.monotonic() - started
+    wait_until_true(lambda: len(fake.transfers) == 1 and len(fake.requests_of("Transfer")) == 2)
+    time.sleep(1.5)  # the stalled request has been served by now
+
+    assert result.status is TransferStatus.SUCCEEDED and result.transaction_id == tid
+    assert elapsed_s < 1.5, f"took {elapsed_s:.2f} s: the attempt was not cut at 0.5 s"
+    assert [r.transaction_id for r in fake.requests_of("Transfer")] == [tid, tid]
+    assert [t.transaction_id for t in fake.transfers] == [tid]
+    assert (fake.accounts["alice"].balance_minor, fake.accounts["bob"].balance_minor) == (
+        9900, 100)
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+def test_discovery_asks_the_seeds_at_once_so_one_answering_seed_is_enough(kind: str) -> None:
+    with running_fake() as live, silent_node() as first, silent_node() as second:
+        live.add_account("alice", "USD", "5.00")
+        live.map_json = cluster_map_json(7, [first, second, live.address])
+        started = time.monotonic()
+        balance = run_client(kind, [first, second, live.address], "balance", "alice",
+                             timeout_s=10.0, retry_deadline_s=10.0)
+        elapsed_s = time.monotonic() - started
+
+        assert balance.balance == "5.00"
+        assert elapsed_s < 0.8, f"took {elapsed_s:.2f} s: the silent seeds were waited for"
+        assert len(live.requests_of("GetClusterMap")) == 1
+        assert len(live.requests_of("ClusterStatus")) == 1
+
+
+def test_a_client_keeps_passing_over_a_silent_node_after_its_first_failure(
+    fake: FakeWalletServer,
+) -> None:
+    with silent_node() as paused, WalletClient([paused, fake.address], learn_routes=False,
+                                              timeout_s=10.0) as wallet:
+        wallet.balance("alice")
+        started = time.monotonic()
+        for _ in range(3):
+            wallet.balance("alice")
+        elapsed_s = time.monotonic() - started
+
+    assert elapsed_s < 0.5, f"took {elapsed_s:.2f} s: the silent node was probed again"
+    assert len(fake.requests_of("GetBalance")) == 4
+
+
+def wait_until_true(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
