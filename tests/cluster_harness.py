@@ -96,9 +96,13 @@ class LocalCluster:
         return process
 
     def start_all(self, bootstrap: bool = True) -> None:
+        """Start every node; return once each partition has a leader AND every node serves
+        (two of three nodes elect a leader: a test's next call may go to the third)."""
         for node in self.config.nodes:
             self.start(node.id, bootstrap=bootstrap)
         self.wait_for_leaders()
+        wait_until(lambda: set(self.local_views()) == {n.id for n in self.config.nodes},
+                   "every node to serve")
 
     def log(self, node_id: str) -> str:
         path = self.root / "data" / f"{node_id}.log"
