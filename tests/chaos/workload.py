@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 
@@ -113,6 +114,11 @@ def accounts_for(partition_count: int, per_partition: int) -> tuple[str, ...]:
         on_partition = (n for n in names if partition_of(n, partition_count) == partition)
         chosen.extend(next(on_partition) for _ in range(per_partition))
     return tuple(chosen)
+
+
+def balance_minor(text: str, currency_code: str) -> int:
+    """A balance in minor units: an amount, or zero (which parse_amount refuses as an amount)."""
+    return 0 if Decimal(text) == 0 else parse_amount(text, currency_code)
 
 
 def _minor_to_text(amount_minor: int) -> str:
@@ -231,7 +237,7 @@ def do_read(client: WalletClient, recorder: Recorder, account: str) -> None:
     except Exception as error:  # a read changes nothing: not answered is a failure
         complete(EventType.FAIL, error=_error_text(error))
     else:
-        complete(EventType.OK, balance_minor=parse_amount(balance.balance, balance.currency))
+        complete(EventType.OK, balance_minor=balance_minor(balance.balance, balance.currency))
 
 
 def worker_loop(client: WalletClient, writer: JsonlWriter, accounts: Sequence[str],
@@ -551,7 +557,7 @@ def settle(config_path: Path, out: Path, timeout_s: float) -> int:
         for account in setup.accounts:
             try:
                 answer = client.balance(account)
-                balances[account] = parse_amount(answer.balance, answer.currency)
+                balances[account] = balance_minor(answer.balance, answer.currency)
             except WalletError as error:
                 problems.append(f"balance of {account}: {_error_text(error)}")
     verdicts = views.verify(timeout_s=max(60.0, deadline_s - time.monotonic()))
