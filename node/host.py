@@ -81,7 +81,7 @@ PROPOSAL_HOLD_S = 1.0
 
 class GroupFactory(Protocol):
     def create(self, group: int, cluster_map: ClusterMap, joining: bool
-               ) -> PartitionReplica | MetadataGroup: ...
+               ) -> PartitionReplica | MetadataGroup | None: ...
 
 
 @dataclass
@@ -147,6 +147,8 @@ class NodeHost:
         factory = self.group_factory
         assert factory is not None, "the server sets group_factory before serving"
         created = await asyncio.to_thread(factory.create, group, cluster_map, joining)
+        if created is None:
+            return  # nothing to host (a leaving replica that never started)
         if isinstance(created, MetadataGroup):
             assert self.meta is None, "the metadata group is hosted once"
             self.meta = created

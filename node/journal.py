@@ -118,7 +118,8 @@ class JournalCorrupt(Exception):
             "Raft log or forget a vote. Do not wipe the data and restart under the same "
             "node id: replace the node (remove it, then add a node under a NEW id; "
             "docs/operations.md, \"Replacing a node\"), or restore the whole data dir from "
-            "a backup taken while the node was stopped"
+            "a backup taken while the node was stopped, and only if the node has not run "
+            "since that backup"
         )
         self.path = path
         self.offset = offset

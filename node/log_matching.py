@@ -28,6 +28,13 @@ sees it:
   conflict if it has one.
 A conflict (an equal index with another term) still goes to pysyncobj, which
 truncates from there: the Raft behaviour.
+
+A snapshot sent in chunks travels in AppendEntries without `prevLogIdx`, and
+for each chunk pysyncobj sets the commit index to min(leaderCommit, the last
+index of the follower's own log), a log the leader has not vouched for at all:
+a deposed leader holding entries that never committed would apply them while
+receiving the new leader's snapshot. Such a message moves the commit index no
+further than the snapshot it completes (`raftLastApplied` after the install).
 """
 
 from __future__ import annotations
@@ -63,6 +70,14 @@ class LogMatchingSyncObj(SyncObj):  # type: ignore[misc]
     """SyncObj whose followers truncate their log only from a conflicting entry."""
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        if _is_snapshot_append(message):
+            commit_before = self.raftCommitIndex
+            super()._SyncObj__onMessageReceived(node, message)
+            capped = max(commit_before, int(self.raftLastApplied))
+            if self.raftCommitIndex > capped:
+                self._SyncObj__raftCommitIndex = capped
+                self._SyncObj__raftLog.setRaftCommitIndex(capped)
+            return
         rewritten = self._matched(message) if _is_regular_append(message, self) else None
         if rewritten is None:
             super()._SyncObj__onMessageReceived(node, message)
@@ -140,3 +155,9 @@ def _is_regular_append(message: Any, syncobj: SyncObj) -> bool:
     return (isinstance(message, dict) and message.get("type") == "append_entries"
             and "prevLogIdx" in message and message.get("transmission") is None
             and int(message.get("term", -1)) >= int(syncobj.raftCurrentTerm))
+
+
+def _is_snapshot_append(message: Any) -> bool:
+    """An AppendEntries that carries (a chunk of) a snapshot instead of entries."""
+    return (isinstance(message, dict) and message.get("type") == "append_entries"
+            and "prevLogIdx" not in message)

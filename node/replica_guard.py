@@ -45,7 +45,8 @@ RUNBOOK_HINT: Final = (
     "Do not delete files and restart under the same node id, and do not wipe the data dir "
     "to let it rejoin: replace the node (`walletctl node remove`, then `node add` under a "
     "NEW id; docs/operations.md, \"Replacing a node\"), or restore the WHOLE data dir from "
-    "a backup taken while the node was stopped"
+    "a backup taken while the node was stopped, and only if the node has not run since that "
+    "backup (a node that ran since has acknowledged and voted for what the backup lacks)"
 )
 
 
@@ -79,6 +80,11 @@ def write_marker(directory: Path, group: int, node_id: str) -> None:
         os.close(fd)
     os.replace(temporary, marker)
     snapshot_file.fsync_directory(str(directory))
+
+
+def has_state(directory: Path) -> bool:
+    """True when the directory holds anything of a replica (marker, journal, snapshot)."""
+    return any((directory / name).exists() for name in (MARKER_FILE, "journal", "snapshot"))
 
 
 def check_marker(directory: Path, group: int, node_id: str, *, member: bool,
@@ -146,11 +152,14 @@ def check_log_covers(directory: str, group: int, journal_first_index: int,
             directory, f"the snapshot of {name} is missing: the journal starts at log index "
             f"{journal_first_index} (compacted), so the state before it existed only in the "
             "snapshot")
-    if snapshot is not None and snapshot_index < journal_first_index:
+    if snapshot is not None and journal_last_index > snapshot_index and (
+            journal_first_index > int(snapshot.prev_entry[1])):
+        # The journal must go on from the snapshot's last two entries (the loader finds
+        # them there), or lie wholly behind it (then the snapshot replaces it).
         raise ReplicaStateMissing(
             directory, f"the snapshot of {name} ends at log index {snapshot_index} but the "
-            f"journal starts at {journal_first_index}: the entries between them are lost (an "
-            "older snapshot was put back)")
+            f"journal starts at {journal_first_index}, after the snapshot's previous entry: "
+            "the two do not join up (an older snapshot was put back, or entries are lost)")
     reached_index = max(journal_last_index, snapshot_index)
     if commit_index > reached_index:
         raise ReplicaStateMissing(

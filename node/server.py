@@ -39,7 +39,7 @@ from node.api import DEDUP_WINDOW_S
 from node.archive import ArchiveCorrupt
 from node.archive_seed import ArchiveSeeder
 from node.auth import AccessPolicy, AuthInterceptor, node_client_credentials, server_credentials
-from node.cluster_map import ADDING, JOINING, META, ClusterMap, bootstrap_map
+from node.cluster_map import ADDING, JOINING, LEAVING, META, ClusterMap, bootstrap_map
 from node.config import ClusterConfig, ConfigError, load_cluster_config
 from node.host import SERVER_OPTIONS, NodeHost
 from node.journal import JournalCorrupt
@@ -82,21 +82,27 @@ class StartRefused(Exception):
 
 
 def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstrap: bool,
-                   join: bool = False) -> str:
-    """Bind the data dir to this node id; the node's incarnation (a new one per data dir).
+                   join: bool = False) -> tuple[str, bool]:
+    """Bind the data dir to this node id: (its incarnation, whether its first start is open).
 
     `bootstrap` (a new cluster) and `join` (a node registered with `walletctl node
     add`) both need an EMPTY data dir and write its identity file; a plain start
     needs one. The incarnation lets the cluster map refuse a node whose data dir
-    was lost and that comes back under its old id.
+    was lost and that comes back under its old id. The identity says
+    `"initialised": false` until the first start has created the node's replicas
+    (`mark_initialised`): until then the node has voted for nothing and
+    acknowledged nothing, so a first start cut short may be retried and creates
+    its replicas afresh; after it, `--bootstrap` is refused.
     """
     identity_path = data_dir / IDENTITY_FILE
-    if identity_path.exists() and bootstrap:
-        raise StartRefused(
-            f"--bootstrap creates a NEW cluster and needs an empty data dir; {data_dir} already "
-            "belongs to a node (its identity file exists). Start it without --bootstrap")
     if identity_path.exists():
         identity = json.loads(identity_path.read_text(encoding="utf-8"))
+        first_start_open = identity.get("initialised") is False
+        if bootstrap and not first_start_open:
+            raise StartRefused(
+                f"--bootstrap creates a NEW cluster and needs an empty data dir; {data_dir} "
+                "already belongs to a node that has started (its identity file exists). Start "
+                "it without --bootstrap")
         if identity.get("node_id") != node_id or identity.get("cluster") != config.name:
             raise StartRefused(
                 f"data dir {data_dir} belongs to node {identity.get('node_id')!r} of cluster "
@@ -104,7 +110,7 @@ def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstra
         if "incarnation" not in identity:  # a data dir from before incarnations
             identity["incarnation"] = uuid.uuid4().hex
             _write_identity(data_dir, identity)
-        return str(identity["incarnation"])
+        return str(identity["incarnation"]), first_start_open
     if not (bootstrap or join):
         raise StartRefused(
             f"data dir {data_dir} has no RaftWallet identity: this node has no log and no vote. "
@@ -118,8 +124,18 @@ def check_identity(data_dir: Path, config: ClusterConfig, node_id: str, bootstra
     data_dir.mkdir(parents=True, exist_ok=True)
     incarnation = uuid.uuid4().hex
     _write_identity(data_dir, {"cluster": config.name, "node_id": node_id,
-                               "incarnation": incarnation, "created_at": time.time()})
-    return incarnation
+                               "incarnation": incarnation, "created_at": time.time(),
+                               "initialised": False})
+    return incarnation, True
+
+
+def mark_initialised(data_dir: Path) -> None:
+    """The node's first start created its replicas: from now on they must keep their state."""
+    identity_path = data_dir / IDENTITY_FILE
+    identity = json.loads(identity_path.read_text(encoding="utf-8"))
+    if identity.get("initialised") is False:
+        identity["initialised"] = True
+        _write_identity(data_dir, identity)
 
 
 def _write_identity(data_dir: Path, identity: dict[str, object]) -> None:
@@ -215,14 +231,23 @@ class NodeGroupFactory:
     """True only while a bootstrap creates the node's first replicas (no state expected)."""
 
     def create(self, group: int, cluster_map: ClusterMap, joining: bool
-               ) -> PartitionReplica | MetadataGroup:
+               ) -> PartitionReplica | MetadataGroup | None:
         """Open (or initialise) this node's replica of `group`.
 
         Raises ReplicaStateMissing when the map makes this node a voter of the
         group but the group's directory lost its state (node/replica_guard.py).
         """
         directory = self.data_dir / ("meta" if group == META else f"partition-{group}")
-        replica_guard.check_marker(directory, group, self.node_id, member=not joining,
+        slot = cluster_map.slot_of(group, self.node_id)
+        # Every slot but a JOINING one is a Raft member: a SEEDED one was added (it
+        # votes and acknowledges), a LEAVING one is still in the group.
+        member = slot is not None and slot.state != JOINING
+        if slot is not None and slot.state == LEAVING and not replica_guard.has_state(directory):
+            # An addition cancelled before this replica ever started: nothing to host.
+            log.info("not starting a leaving replica that never had state",
+                     extra={"group": group})
+            return None
+        replica_guard.check_marker(directory, group, self.node_id, member=member,
                                    initialising=self.initialising)
         address = cluster_map.raft_address(group, self.node_id)
         host, _, port = address.rpartition(":")
@@ -261,7 +286,7 @@ def build_groups(cluster_map: ClusterMap, factory: NodeGroupFactory
         created = factory.create(group, cluster_map, joining=slot.state in ADDING)
         if isinstance(created, MetadataGroup):
             meta = created
-        else:
+        elif created is not None:
             replicas[group] = created
     return replicas, meta
 
@@ -473,7 +498,8 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         # Otherwise the node may be one added later (`node add`): the cluster map, not
         # the bootstrap file, says whether it belongs (initial_map below).
         data_dir_lock_fd = lock_data_dir(data_dir)  # noqa: F841 (held until the process ends)
-        incarnation = check_identity(data_dir, config, node_id, bootstrap, join)
+        incarnation, first_start_open = check_identity(data_dir, config, node_id, bootstrap,
+                                                      join)
         cache = MapCache(data_dir / MAP_FILE, initial_map(
             config, node_id, data_dir, incarnation, node_client_credentials(config), join))
         cache.save()
@@ -483,8 +509,9 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         raft_wire.install()
         fail_stop.halt_on_storage_failure()
         factory = NodeGroupFactory(node_id, data_dir, config.secret or None, settings,
-                                   raft_bind_port_offset, initialising=bootstrap)
+                                   raft_bind_port_offset, initialising=first_start_open)
         groups = build_groups(cache.current, factory)
+        mark_initialised(data_dir)  # before any replica starts (they start in _serve)
         factory = dataclasses.replace(factory, initialising=False)
     except (ConfigError, KeyError, StartRefused, JournalCorrupt, ArchiveCorrupt,
             snapshot_file.SnapshotFileCorrupt, MapFileCorrupt, ReplicaStateMissing) as exc:

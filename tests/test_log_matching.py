@@ -122,3 +122,30 @@ def test_replacing_an_applied_entry_stops_the_follower(patched: tuple[SyncObj, A
     with pytest.raises(LogMatchingViolated, match="already applied"):
         receive(obj, leader, append(2, TERM, [entry(3, newer, b"-new")], commit_index=3,
                                     term=newer))
+
+
+def snapshot_chunk(commit_index: int, term: int) -> dict[str, Any]:
+    """The first of several chunks of a snapshot: AppendEntries without prevLogIdx."""
+    return {"type": "append_entries", "term": term, "commit_index": commit_index,
+            "serialized": (b"chunk", True, False)}
+
+
+def test_a_snapshot_chunk_commits_nothing_of_the_followers_own_unconfirmed_tail(
+    patched: tuple[SyncObj, Any],
+) -> None:
+    obj, leader = patched
+    # Entries 2-4 of term 1 never committed (a deposed leader's tail, say) ...
+    receive(obj, leader, append(1, 0, [entry(2), entry(3), entry(4)], commit_index=1))
+    # ... and the new leader (term 2), far ahead, starts sending its snapshot.
+    receive(obj, leader, snapshot_chunk(commit_index=100, term=2))
+    assert obj.raftCommitIndex == 1, "the leader vouched for none of entries 2-4"
+
+
+def test_plain_pysyncobj_commits_the_unconfirmed_tail_on_a_snapshot_chunk() -> None:
+    obj, leader = follower(SyncObj)
+    try:
+        receive(obj, leader, append(1, 0, [entry(2), entry(3), entry(4)], commit_index=1))
+        receive(obj, leader, snapshot_chunk(commit_index=100, term=2))
+        assert obj.raftCommitIndex == 4  # the bug LogMatchingSyncObj fixes
+    finally:
+        obj.destroy()

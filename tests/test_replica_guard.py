@@ -7,13 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from node.cluster_map import LEAVING, SEEDED, VOTER, ClusterMap, Slot, SlotState
+from node.config import NodeConfig, local_cluster_config
+from node.replica import RaftSettings
 from node.replica_guard import (
     MARKER_FILE,
     ReplicaStateMissing,
     check_log_covers,
     check_marker,
 )
+from node.server import NodeGroupFactory, StartRefused, check_identity, mark_initialised
 from node.snapshot_file import RaftMeta
+from tests.cluster_harness import allocate_ports
 
 
 def snapshot_at(index: int) -> RaftMeta:
@@ -87,8 +92,14 @@ def test_a_compacted_journal_without_its_snapshot_refuses() -> None:
 
 
 def test_a_snapshot_older_than_the_journal_start_refuses() -> None:
-    with pytest.raises(ReplicaStateMissing, match="entries between them are lost"):
+    with pytest.raises(ReplicaStateMissing, match="do not join up"):
         check_log_covers("d", 0, 40, 50, snapshot_at(30), 45)
+
+
+def test_a_journal_starting_at_the_snapshots_last_entry_refuses_its_loader_needs_the_one_before(
+) -> None:
+    with pytest.raises(ReplicaStateMissing, match="do not join up"):
+        check_log_covers("d", 0, 40, 50, snapshot_at(40), 45)
 
 
 def test_a_snapshot_that_meets_the_compacted_journal_is_accepted() -> None:
@@ -116,3 +127,53 @@ def test_an_emptied_journal_below_its_stored_commit_index_refuses() -> None:
 
 def test_an_emptied_journal_whose_snapshot_covers_the_commit_index_is_accepted() -> None:
     check_log_covers("d", 0, 1, 1, snapshot_at(40), 0, commit_index=30)
+
+
+# -- which slots of the cluster map are members ------------------------------------
+
+
+def one_group_map(state: SlotState) -> ClusterMap:
+    nodes = tuple(NodeConfig(f"n{i}", "127.0.0.1", 7000 + i, 8000 + 10 * i) for i in (1, 2))
+    slots = (Slot("n1", state), Slot("n2"))
+    return ClusterMap(version=3, name="t", partition_count=1, nodes=nodes,
+                      groups=(slots, (Slot("n2"),)))
+
+
+def factory(tmp_path: Path) -> NodeGroupFactory:
+    return NodeGroupFactory("n1", tmp_path, None, RaftSettings())
+
+
+@pytest.mark.parametrize("state", [SEEDED, VOTER])
+def test_a_seeded_or_voter_slot_whose_directory_is_gone_refuses(
+    tmp_path: Path, state: SlotState,
+) -> None:
+    """A SEEDED replica was added to its Raft group: it votes and acknowledges."""
+    with pytest.raises(ReplicaStateMissing, match="voter of partition 0"):
+        factory(tmp_path).create(0, one_group_map(state), joining=state == SEEDED)
+
+
+def test_a_leaving_slot_without_replica_state_is_not_hosted(tmp_path: Path) -> None:
+    """An addition cancelled before its replica ever started leaves a LEAVING slot; one
+    whose state was lost is not started either: it would vote with nothing, and it is
+    on its way out of the group."""
+    assert factory(tmp_path).create(0, one_group_map(LEAVING), joining=False) is None
+    assert not (tmp_path / "partition-0").exists()
+
+
+# -- the node's first start --------------------------------------------------------
+
+
+def test_a_first_start_cut_short_may_be_retried_and_a_completed_one_refuses_bootstrap(
+    tmp_path: Path,
+) -> None:
+    config = local_cluster_config("t", 3, 2, allocate_ports)
+    data_dir = tmp_path / "n1"
+    incarnation, first_start_open = check_identity(data_dir, config, "n1", bootstrap=True)
+    assert first_start_open
+    # A crash before the replicas were created: the same start may run again, with the flag.
+    assert check_identity(data_dir, config, "n1", bootstrap=True) == (incarnation, True)
+    assert check_identity(data_dir, config, "n1", bootstrap=False) == (incarnation, True)
+    mark_initialised(data_dir)
+    assert check_identity(data_dir, config, "n1", bootstrap=False) == (incarnation, False)
+    with pytest.raises(StartRefused, match="already belongs to a node that has started"):
+        check_identity(data_dir, config, "n1", bootstrap=True)
