@@ -529,6 +529,39 @@ class BenchCluster:
             raise BenchFailed("the cluster did not elect a leader for every partition in "
                               f"{LEADERS_TIMEOUT_S:.0f} s\n{self.log_tails()}")
 
+    def wait_serving(self) -> None:
+        """Every node answers and knows the leader of each partition it hosts.
+
+        Two of three nodes elect a leader: the third may still be starting when every
+        partition has one, and the accounts' setup or a run's first calls may go to it.
+        """
+        import grpc
+
+        from client.auth import open_channel
+        from node.auth import node_client_credentials
+        from proto.wallet.v1 import wallet_pb2 as pb
+        from proto.wallet.v1 import wallet_pb2_grpc
+
+        credentials = node_client_credentials(self.config)
+        deadline = time.monotonic() + LEADERS_TIMEOUT_S
+        waiting = [node.id for node in self.config.nodes]
+        while waiting:
+            self.check_alive()
+            for node_id in list(waiting):
+                with open_channel(self.config.node(node_id).grpc_address, credentials) as channel:
+                    try:
+                        view = wallet_pb2_grpc.AdminServiceStub(channel).ClusterStatus(
+                            pb.ClusterStatusRequest(local_only=True), timeout=5.0)
+                    except grpc.RpcError:
+                        continue  # still starting
+                if all(p.leader_node_id for p in view.partitions):
+                    waiting.remove(node_id)
+            if waiting and time.monotonic() >= deadline:
+                raise BenchFailed(f"nodes {waiting} not serving after {LEADERS_TIMEOUT_S:.0f} s"
+                                  f"\n{self.log_tails()}")
+            if waiting:
+                time.sleep(0.2)
+
     def check_alive(self) -> None:
         dead = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
         if dead:
@@ -890,6 +923,7 @@ def window_record(window: Window, duration_s: float, mix: str) -> dict[str, Any]
         "p999_ms": percentile(ordered, 0.999) * 1000,
         "max_ms": (ordered[-1] * 1000) if ordered else 0.0,
         "latency_samples": len(ordered),
+        "calls_total": calls_total,
         "failures": dict(failures),
         # Transfers answered PENDING (the node's wait reached the call's deadline) whose
         # outcome the load generator then learnt from GetTransfer.
@@ -1393,6 +1427,7 @@ def measure_cluster(args: argparse.Namespace, root: Path, partitions: int,
         print(f"cluster: {NODES} nodes x {partitions} partitions (3 replicas each, durable "
               f"journal) in {root}; node pids {cluster.pids()}", flush=True)
         cluster.wait_for_leaders()
+        cluster.wait_serving()
         cluster.wait_for_gateways()
         if cluster.http_addresses:
             print(f"http gateways: {cluster.http_addresses}", flush=True)
