@@ -31,28 +31,28 @@ lint: setup
 
 check: lint test
 
-## bench-core: applies per second of the ledger core, writes bench/results/core_apply.json
+## bench-core: applies per second of the ledger core, writes bench/results/local/core_apply.json (RECORD=1: the committed bench/results/core_apply.json)
 bench-core: setup
-	$(BIN)/python -m bench.core_apply
+	$(BIN)/python -m bench.core_apply $(if $(RECORD),--record,)
 
 .PHONY: bench bench-quick bench-replay bench-peers
 
-## bench-replay: replay speed of an archive of 1,000,000 transfers, against the code of REPLAY_BASELINE in the same run; writes bench/results/replay.json
+## bench-replay: replay speed of an archive of 1,000,000 transfers, against the code of REPLAY_BASELINE in the same run; writes bench/results/local/replay.json (RECORD=1: bench/results/replay.json)
 REPLAY_BASELINE ?= 198bb9c
 bench-replay: setup
-	$(BIN)/python -m bench.replay --baseline-rev $(REPLAY_BASELINE)
+	$(BIN)/python -m bench.replay --baseline-rev $(REPLAY_BASELINE) $(if $(RECORD),--record,)
 
-## bench: committed transfers/s of a local 3-node cluster: closed and open loop, intra/uniform/zipf mixes, the load generator's ceiling, scaling over 1/2/4/8 partitions (~15 min); writes bench/results/tps.json, tps-scaling.png, tps-latency.png
+## bench: committed transfers/s of a local 3-node cluster: closed and open loop, intra/uniform/zipf mixes, the load generator's ceiling, scaling over 1/2/4/8 partitions (~15 min); writes bench/results/local/tps.json, tps-scaling.png, tps-latency.png (RECORD=1: the committed ones in bench/results/)
 bench: setup
-	$(BIN)/python -m bench.tps
+	$(BIN)/python -m bench.tps $(if $(RECORD),--record,)
 
-## bench-quick: the same in under 2 minutes (1 run of 2 s, 2-point sweep, no scaling curve); writes bench/results/tps-quick.json
+## bench-quick: the same in under 2 minutes (1 run of 2 s, 2-point sweep, no scaling curve); writes bench/results/local/tps-quick.json, tps-quick-latency.png (RECORD=1: in bench/results/)
 bench-quick: setup
-	$(BIN)/python -m bench.tps --quick
+	$(BIN)/python -m bench.tps --quick $(if $(RECORD),--record,)
 
-## bench-peers: the same transfer workload against PostgreSQL (durable, then synchronous_commit=off) and a local 3-node cluster; writes bench/results/peers.json
+## bench-peers: the same transfer workload against PostgreSQL (durable, then synchronous_commit=off) and a local 3-node cluster; writes bench/results/local/peers.json (RECORD=1: bench/results/peers.json)
 bench-peers: setup
-	$(BIN)/python -m bench.peers.run
+	$(BIN)/python -m bench.peers.run $(if $(RECORD),--record,)
 
 .PHONY: chaos
 DURATION ?= 600

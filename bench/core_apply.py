@@ -2,7 +2,8 @@
 
 Measures decode + apply of pre-encoded log entries (what every replica does
 for every committed entry), for entries of one transfer and of 1,000
-transfers, as the median of several runs. Writes bench/results/core_apply.json.
+transfers, as the median of several runs. Writes bench/results/local/core_apply.json
+(the committed record bench/results/core_apply.json with --record; bench/outputs.py).
 
     make bench-core            # or: python -m bench.core_apply --runs 5
 """
@@ -14,15 +15,15 @@ import json
 import random
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.environment import describe
+from bench.outputs import add_output_options, resolve_output
 from ledger import commands as c
 from ledger.codec import decode_entry, encode_entry
 from ledger.state import StateMachine
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "core_apply.json"
+RESULTS_NAME = "core_apply.json"
 
 
 def funded_state(accounts: int) -> tuple[StateMachine, list[str]]:
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-transfers", type=int, default=50_000)
     parser.add_argument("--batch-transfers", type=int, default=300_000)
     parser.add_argument("--batch-size", type=int, default=1_000)
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    add_output_options(parser, RESULTS_NAME)
     args = parser.parse_args(argv)
+    args.output = resolve_output(args, RESULTS_NAME)
 
     figures: dict[str, list[dict[str, float]]] = {"single": [], "batch": []}
     for run in range(args.runs):

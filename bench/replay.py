@@ -25,7 +25,8 @@ shared machine the ratio of their medians is the figure to trust.
 Transfers/s divide the transfers by the whole time, which also includes the
 setup entries (accounts created and funded: 2 commands per account).
 
-Every run must reach the live state hash. Writes bench/results/replay.json.
+Every run must reach the live state hash. Writes bench/results/local/replay.json (the
+committed record bench/results/replay.json with --record; bench/outputs.py).
 
     python -m bench.replay                      # 1,000,000 transfers in a temp dir
     python -m bench.replay --archive /tmp/arch  # generate once, reuse afterwards
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.environment import describe
+from bench.outputs import add_output_options, resolve_output
 from ledger import commands as c
 from ledger.codec import decode_entry, encode_entry, parse_entry
 from ledger.results_codec import encode_results
@@ -57,7 +59,7 @@ from ledger.state import StateMachine
 from node.archive import EventArchive, read_archive
 from node.replay_cli import Bound, paused_cyclic_gc, replay_partition
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "replay.json"
+RESULTS_NAME = "replay.json"
 META_NAME = "bench-replay.json"
 """Written next to the segments: what the archive holds and the live state hash to reach."""
 PARTITION = 0
@@ -237,11 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    add_output_options(parser, RESULTS_NAME)
     parser.add_argument("--baseline-rev", metavar="REV",
                         help="also time the replay of commit REV's code against the current "
                         "code, each in a fresh process, alternately (e.g. 198bb9c)")
     args = parser.parse_args(argv)
+    args.output = resolve_output(args, RESULTS_NAME)
 
     with tempfile.TemporaryDirectory(prefix="raftwallet-replay-") as scratch:
         directory, meta = _load_or_generate(args.archive, args, scratch)

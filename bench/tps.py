@@ -45,9 +45,9 @@ the harness was the limit; add `--client-processes`).
 Scaling curve (`--scaling`, on by default in the full run: without --workloads and
 --quick): the `--scaling-workloads` (default unary,batch1000) again on fresh
 clusters of each of `--scaling-partitions` (default 1,2,4,8; the `--partitions`
-cluster's results are reused), plotted to bench/results/tps-scaling.png (one line per workload); the
-open-loop records are plotted to bench/results/tps-latency.png (p50 and p99 against
-offered load). The PNGs are named after `--output` (tps.json -> tps-scaling.png).
+cluster's results are reused), plotted to tps-scaling.png (one line per workload); the
+open-loop records are plotted to tps-latency.png (p50 and p99 against offered load).
+The PNGs go next to the results file, named after it (tps.json -> tps-scaling.png).
 
 Every record reports failures by reason (the ledger's reason, else the gRPC status
 name), p50/p99/p999 of the time to final outcome, the nodes' CPU per committed
@@ -108,20 +108,21 @@ in flight (ClusterStatus `outbox_depth` 0 everywhere), then reads the balances
 of all accounts back (linearizable reads): their sum must equal the sum
 deposited, and every replica of every partition must reach the same position
 and state hash. Otherwise the benchmark has failed and exits 1. Results go to
-bench/results/tps.json (`--output`).
+bench/results/local/tps.json (ignored by git), or to the committed record
+bench/results/tps.json with `--record` (`make bench RECORD=1`), or to `--output`.
 
     make bench          # 3 runs of 10 s per workload, sweep, ceiling, scaling: ~15 min (estimate)
     make bench-quick    # 1 run of 2 s per workload, no scaling: under 2 minutes
-                        # (writes bench/results/tps-quick.json)
+                        # (writes bench/results/local/tps-quick.json)
     python -m bench.tps --workloads open-unary --rate 500 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads zipf-unary --zipf-s 1.3 --runs 1 --output /tmp/t.json
     python -m bench.tps --scaling --workloads unary,batch1000 --output /tmp/t.json
     python -m bench.tps --workloads unary --callers 128 --runs 1 --output /tmp/t.json
     python -m bench.tps --workloads cross-batch1000 --runs 1 --output /tmp/t.json
-    python -m bench.tps --workloads unary,http-unary --runs 3 --output bench/results/tps-http.json
+    python -m bench.tps --workloads unary,http-unary --runs 3 --output /tmp/tps-http.json
     python -m bench.tps --config cluster-configs/local-3node.toml --workloads unary,batch1000
     python -m bench.tps --target 127.0.0.1:7101 --workloads unary --no-ceiling --runs 1
-    python -m bench.tps --workloads batch1000 --runs 1 --profile bench/results/profiles
+    python -m bench.tps --workloads batch1000 --runs 1 --profile bench/results/local/profiles
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import loadgen
+from bench import loadgen, outputs
 from bench.environment import describe
 from bench.profiler import FlameGraphs, py_spy_path, record_seconds
 from bench.running_cluster import RunningCluster, TargetUnavailable, parse_address
@@ -159,9 +160,8 @@ from client.auth import NO_CREDENTIALS, Credentials, credentials_from_environmen
 from client.sdk import normalize_targets
 from ledger.routing import partition_of
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-RESULTS_PATH = RESULTS_DIR / "tps.json"
-QUICK_RESULTS_PATH = RESULTS_DIR / "tps-quick.json"
+RESULTS_NAME = "tps.json"
+QUICK_RESULTS_NAME = "tps-quick.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -312,9 +312,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="parent of the temporary cluster directory (default: $TMPDIR)")
     parser.add_argument("--keep-data", action="store_true",
                         help="keep the cluster directory (logs, journals) after the run")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON results (default bench/results/tps.json; "
-                             "bench/results/tps-quick.json with --quick)")
+    outputs.add_output_options(parser, f"{RESULTS_NAME} ({QUICK_RESULTS_NAME} with --quick)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="short version (under 2 minutes): 1 run of 2 s per workload, "
@@ -329,8 +327,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.warmup_s = 0.5 if quick else 1.0
     if args.runs is None:
         args.runs = 1 if quick else 3
-    if args.output is None:
-        args.output = QUICK_RESULTS_PATH if quick else RESULTS_PATH
+    args.output = outputs.resolve_output(args, QUICK_RESULTS_NAME if quick else RESULTS_NAME)
     full_run = args.workloads is None and not quick
     _parse_target(parser, args)
     default_workloads = DEFAULT_WORKLOADS
@@ -528,6 +525,39 @@ class BenchCluster:
         if not wait_for_leaders(self.config, LEADERS_TIMEOUT_S, list(self.processes.values())):
             raise BenchFailed("the cluster did not elect a leader for every partition in "
                               f"{LEADERS_TIMEOUT_S:.0f} s\n{self.log_tails()}")
+
+    def wait_serving(self) -> None:
+        """Every node answers and knows the leader of each partition it hosts.
+
+        Two of three nodes elect a leader: the third may still be starting when every
+        partition has one, and the accounts' setup or a run's first calls may go to it.
+        """
+        import grpc
+
+        from client.auth import open_channel
+        from node.auth import node_client_credentials
+        from proto.wallet.v1 import wallet_pb2 as pb
+        from proto.wallet.v1 import wallet_pb2_grpc
+
+        credentials = node_client_credentials(self.config)
+        deadline = time.monotonic() + LEADERS_TIMEOUT_S
+        waiting = [node.id for node in self.config.nodes]
+        while waiting:
+            self.check_alive()
+            for node_id in list(waiting):
+                with open_channel(self.config.node(node_id).grpc_address, credentials) as channel:
+                    try:
+                        view = wallet_pb2_grpc.AdminServiceStub(channel).ClusterStatus(
+                            pb.ClusterStatusRequest(local_only=True), timeout=5.0)
+                    except grpc.RpcError:
+                        continue  # still starting
+                if all(p.leader_node_id for p in view.partitions):
+                    waiting.remove(node_id)
+            if waiting and time.monotonic() >= deadline:
+                raise BenchFailed(f"nodes {waiting} not serving after {LEADERS_TIMEOUT_S:.0f} s"
+                                  f"\n{self.log_tails()}")
+            if waiting:
+                time.sleep(0.2)
 
     def check_alive(self) -> None:
         dead = {n: p.returncode for n, p in self.processes.items() if p.poll() is not None}
@@ -890,6 +920,7 @@ def window_record(window: Window, duration_s: float, mix: str) -> dict[str, Any]
         "p999_ms": percentile(ordered, 0.999) * 1000,
         "max_ms": (ordered[-1] * 1000) if ordered else 0.0,
         "latency_samples": len(ordered),
+        "calls_total": calls_total,
         "failures": dict(failures),
         # Transfers answered PENDING (the node's wait reached the call's deadline) whose
         # outcome the load generator then learnt from GetTransfer.
@@ -1393,6 +1424,7 @@ def measure_cluster(args: argparse.Namespace, root: Path, partitions: int,
         print(f"cluster: {NODES} nodes x {partitions} partitions (3 replicas each, durable "
               f"journal) in {root}; node pids {cluster.pids()}", flush=True)
         cluster.wait_for_leaders()
+        cluster.wait_serving()
         cluster.wait_for_gateways()
         if cluster.http_addresses:
             print(f"http gateways: {cluster.http_addresses}", flush=True)

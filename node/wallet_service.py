@@ -184,6 +184,12 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             found = replica.state.balance(account_id)
         return None if found is None else found.balance_minor
 
+    def _local_currency(self, partition: int, account_id: str) -> str | None:
+        replica = self.host.replicas[partition]
+        with replica.lock:
+            found = replica.state.balance(account_id)
+        return None if found is None else found.currency
+
     # -- transfers -------------------------------------------------------------------
 
     def _transfer_command(
@@ -290,12 +296,14 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                         "the debit was compensated, the transfer is FAILED and nothing moved")
             debit_refusals = {
                 Code.ACCOUNT_NOT_FOUND: f"from_account {command.from_account!r} does not exist",
-                Code.CURRENCY_MISMATCH: f"currency {command.currency} does not match the "
-                                        f"currency of from_account {command.from_account!r}",
+                Code.CURRENCY_MISMATCH: self._currency_message(
+                    partition, command, ("from_account",)),
                 Code.ACCOUNT_CLOSED: f"from_account {command.from_account!r} is closed",
             }
             if code in debit_refusals:
                 return debit_refusals[code]
+        elif code is Code.CURRENCY_MISMATCH:
+            return self._currency_message(partition, command, ("from_account", "to_account"))
         elif code is Code.ACCOUNT_NOT_FOUND:
             missing = [f"{field} {name!r}" for field, name in
                        (("from_account", command.from_account),
@@ -307,14 +315,28 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         messages = {
             Code.INSUFFICIENT_FUNDS: f"from_account {command.from_account!r} has insufficient "
                                      "funds (this outcome is recorded for the transaction_id)",
-            Code.CURRENCY_MISMATCH: f"currency {command.currency} does not match the currency "
-                                    "of from_account or to_account",
             Code.ACCOUNT_CLOSED: "from_account or to_account is closed",
             Code.ID_CONFLICT: "transaction_id was already used by from_account with other "
                               "content (to_account, amount or currency)",
             Code.ABORTED: "transaction_id was aborted earlier; use a new transaction_id",
         }
         return messages.get(code, code.name)
+
+    def _currency_message(self, partition: int, command: c.Transfer | c.DebitForTransfer,
+                          fields: tuple[str, ...]) -> str:
+        """A CURRENCY_MISMATCH refused by this partition: which of `fields` (accounts it
+        holds) is in which currency. The ledger refused the command before moving any
+        money and recorded nothing (the transfer stays unknown under its id)."""
+        wrong = []
+        for field in fields:
+            account_id = getattr(command, field)
+            currency = self._local_currency(partition, account_id)
+            if currency is not None and currency != command.currency:
+                wrong.append(f"{field} {account_id!r} is in currency {currency}")
+        if not wrong:
+            return (f"currency {command.currency} does not match the currency of "
+                    f"{' or '.join(fields)}; nothing moved")
+        return f"{' and '.join(wrong)}, not {command.currency}; nothing moved"
 
     def _credit_refused(self, partition: int, command: c.DebitForTransfer, code: Code) -> bool:
         """Whether `code` is the destination's refusal of this transfer's credit."""

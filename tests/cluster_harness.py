@@ -61,12 +61,24 @@ def allocate_ports(count: int) -> int:
 
 def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S,
                period_s: float = 0.1) -> None:
+    """Poll `condition` until it holds, at most `timeout_s`.
+
+    A call in `condition` answered with a retryable gRPC status (a node still starting,
+    busy or going away) counts as "not yet", like False: the last such answer is named
+    if the wait times out. Any other error fails the wait at once.
+    """
     deadline = time.monotonic() + timeout_s
+    last_error = ""
     while time.monotonic() < deadline:
-        if condition():
-            return
+        try:
+            if condition():
+                return
+        except grpc.RpcError as exc:
+            if exc.code() not in RETRYABLE:
+                raise
+            last_error = f" (last answer: {exc.code().name} {exc.details()})"
         time.sleep(period_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{last_error}")
 
 
 class LocalCluster:
@@ -101,8 +113,25 @@ class LocalCluster:
         for node in self.config.nodes:
             self.start(node.id, bootstrap=bootstrap)
         self.wait_for_leaders()
-        wait_until(lambda: set(self.local_views()) == {n.id for n in self.config.nodes},
-                   "every node to serve")
+        self.wait_serving(*(n.id for n in self.config.nodes))
+
+    def wait_serving(self, *node_ids: str, timeout_s: float = WAIT_S) -> None:
+        """Return once each of `node_ids` answers and knows the leader of every partition
+        it hosts. A node just (re)started is not serving yet although the others may have
+        a leader for everything: a test that uses a node it started waits for this first."""
+        def serving() -> bool:
+            for node_id in node_ids:
+                process = self.processes[node_id]
+                if process.poll() is not None:
+                    raise AssertionError(f"node {node_id} exited with {process.returncode}:\n"
+                                         + self.log(node_id)[-3000:])
+                view = self.admin(node_id).ClusterStatus(
+                    pb.ClusterStatusRequest(local_only=True), timeout=5)
+                if not all(p.leader_node_id for p in view.partitions):
+                    return False
+            return True
+
+        wait_until(serving, f"{', '.join(node_ids)} to serve", timeout_s)
 
     def log(self, node_id: str) -> str:
         path = self.root / "data" / f"{node_id}.log"

@@ -316,6 +316,7 @@ def join_n4(cluster: LocalCluster) -> None:
                "the cluster map to be bootstrapped (every node's first start recorded)")
     register_node(cluster, "n4")
     cluster.start("n4", extra_args=("--join",))
+    cluster.wait_serving("n4")
 
 
 def add_replica_on_n4(cluster: LocalCluster, partition: int) -> None:
@@ -360,6 +361,7 @@ def test_a_seeded_archive_is_byte_identical_and_survives_a_restart(
     # A plain start needs the node in the cluster file (as an operator would add it).
     cluster.config_path.write_text(dump_cluster_config(cluster.config), encoding="utf-8")
     cluster.start("n4")
+    cluster.wait_serving("n4")
     wait_until(lambda: history_on(cluster, "n4", payer) == sent,
                "the restarted n4 to serve the whole history")
     assert replay_matches(cluster, "n4", 1)

@@ -118,6 +118,7 @@ def paused(cluster: LocalCluster, node_ids: tuple[str, ...]) -> Iterator[None]:
         for node_id in stopped:
             cluster.processes[node_id].send_signal(signal.SIGCONT)
     cluster.wait_for_leaders()
+    cluster.wait_serving(*stopped)  # the next scene may ask a resumed node first
 
 
 def addresses(cluster: LocalCluster, first: str | None = None) -> list[str]:

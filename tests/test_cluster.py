@@ -347,6 +347,59 @@ def test_a_credit_refused_across_partitions_still_names_the_to_account(
             f"to_account {ghost!r} on partition 1 refused the credit (ACCOUNT_NOT_FOUND)")
 
 
+# -- issue #19: refusals name their cause ------------------------------------------------
+
+
+@pytest.mark.parametrize("partition", [0, 1], ids=["same-partition", "cross-partition"])
+def test_a_transfer_in_another_currency_than_the_source_says_so_and_that_nothing_moved(
+    cluster: LocalCluster, funded: tuple[str, str, str], partition: int,
+) -> None:
+    alice, _, _ = funded  # USD, on partition 0
+    (euros,) = accounts_on(partition, 1, f"euros-{partition}")
+    cluster.wallet("n1").CreateAccount(pb.CreateAccountRequest(
+        account_id=euros, currency="EUR", request_id=new_id()), timeout=30)
+    request = transfer(alice, euros, currency="EUR")
+    before = balance(cluster, alice)
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n2").Transfer(request, timeout=30)
+    assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert excinfo.value.details() == (
+        f"from_account {alice!r} is in currency USD, not EUR; nothing moved")
+    assert (balance(cluster, alice), balance(cluster, euros)) == (before, "0.00")
+    with pytest.raises(grpc.RpcError) as unknown:  # nothing recorded: no compensation
+        cluster.wallet("n3").GetTransfer(pb.GetTransferRequest(
+            from_account=alice, transaction_id=request.transaction_id), timeout=30)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_same_partition_transfer_names_each_account_in_another_currency(
+    cluster: LocalCluster, funded: tuple[str, str, str],
+) -> None:
+    alice, _, yen = funded
+    with pytest.raises(grpc.RpcError) as excinfo:
+        cluster.wallet("n1").Transfer(transfer(yen, alice, amount="1"), timeout=30)
+    assert excinfo.value.details() == (
+        f"from_account {yen!r} is in currency JPY, not USD; nothing moved")
+    with pytest.raises(grpc.RpcError) as both:
+        cluster.wallet("n1").Transfer(transfer(alice, yen, currency="EUR"), timeout=30)
+    assert both.value.details() == (f"from_account {alice!r} is in currency USD and to_account "
+                                    f"{yen!r} is in currency JPY, not EUR; nothing moved")
+
+
+def test_walletctl_transfer_from_an_unknown_account_names_only_it_across_partitions(
+    cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from client.cli import main as walletctl
+
+    (ghost,) = accounts_on(0, 1, "nobody-ctl")
+    far = far_account(cluster, "alice-ctl")
+    assert walletctl(["--config", str(cluster.config_path), "transfer", ghost, far, "1.00",
+                      "--currency", "USD"]) == 1
+    error = capsys.readouterr().err
+    assert f"from_account {ghost!r} does not exist" in error, error
+    assert far not in error
+
+
 @pytest.mark.parametrize("call", ["Transfer", "Deposit", "CreateAccount"])
 def test_the_nil_uuid_is_refused_as_the_id_of_a_write(
     cluster: LocalCluster, funded: tuple[str, str, str], call: str,

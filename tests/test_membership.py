@@ -89,6 +89,7 @@ def test_a_new_node_takes_over_an_old_one_while_transfers_flow(cluster: LocalClu
     payer, payee = open_funded_pair(cluster, 0, "move")
     register_node(cluster, "n4")
     cluster.start("n4", extra_args=("--join",))
+    cluster.wait_serving("n4")
     with TransferStream(cluster, payer, payee) as stream:
         stream.wait_for(5)
         for partition in range(PARTITIONS):
@@ -207,6 +208,7 @@ def test_replicas_agree_after_a_replica_moves(cluster: LocalCluster) -> None:
     payer, payee = open_funded_pair(cluster, 1, "agree")
     register_node(cluster, "n4")
     cluster.start("n4", extra_args=("--join",))
+    cluster.wait_serving("n4")
     for _ in range(3):
         call_until_done(cluster, "Transfer", pb.TransferRequest(
             from_account=payer, to_account=payee, amount="1.00", currency="USD",
@@ -228,6 +230,7 @@ def test_a_node_whose_disk_was_lost_is_replaced_under_a_new_id(cluster: LocalClu
     # The runbook: a new id for the new disk, its replicas added, the lost ones removed.
     register_node(cluster, "n5")
     cluster.start("n5", extra_args=("--join",))
+    cluster.wait_serving("n5")
     for partition in range(PARTITIONS):
         for args in (("add", "--partition", str(partition), "--node", "n5"),
                      ("remove", "--partition", str(partition), "--node", "n3")):

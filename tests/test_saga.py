@@ -291,6 +291,7 @@ def test_a_bank_workload_survives_killing_the_destination_then_the_source_leader
         cluster.kill(first)
         traffic.wait_for(len(traffic.succeeded) + 20)
         cluster.start(first)
+        cluster.wait_serving(first)  # it must hold partition 1's majority once `second` dies
         second = cluster.leader_of(0)
         check_money_mid_run(cluster)
         cluster.kill(second)

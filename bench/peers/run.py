@@ -33,7 +33,8 @@ PostgreSQL is a throwaway instance (bench.peers.postgres) in a temporary
 directory, on 127.0.0.1 and a free port, stopped and removed at the end; as
 root it runs as the user `nobody`. Nothing is installed: without PostgreSQL's
 server binaries this exits 2 and says how to install them. Results go to
-bench/results/peers.json (bench/results/peers-quick.json with --quick).
+bench/results/local/peers.json (peers-quick.json with --quick; ignored by git), to
+the committed record bench/results/ with --record, or to --output.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import loadgen, tps
+from bench import loadgen, outputs, tps
 from bench.environment import describe
 from bench.peers import workload
 from bench.peers.pg_load import PgLoadFailed, PgWorkers
@@ -67,8 +68,8 @@ from bench.peers.postgres import (
 )
 from bench.peers.raftwallet import RaftWalletSide
 
-RESULTS_PATH = tps.RESULTS_DIR / "peers.json"
-QUICK_RESULTS_PATH = tps.RESULTS_DIR / "peers-quick.json"
+RESULTS_NAME = "peers.json"
+QUICK_RESULTS_NAME = "peers-quick.json"
 TARGET_RATIO = 2.0
 """Issue #7: RaftWallet at least 2x durable PostgreSQL (stored function, best client count)."""
 CONSOLE_WIDTH_NOT_TTY = 140
@@ -130,7 +131,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="parent of the temporary directories (default: $TMPDIR; must be "
                              "reachable by 'nobody' when run as root)")
-    parser.add_argument("--output", type=Path, default=None)
+    outputs.add_output_options(parser, f"{RESULTS_NAME} ({QUICK_RESULTS_NAME} with --quick)")
     args = parser.parse_args(argv)
     if args.duration_s is None:
         args.duration_s = 3.0 if args.quick else 10.0
@@ -138,8 +139,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.warmup_s = 0.5 if args.quick else 1.0
     if args.runs is None:
         args.runs = 1 if args.quick else 3
-    if args.output is None:
-        args.output = QUICK_RESULTS_PATH if args.quick else RESULTS_PATH
+    args.output = outputs.resolve_output(args, QUICK_RESULTS_NAME if args.quick
+                                         else RESULTS_NAME)
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.system_list or any(s not in SYSTEMS for s in args.system_list):
         parser.error(f"--systems: choose from {', '.join(SYSTEMS)}")
