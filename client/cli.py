@@ -1060,7 +1060,12 @@ def build_parser() -> argparse.ArgumentParser:
                  cmd_cluster_up,
                  "Start one node process per [[nodes]] entry of the cluster file --config, "
                  "with data under DIR/<node-id>, and wait until every partition has a leader "
-                 "(node.launcher).")
+                 "and every node answering on the file's ports is one this command started "
+                 "(node.launcher). Exit status: 0 ready; 1 no leader everywhere within 60 s "
+                 "(the nodes keep running); 2 usage, an invalid file, or a cluster already "
+                 "running from DIR; 3 a node it started exited (each node's reason from its "
+                 "log is printed, and the others are stopped), e.g. because another cluster "
+                 "holds the file's ports.")
     p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                    help="cluster TOML file (required)")
     p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",

@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pysyncobj import SyncObjException
 
 from client.auth import Credentials
 from ledger import commands as c
@@ -229,6 +230,19 @@ class NodeGroupFactory:
         bind_address = f"{host}:{int(port) + self.raft_bind_port_offset}"
         peers = [cluster_map.raft_address(group, slot.node_id)
                  for slot in cluster_map.slots(group) if slot.node_id != self.node_id]
+        try:
+            return self._open(group, directory, address, peers, bind_address, joining)
+        except SyncObjException as exc:
+            if exc.errorCode != "BindError":
+                raise
+            name = "the metadata group" if group == META else f"partition {group}"
+            raise StartRefused(
+                f"cannot bind the Raft port {bind_address} of {name}: it is in use (another "
+                "node, or another cluster started from the same cluster file, holds it)"
+            ) from None
+
+    def _open(self, group: int, directory: Path, address: str, peers: list[str],
+              bind_address: str, joining: bool) -> PartitionReplica | MetadataGroup:
         if group == META:
             meta = MetadataGroup(address, peers, bind_address, str(directory),
                                  self.secret, self.settings)
@@ -319,10 +333,14 @@ async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
     node = config.node(node_id)
     address = node.grpc_address
     tls_credentials = server_credentials(config)
-    bound_port = (server.add_insecure_port(address) if tls_credentials is None
-                  else server.add_secure_port(address, tls_credentials))
+    try:
+        bound_port = (server.add_insecure_port(address) if tls_credentials is None
+                      else server.add_secure_port(address, tls_credentials))
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        bound_port = 0
     if bound_port == 0:
-        raise StartRefused(f"cannot bind the gRPC port {address}")
+        raise StartRefused(f"cannot bind the gRPC port {address}: it is in use (another node, "
+                           "or another cluster started from the same cluster file, holds it)")
     metrics_server = None
     if node.metrics_port is not None:
         try:
@@ -502,6 +520,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
                                   ProposerSettings(), http_listen))
     except StartRefused as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
+        print(f"walletctl node start: {exc}", flush=True)
         return EXIT_REFUSED
     finally:
         for replica in host_replicas.values():
