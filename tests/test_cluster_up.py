@@ -92,3 +92,19 @@ def test_a_node_whose_raft_port_is_held_names_it_and_cluster_up_stops_the_others
     assert len(pids) == 3 and all(gone(p) for p in pids)
     assert '"ready": false' in done.stdout
 
+
+def test_cluster_up_then_down_with_the_global_options_after_the_command(tmp_path: Path) -> None:
+    config = local_cluster_config("updown", 3, 1, allocate_ports)
+    config_path = tmp_path / "cluster.toml"
+    config_path.write_text(dump_cluster_config(config), encoding="utf-8")
+    data_dir = tmp_path / "data"
+
+    up = walletctl("cluster", "up", "--data-dir", str(data_dir), "--config", str(config_path))
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert up.stdout.splitlines()[-1] == "every partition has a leader"
+    finally:
+        down = walletctl("cluster", "down", "--data-dir", str(data_dir),
+                         "--config", str(config_path), "--json")
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.strip() == '{"stopped": ["n1", "n2", "n3"]}'
