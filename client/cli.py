@@ -394,10 +394,15 @@ def cmd_balance(args: argparse.Namespace, out: Output) -> int:
                 consistency="stale" if args.stale else "linearizable",
                 min_position=args.min_position,
             )
+    if args.at is not None:
+        as_of = f"as of position {balance.position}, the last entry at or before --at"
+    elif balance.stale:
+        as_of = f"as of position {balance.position} of this replica, stale"
+    else:
+        as_of = f"as of position {balance.position}: this read's own barrier entry in the log"
     out.emit(
         balance_json(balance),
-        f"{balance.account_id}: {balance.balance} {balance.currency} "
-        f"(position {balance.position}{', stale' if balance.stale else ''})",
+        f"{balance.account_id}: {balance.balance} {balance.currency} ({as_of})",
     )
     return EXIT_OK
 
@@ -460,10 +465,21 @@ def cmd_route(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+STATUS_CAPTION = (
+    "raft commit counts Raft log entries, Raft's own included (each new leader's first "
+    "entry), so it runs ahead of ledger position, the ledger entries applied: the two differ "
+    "on a healthy cluster. match/lag: each replica's Raft log index and its distance behind "
+    "raft commit. snapshot: the ledger position of the last snapshot."
+)
+"""Why `cluster status` shows two different numbers for one log (a new cluster: raft commit
+3, ledger position 1, lag 0): they count different things, neither is a lagging apply."""
+
+
 def cluster_tables(status: ClusterStatus) -> tuple[Table, Table]:
-    partitions = Table(title=f"{status.partition_count} partitions")
-    for name in ("partition", "leader", "term", "commit", "applied", "replicas (match/lag)",
-                 "in flight", "outbox", "snapshot", "state hash"):
+    partitions = Table(title=f"{status.partition_count} partitions", caption=STATUS_CAPTION,
+                       caption_justify="left")
+    for name in ("partition", "leader", "term", "raft commit", "ledger position",
+                 "replicas (match/lag)", "in flight", "outbox", "snapshot", "state hash"):
         left = name.startswith(("leader", "replicas", "state"))
         partitions.add_column(name, justify="left" if left else "right")
     for p in status.partitions:
@@ -772,7 +788,14 @@ def cmd_cluster_map(args: argparse.Namespace, out: Output) -> int:
     table.add_column("replicas (preferred leader first)")
     for name, slots in membership_cli.map_rows(view):
         table.add_row(name, slots)
-    out.console().print(table)
+    nodes = Table(title="nodes")
+    for name in ("node", "address", "replicas of"):
+        nodes.add_column(name)
+    for row in membership_cli.node_rows(view):
+        nodes.add_row(*row)
+    console = out.console()
+    console.print(table)
+    console.print(nodes)
     return EXIT_OK
 
 
@@ -1016,7 +1039,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, "balance", "show an account's balance", cmd_balance,
                  "Show ACCOUNT's balance. By default a linearizable read (sees every "
-                 "acknowledged write); --stale answers from any replica, labelled stale.")
+                 "acknowledged write); --stale answers from any replica, labelled stale. "
+                 "The position shown is the log position of the account's partition that "
+                 "the balance is as of. A linearizable read is ordered by a barrier entry "
+                 "appended to the log, so its position is that entry's and grows with every "
+                 "read, writes or not; pass it as --min-position to another read to see at "
+                 "least that state.")
     p.add_argument("account", metavar="ACCOUNT", help="account id")
     p.add_argument("--stale", action="store_true",
                    help="read from any replica (faster, may lag; labelled stale)")
@@ -1087,9 +1115,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               required=True)
     p = _command(cluster_commands, "status", "per partition: leader, term, indexes, replicas",
                  cmd_cluster_status,
-                 "Show per partition the leader, term, commit index, applied position, each "
-                 "replica's match index and lag, money in flight, outbox depth, last snapshot "
-                 "and a state hash prefix; then every node and whether it answers.")
+                 "Show per partition the leader, term, Raft commit index, ledger position "
+                 "(entries applied; it is not the commit index: Raft's own entries are not "
+                 "ledger entries, so the two differ on a healthy cluster), each replica's "
+                 "Raft match index and lag, money in flight, outbox depth, last snapshot and "
+                 "a state hash prefix; then every node and whether it answers.")
     _global_options(p, top=False)
 
     p = _command(cluster_commands, "up", "start every node of a cluster file locally",
@@ -1213,7 +1243,9 @@ def build_parser() -> argparse.ArgumentParser:
                  cmd_cluster_map,
                  "Show the cluster map as the answering node knows it: each partition's and "
                  "the metadata group's replicas, preferred leader first, with their state "
-                 "(joining, leaving) when not a plain voter.")
+                 "(joining, leaving) when not a plain voter; then every node of the map with "
+                 "its address and groups (`none` for a node that holds no replica yet, such "
+                 "as one just added).")
     _global_options(p, top=False)
     p = _command(cluster_commands, "rebalance-leaders", "spread partition leaders evenly",
                  cmd_rebalance_leaders,

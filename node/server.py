@@ -409,6 +409,8 @@ async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
     if membership.refused is not None:
         log.error("node refused to run", extra={"reason": membership.refused})
         exit_code = EXIT_REFUSED
+    elif membership.removed is not None:  # the operator's `node remove`: a clean stop
+        log.warning("removed from the cluster map: stopping", extra={"reason": membership.removed})
     # Everything acknowledged is already durable, so a shutdown that hangs can end the
     # process like kill -9 would: bounded, never stuck waiting for a peer or a call.
     watchdog = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_after_slow_shutdown)

@@ -171,6 +171,20 @@ def test_cluster_status_table(fake: FakeWalletServer, capsys: pytest.CaptureFixt
     assert code == 0
     assert "fake-1" in out
     assert "00" * 6 in out  # state hash prefix
+    # Two numbers of one log, labelled and explained: not a lagging apply.
+    assert "raft commit" in out and "ledger position" in out
+    assert "so it runs ahead of ledger position" in " ".join(out.split())
+
+
+def test_a_linearizable_balance_says_what_its_position_is(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", fake.address, "balance", "alice"]) == 0
+    assert "(as of position " in capsys.readouterr().out
+    assert main(["--target", fake.address, "balance", "alice"]) == 0
+    assert ": this read's own barrier entry in the log)" in capsys.readouterr().out
+    assert main(["--target", fake.address, "balance", "alice", "--stale"]) == 0
+    assert "of this replica, stale)" in capsys.readouterr().out
 
 
 def test_cluster_status_json(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
