@@ -7,15 +7,18 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: setup run test lint check bench-core proto clean
 
 # Create the venv and install the project with its dev extras; redone when pyproject changes.
+# The first install fetches many packages (grpcio-tools, matplotlib, schemathesis, ...) and
+# takes a few minutes: pip's own lines show its progress (no --quiet on that step).
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "make: installing raftwallet and its dev tools into $(VENV) (a first install takes a few minutes)"
+	$(BIN)/python -m pip install -e '.[dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
-## run: the demonstration (for now the ledger core in one process; see README)
+## run: the demonstration: starts the 3 nodes of cluster-configs/local-3node.toml in a temporary data dir, runs a few thousand transfers through the SDK, prints the summary that proves the books, stops the nodes (node/demo.py; see README)
 run: setup
 	$(BIN)/python -m node.demo
 

@@ -14,9 +14,10 @@ to their `currency`. Exit status: 0 done, 1 the cluster refused the request
 connection problem (including an outcome that stayed unknown). Errors go to
 stderr as `walletctl: error: STATUS: message`, never as a traceback.
 
-`cluster up`, `cluster down`, `node start` and `gateway` are implemented by the
-node package (`node.launcher`, `node.server`, `node.http_gateway`), imported only
-when used.
+`cluster up`, `cluster down`, `node start`, `gateway` and `replay` are
+implemented by the node package (`node.launcher`, `node.server`,
+`node.http_gateway`, `node.replay_cli`), imported only when used. `replay` reads
+a node's data dir offline: of the global options only --json applies to it.
 """
 
 from __future__ import annotations
@@ -393,10 +394,15 @@ def cmd_balance(args: argparse.Namespace, out: Output) -> int:
                 consistency="stale" if args.stale else "linearizable",
                 min_position=args.min_position,
             )
+    if args.at is not None:
+        as_of = f"as of position {balance.position}, the last entry at or before --at"
+    elif balance.stale:
+        as_of = f"as of position {balance.position} of this replica, stale"
+    else:
+        as_of = f"as of position {balance.position}: this read's own barrier entry in the log"
     out.emit(
         balance_json(balance),
-        f"{balance.account_id}: {balance.balance} {balance.currency} "
-        f"(position {balance.position}{', stale' if balance.stale else ''})",
+        f"{balance.account_id}: {balance.balance} {balance.currency} ({as_of})",
     )
     return EXIT_OK
 
@@ -459,10 +465,21 @@ def cmd_route(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+STATUS_CAPTION = (
+    "raft commit counts Raft log entries, Raft's own included (each new leader's first "
+    "entry), so it runs ahead of ledger position, the ledger entries applied: the two differ "
+    "on a healthy cluster. match/lag: each replica's Raft log index and its distance behind "
+    "raft commit. snapshot: the ledger position of the last snapshot."
+)
+"""Why `cluster status` shows two different numbers for one log (a new cluster: raft commit
+3, ledger position 1, lag 0): they count different things, neither is a lagging apply."""
+
+
 def cluster_tables(status: ClusterStatus) -> tuple[Table, Table]:
-    partitions = Table(title=f"{status.partition_count} partitions")
-    for name in ("partition", "leader", "term", "commit", "applied", "replicas (match/lag)",
-                 "in flight", "outbox", "snapshot", "state hash"):
+    partitions = Table(title=f"{status.partition_count} partitions", caption=STATUS_CAPTION,
+                       caption_justify="left")
+    for name in ("partition", "leader", "term", "raft commit", "ledger position",
+                 "replicas (match/lag)", "in flight", "outbox", "snapshot", "state hash"):
         left = name.startswith(("leader", "replicas", "state"))
         partitions.add_column(name, justify="left" if left else "right")
     for p in status.partitions:
@@ -661,6 +678,28 @@ def cmd_node_start(args: argparse.Namespace, out: Output) -> int:
     )
 
 
+_NOT_FOR_REPLAY = (("--target", "target"), ("--config", "config"), ("--token", "token"),
+                   ("--admin-token", "admin_token"), ("--tls-ca", "tls_ca"),
+                   ("--tls-cert", "tls_cert"), ("--tls-key", "tls_key"))
+
+
+def cmd_replay(args: argparse.Namespace, out: Output) -> int:
+    """Offline, from a node's data dir (node.replay_cli parses the rest of the line)."""
+    given = [flag for flag, name in _NOT_FOR_REPLAY if getattr(args, name, None)]
+    given += [flag for flag, name, default in (
+        ("--timeout", "timeout", DEFAULT_TIMEOUT_S),
+        ("--attempt-timeout", "attempt_timeout", DEFAULT_ATTEMPT_TIMEOUT_S))
+        if getattr(args, name) != default]
+    if given:
+        raise UsageError(f"replay reads a node's data dir offline, without a cluster: "
+                         f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not "
+                         "apply to it")
+    function = _node_function("node.replay_cli", "main", "replay", out)
+    if function is None:
+        return EXIT_USAGE
+    return _rc(function([*args.replay_arguments, *(["--json"] if out.as_json else [])]))
+
+
 def _admin_client(args: argparse.Namespace) -> membership_cli.AdminClient:
     targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
                               args.config)
@@ -749,7 +788,14 @@ def cmd_cluster_map(args: argparse.Namespace, out: Output) -> int:
     table.add_column("replicas (preferred leader first)")
     for name, slots in membership_cli.map_rows(view):
         table.add_row(name, slots)
-    out.console().print(table)
+    nodes = Table(title="nodes")
+    for name in ("node", "address", "replicas of"):
+        nodes.add_column(name)
+    for row in membership_cli.node_rows(view):
+        nodes.add_row(*row)
+    console = out.console()
+    console.print(table)
+    console.print(nodes)
     return EXIT_OK
 
 
@@ -843,6 +889,7 @@ def _position(text: str) -> int:
 
 _TARGET_HELP = "a node's gRPC address; repeat it or separate with commas (default: --config)"
 _CONFIG_HELP = "cluster TOML file: without --target, talk to every [[nodes]] host:grpc_port"
+_CONFIG_REQUIRED_HELP = "the cluster TOML file (required; before or after the command)"
 _JSON_HELP = "print exactly one JSON object on stdout"
 _TOKEN_HELP = (
     f"WalletService token (default: --config's wallet_token, else ${ENV_TOKEN}); "
@@ -864,16 +911,20 @@ _ATTEMPT_TIMEOUT_HELP = (
 )
 
 
-def _global_options(parser: argparse.ArgumentParser, *, top: bool, config: bool = True) -> None:
-    """The global options; on a command they may also follow it (top=False: no defaults)."""
+def _global_options(parser: argparse.ArgumentParser, *, top: bool,
+                    config_help: str = _CONFIG_HELP) -> None:
+    """The global options; on a command they may also follow it (top=False: no defaults).
+
+    Every command declares them (a test checks it), so that each one may be given
+    before or after the command.
+    """
     default: Any = None if top else argparse.SUPPRESS
     options = parser.add_argument_group("global options")
     options.add_argument(
         "--target", action="append", metavar="HOST:PORT", help=_TARGET_HELP,
         dest="target" if top else "target_after", default=default,
     )
-    if config:
-        options.add_argument("--config", metavar="FILE", help=_CONFIG_HELP, default=default)
+    options.add_argument("--config", metavar="FILE", help=config_help, default=default)
     options.add_argument(
         "--json", action="store_true", help=_JSON_HELP, default=False if top else default
     )
@@ -898,10 +949,11 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool, config: bool 
 
 
 def _command(
-    subparsers: Any, name: str, help_text: str, handler: Handler, description: str = ""
+    subparsers: Any, name: str, help_text: str, handler: Handler, description: str = "",
+    usage: str | None = None,
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        name, help=help_text, description=description or help_text
+        name, help=help_text, description=description or help_text, usage=usage
     )
     parser.set_defaults(handler=handler)
     return parser
@@ -987,7 +1039,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(commands, "balance", "show an account's balance", cmd_balance,
                  "Show ACCOUNT's balance. By default a linearizable read (sees every "
-                 "acknowledged write); --stale answers from any replica, labelled stale.")
+                 "acknowledged write); --stale answers from any replica, labelled stale. "
+                 "The position shown is the log position of the account's partition that "
+                 "the balance is as of. A linearizable read is ordered by a barrier entry "
+                 "appended to the log, so its position is that entry's and grows with every "
+                 "read, writes or not; pass it as --min-position to another read to see at "
+                 "least that state.")
     p.add_argument("account", metavar="ACCOUNT", help="account id")
     p.add_argument("--stale", action="store_true",
                    help="read from any replica (faster, may lag; labelled stale)")
@@ -1016,6 +1073,13 @@ def build_parser() -> argparse.ArgumentParser:
                  "(`walletctl replay --data-dir DIR ...` rebuilds balances offline from a "
                  "node's data dir; see `walletctl replay --help`.)")
     _global_options(p, top=False)
+
+    # Offline, no cluster involved: node.replay_cli parses everything after `replay`
+    # (`walletctl replay --help` is its help); --json may also come before the command.
+    p = commands.add_parser("replay", add_help=False,
+                            help="rebuild balances offline from a node's data dir "
+                                 "(walletctl replay --help)")
+    p.set_defaults(handler=cmd_replay)
 
     p = _command(commands, "abort-transfer", "close a transfer's unknown outcome for good",
                  cmd_abort_transfer,
@@ -1051,21 +1115,28 @@ def build_parser() -> argparse.ArgumentParser:
                                               required=True)
     p = _command(cluster_commands, "status", "per partition: leader, term, indexes, replicas",
                  cmd_cluster_status,
-                 "Show per partition the leader, term, commit index, applied position, each "
-                 "replica's match index and lag, money in flight, outbox depth, last snapshot "
-                 "and a state hash prefix; then every node and whether it answers.")
+                 "Show per partition the leader, term, Raft commit index, ledger position "
+                 "(entries applied; it is not the commit index: Raft's own entries are not "
+                 "ledger entries, so the two differ on a healthy cluster), each replica's "
+                 "Raft match index and lag, money in flight, outbox depth, last snapshot and "
+                 "a state hash prefix; then every node and whether it answers.")
     _global_options(p, top=False)
 
     p = _command(cluster_commands, "up", "start every node of a cluster file locally",
                  cmd_cluster_up,
                  "Start one node process per [[nodes]] entry of the cluster file --config, "
                  "with data under DIR/<node-id>, and wait until every partition has a leader "
-                 "(node.launcher).")
-    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                   help="cluster TOML file (required)")
+                 "and every node answering on the file's ports is one this command started "
+                 "(node.launcher). Exit status: 0 ready; 1 no leader everywhere within 60 s "
+                 "(the nodes keep running); 2 usage, an invalid file, or a cluster already "
+                 "running from DIR; 3 a node it started exited (each node's reason from its "
+                 "log is printed, and the others are stopped), e.g. because another cluster "
+                 "holds the file's ports.",
+                 usage=f"{PROG} cluster up --config FILE --data-dir DIR [--json] "
+                       "[global options]")
     p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
                    help="where the nodes keep their data and the cluster's process ids")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    _global_options(p, top=False, config_help=_CONFIG_REQUIRED_HELP)
 
     p = _command(cluster_commands, "down", "stop the nodes started by cluster up",
                  cmd_cluster_down,
@@ -1073,7 +1144,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "(node.launcher).")
     p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
                    help="the --data-dir given to cluster up")
-    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    _global_options(p, top=False)
 
     p = _command(commands, "gateway", "serve the HTTP/JSON API in front of a cluster",
                  cmd_gateway,
@@ -1093,9 +1164,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(node_commands, "start", "run one node in the foreground until SIGTERM",
                  cmd_node_start,
                  "Run node ID of the cluster file --config in the foreground, keeping its "
-                 "data in DIR, until SIGTERM (node.server).")
-    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
-                   help="cluster TOML file (required)")
+                 "data in DIR, until SIGTERM (node.server).",
+                 usage=f"{PROG} node start --config FILE --node-id ID --data-dir DIR "
+                       "[--bootstrap | --join] [--insecure-dev-mode] [--http-listen HOST:PORT] "
+                       "[global options]")
     p.add_argument("--node-id", required=True, metavar="ID", help="this node's id in the file")
     p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
                    help="this node's data directory")
@@ -1109,6 +1181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-listen", metavar="HOST:PORT", default=None,
                    help="also serve the HTTP/JSON gateway in this process (see "
                         "`walletctl gateway`)")
+    _global_options(p, top=False, config_help=_CONFIG_REQUIRED_HELP)
     p = _command(node_commands, "add", "register a new node in the cluster map",
                  cmd_node_add,
                  "Register node ID in the cluster map (through the metadata group). Then start "
@@ -1170,7 +1243,9 @@ def build_parser() -> argparse.ArgumentParser:
                  cmd_cluster_map,
                  "Show the cluster map as the answering node knows it: each partition's and "
                  "the metadata group's replicas, preferred leader first, with their state "
-                 "(joining, leaving) when not a plain voter.")
+                 "(joining, leaving) when not a plain voter; then every node of the map with "
+                 "its address and groups (`none` for a node that holds no replica yet, such "
+                 "as one just added).")
     _global_options(p, top=False)
     p = _command(cluster_commands, "rebalance-leaders", "spread partition leaders evenly",
                  cmd_rebalance_leaders,
@@ -1195,23 +1270,22 @@ def _exit_status(code: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run walletctl with `argv` (default sys.argv[1:]); returns the exit status."""
     arguments = sys.argv[1:] if argv is None else argv
-    if arguments[:1] == ["replay"]:
-        # Offline: reads a node's data dir, no cluster involved (implemented by the node).
-        try:
-            from node.replay_cli import main as replay_main
-        except ImportError as exc:
-            print(f"{PROG} replay: the node package is not installed ({exc})", file=sys.stderr)
-            return EXIT_USAGE
-        return replay_main(arguments)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # `replay` declares none of its own options here: node.replay_cli parses them
+        # (from what follows the command) and the rest of the line is parsed strictly.
+        args, rest = parser.parse_known_args(arguments)
+        if args.handler is cmd_replay:
+            args.replay_arguments = rest
+        else:
+            args = parser.parse_args(arguments)
     except SystemExit as exit_:  # --help, or a usage error argparse already printed
         return _exit_status(exit_.code)
     out = Output(bool(args.json), sys.stdout, sys.stderr)
     handler: Handler = args.handler
     try:
-        if getattr(args, "config", None) and handler not in _LOADED_BY_THE_NODE:
+        if (getattr(args, "config", None) and handler not in _LOADED_BY_THE_NODE
+                and handler is not cmd_replay):  # replay refuses --config itself
             targets_from_config(Path(args.config))  # an invalid file is refused at once
         return handler(args, out)
     except WalletError as error:

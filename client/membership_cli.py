@@ -201,6 +201,21 @@ def map_rows(view: MapView) -> list[tuple[str, str]]:
     return rows
 
 
+def node_rows(view: MapView) -> list[tuple[str, str, str]]:
+    """(node id, host:grpc_port, its groups or `none`) of every node of the map, in map order:
+    a node that holds no replica (one just added, or drained) is listed too."""
+    rows = []
+    for node in view.raw["nodes"]:
+        node_id, host, port = str(node["id"]), str(node["host"]), int(node["grpc_port"])
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        groups = view.groups_of(node_id)
+        partitions = [str(g) for g in groups if g != META]
+        held = ([f"partitions {','.join(partitions)}"] if partitions else []) + (
+            ["metadata"] if META in groups else [])
+        rows.append((node_id, address, " + ".join(held) or "none"))
+    return rows
+
+
 def add_arguments_for_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", action="store_true",
                         help="return once the map has changed, without waiting for the Raft "

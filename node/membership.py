@@ -237,6 +237,10 @@ class Membership:
         self._started_at = 0.0
         self.refused: str | None = None
         """Set when the map says this node must not run (another incarnation): stop."""
+        self.removed: str | None = None
+        """Set when the map no longer lists this node (`walletctl node remove`): stop.
+        Node ids are never reused and a node starts only with a map that lists it, so a
+        newer map without it means it was removed."""
         self.differences: list[str] = []
         """What the reconciler found different between the map and the Raft groups (of the
         groups this node leads), as of its last pass."""
@@ -396,13 +400,14 @@ class Membership:
     # -- the reconciler ----------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile every RECONCILE_PERIOD_S until `stop`; sets `stop` when refused."""
+        """Reconcile every RECONCILE_PERIOD_S until `stop`; sets `stop` when refused or
+        removed from the map."""
         while not stop.is_set():
             try:
                 await self.tick()
             except Exception:
                 log.exception("membership reconciliation failed; retrying")
-            if self.refused is not None:
+            if self.refused is not None or self.removed is not None:
                 stop.set()
                 return
             try:
@@ -413,6 +418,11 @@ class Membership:
     async def tick(self) -> None:
         """One pass: refresh the map, then take every step that is due (none blocks long)."""
         await self._refresh()
+        if not self.map.has_node(self.host.node_id):
+            self.removed = (f"this node was removed from the cluster map (version "
+                            f"{self.map.version}): it stops, and will not start again under "
+                            "this id")
+            return
         self._bootstrap_if_needed()
         await self._record_start()
         await self._host_assigned_groups()

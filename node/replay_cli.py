@@ -18,8 +18,11 @@ difference is reported on stderr and counted in the JSON). It stops after
 position N (`--until-position`), or before the first entry stamped later than
 the given time (`--until-time`: the longest prefix of the log whose entries'
 `stamp_ms` are all at or before it; a time zone is required). Then it prints
-the position, the `state_hash()` and the balances (all accounts, or
-`--account`) as of that point.
+the position, the `state_hash()` and the balances of all accounts as of that
+point. With `--account ID` it prints that one balance instead, with the
+partition holding the account and the position it is as of (JSON: one object
+with `account`, `balance`, `currency`, `partition`, `position`, `log_index`,
+`stamp_ms`, `state_hash`; `"balance": null` when no replayed partition holds it).
 
 `--compare-with-hash H` is the one-liner that checks that new code replays old
 traffic to the same state: exit 0 when the replayed state hash is H, 1 (with a
@@ -241,7 +244,7 @@ def balance_json(balance: Balance) -> dict[str, str]:
             "currency": balance.currency}
 
 
-def partition_json(replayed: Replayed, account: str | None) -> dict[str, Any]:
+def partition_json(replayed: Replayed) -> dict[str, Any]:
     state = replayed.state
     return {
         "partition": replayed.partition,
@@ -251,8 +254,32 @@ def partition_json(replayed: Replayed, account: str | None) -> dict[str, Any]:
         "state_hash": state.state_hash(),
         "chain_head": replayed.chain_head,
         "results_mismatches": replayed.results_mismatches,
-        "balances": [balance_json(b) for b in balances_of(state, account)],
+        "balances": [balance_json(b) for b in balances_of(state, None)],
     }
+
+
+def account_json(replayed: list[Replayed], account: str) -> dict[str, Any]:
+    """The one balance of `account`, with where (partition) and when (position) it is from."""
+    for one in replayed:
+        for balance in balances_of(one.state, account):
+            state = one.state
+            return {**balance_json(balance), "partition": one.partition,
+                    "position": state.position, "log_index": state.last_log_index,
+                    "stamp_ms": state.last_stamp_ms, "state_hash": state.state_hash()}
+    return {"account": account, "balance": None,
+            "partitions": [{"partition": one.partition, "position": one.state.position}
+                           for one in replayed]}
+
+
+def account_line(replayed: list[Replayed], account: str) -> str | None:
+    """`ACCOUNT: BALANCE CUR (partition P, position N, ...)`, or None when none holds it."""
+    for one in replayed:
+        for b in balances_of(one.state, account):
+            state = one.state
+            return (f"{b.account_id}: {format_amount(b.balance_minor, b.exponent)} {b.currency} "
+                    f"(partition {one.partition}, position {state.position}, log index "
+                    f"{state.last_log_index}, {_time_text(state.last_stamp_ms)})")
+    return None
 
 
 def _time_text(stamp_ms: int) -> str:
@@ -262,13 +289,13 @@ def _time_text(stamp_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def partition_lines(replayed: Replayed, account: str | None) -> Iterator[str]:
+def partition_lines(replayed: Replayed) -> Iterator[str]:
     state = replayed.state
     yield (f"partition {replayed.partition}: position {state.position} (log index "
            f"{state.last_log_index}, {_time_text(state.last_stamp_ms)})")
     yield f"  state hash  {state.state_hash()}"
     yield f"  chain head  {replayed.chain_head}"
-    balances = balances_of(state, account)
+    balances = balances_of(state, None)
     width = max((len(b.account_id) for b in balances), default=0)
     for b in balances:
         amount = format_amount(b.balance_minor, b.exponent)
@@ -385,15 +412,19 @@ def _report(args: argparse.Namespace, replayed: list[Replayed], out: TextIO,
                       f"expected {args.compare_with_hash}\n")
             status = EXIT_DIFFERENT
     if args.json:
-        document: dict[str, Any] = {
-            "partitions": [partition_json(one, args.account) for one in replayed]}
+        document: dict[str, Any] = (
+            account_json(replayed, args.account) if args.account is not None else
+            {"partitions": [partition_json(one) for one in replayed]})
         if matches is not None:
             document["compare_with_hash"] = args.compare_with_hash
             document["matches"] = matches
         out.write(json.dumps(document, sort_keys=True) + "\n")
     else:
-        for one in replayed:
-            out.write("\n".join(partition_lines(one, args.account)) + "\n")
+        if args.account is None:
+            for one in replayed:
+                out.write("\n".join(partition_lines(one)) + "\n")
+        elif (line := account_line(replayed, args.account)) is not None:
+            out.write(line + "\n")
         if matches:
             out.write(f"state hash matches {args.compare_with_hash}\n")
     return status

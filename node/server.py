@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pysyncobj import SyncObjException
 
 from client.auth import Credentials
 from ledger import commands as c
@@ -254,6 +255,19 @@ class NodeGroupFactory:
         bind_address = f"{host}:{int(port) + self.raft_bind_port_offset}"
         peers = [cluster_map.raft_address(group, slot.node_id)
                  for slot in cluster_map.slots(group) if slot.node_id != self.node_id]
+        try:
+            return self._open(group, directory, address, peers, bind_address, joining)
+        except SyncObjException as exc:
+            if exc.errorCode != "BindError":
+                raise
+            name = "the metadata group" if group == META else f"partition {group}"
+            raise StartRefused(
+                f"cannot bind the Raft port {bind_address} of {name}: it is in use (another "
+                "node, or another cluster started from the same cluster file, holds it)"
+            ) from None
+
+    def _open(self, group: int, directory: Path, address: str, peers: list[str],
+              bind_address: str, joining: bool) -> PartitionReplica | MetadataGroup:
         if group == META:
             meta = MetadataGroup(address, peers, bind_address, str(directory),
                                  self.secret, self.settings)
@@ -344,10 +358,14 @@ async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
     node = config.node(node_id)
     address = node.grpc_address
     tls_credentials = server_credentials(config)
-    bound_port = (server.add_insecure_port(address) if tls_credentials is None
-                  else server.add_secure_port(address, tls_credentials))
+    try:
+        bound_port = (server.add_insecure_port(address) if tls_credentials is None
+                      else server.add_secure_port(address, tls_credentials))
+    except RuntimeError:  # grpcio raises where older releases returned 0
+        bound_port = 0
     if bound_port == 0:
-        raise StartRefused(f"cannot bind the gRPC port {address}")
+        raise StartRefused(f"cannot bind the gRPC port {address}: it is in use (another node, "
+                           "or another cluster started from the same cluster file, holds it)")
     metrics_server = None
     if node.metrics_port is not None:
         try:
@@ -416,6 +434,8 @@ async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
     if membership.refused is not None:
         log.error("node refused to run", extra={"reason": membership.refused})
         exit_code = EXIT_REFUSED
+    elif membership.removed is not None:  # the operator's `node remove`: a clean stop
+        log.warning("removed from the cluster map: stopping", extra={"reason": membership.removed})
     # Everything acknowledged is already durable, so a shutdown that hangs can end the
     # process like kill -9 would: bounded, never stuck waiting for a peer or a call.
     watchdog = threading.Timer(SHUTDOWN_DEADLINE_S, _exit_after_slow_shutdown)
@@ -529,6 +549,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
                                   ProposerSettings(), http_listen))
     except StartRefused as exc:
         log.error("node refused to start", extra={"reason": str(exc)})
+        print(f"walletctl node start: {exc}", flush=True)
         return EXIT_REFUSED
     finally:
         for replica in host_replicas.values():

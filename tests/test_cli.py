@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
@@ -170,6 +171,20 @@ def test_cluster_status_table(fake: FakeWalletServer, capsys: pytest.CaptureFixt
     assert code == 0
     assert "fake-1" in out
     assert "00" * 6 in out  # state hash prefix
+    # Two numbers of one log, labelled and explained: not a lagging apply.
+    assert "raft commit" in out and "ledger position" in out
+    assert "so it runs ahead of ledger position" in " ".join(out.split())
+
+
+def test_a_linearizable_balance_says_what_its_position_is(
+    fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--target", fake.address, "balance", "alice"]) == 0
+    assert "(as of position " in capsys.readouterr().out
+    assert main(["--target", fake.address, "balance", "alice"]) == 0
+    assert ": this read's own barrier entry in the log)" in capsys.readouterr().out
+    assert main(["--target", fake.address, "balance", "alice", "--stale"]) == 0
+    assert "of this replica, stale)" in capsys.readouterr().out
 
 
 def test_cluster_status_json(fake: FakeWalletServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,12 +200,67 @@ def test_cluster_status_json(fake: FakeWalletServer, capsys: pytest.CaptureFixtu
     [
         [], ["account", "create"], ["deposit"], ["withdraw"], ["transfer"], ["balance"],
         ["get-transfer"], ["history"], ["route"], ["cluster", "status"], ["cluster", "up"],
-        ["cluster", "down"], ["node", "start"],
+        ["cluster", "down"], ["node", "start"], ["verify"], ["abort-transfer"],
+        ["cluster", "map"], ["gateway"], ["node", "add"], ["replica", "add"], ["replay"],
     ],
 )
 def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main([*command, "--help"]) == 0
     assert "usage: walletctl" in capsys.readouterr().out
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()
+                   ) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subcommands:
+        yield path, parser
+    for action in subcommands:
+        for name, child in action.choices.items():
+            yield from _leaf_commands(child, (*path, name))
+
+
+GLOBAL_OPTIONS = ("--target", "--config", "--json", "--timeout", "--attempt-timeout",
+                  "--token", "--admin-token", "--tls-ca", "--tls-cert", "--tls-key")
+
+
+def test_every_command_takes_the_global_options_after_it_too() -> None:
+    from client.cli import build_parser
+
+    leaves = dict(_leaf_commands(build_parser()))
+    assert ("cluster", "down") in leaves and ("replay",) in leaves
+    for path, command in leaves.items():
+        if path == ("replay",):
+            continue  # node.replay_cli parses its line; tests/test_replay_cli.py covers --json
+        taken = {flag for action in command._actions for flag in action.option_strings}
+        assert set(GLOBAL_OPTIONS) <= taken, (path, set(GLOBAL_OPTIONS) - taken)
+
+
+def test_cluster_down_takes_config_after_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def cluster_down(**kwargs: Any) -> int:
+        calls.append(kwargs)
+        return 0
+
+    launcher = types.ModuleType("node.launcher")
+    launcher.cluster_down = cluster_down  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "node.launcher", launcher)
+
+    code = main(["cluster", "down", "--data-dir", str(tmp_path), "--config",
+                 str(REPO / "cluster-configs" / "local-3node.toml")])
+
+    assert (code, calls) == (0, [{"data_dir": tmp_path, "as_json": False}])
+
+
+@pytest.mark.parametrize("command", [["cluster", "up"], ["node", "start"]])
+def test_commands_that_need_config_show_it_as_required(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert " --config FILE " in usage and "[--config FILE]" not in usage, usage
 
 
 def test_node_commands_report_a_missing_node_package(

@@ -136,6 +136,28 @@ def test_a_new_node_takes_over_an_old_one_while_transfers_flow(cluster: LocalClu
         assert all(state == "voter" for _, state in slots(final, group_index))
 
 
+def test_cluster_map_lists_a_node_without_replicas_and_a_removed_node_says_so_and_stops(
+        cluster: LocalCluster) -> None:
+    register_node(cluster, "n4")
+    n4 = cluster.start("n4", extra_args=("--join",))
+    wait_until(lambda: "n4" in dict(cluster.local_views()), "n4 to serve")
+
+    shown = walletctl(cluster, "cluster", "map")
+    assert shown.returncode == 0, shown.stderr
+    rows = {line.split()[1]: line for line in shown.stdout.splitlines()
+            if line.startswith("│ n")}
+    assert set(rows) == {"n1", "n2", "n3", "n4"}, shown.stdout
+    assert " none " in rows["n4"] and " none " not in rows["n1"], shown.stdout
+
+    removed = walletctl(cluster, "node", "remove", "n4")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert n4.wait(timeout=WAIT_S) == 0
+    cluster.killed.add("n4")
+    log = cluster.log("n4")
+    assert "removed from the cluster map: stopping" in log
+    assert "recording this node's start failed" not in log
+
+
 def test_a_client_given_one_address_finds_the_other_nodes_in_the_map(
     cluster: LocalCluster,
 ) -> None:

@@ -86,18 +86,40 @@ def test_account_prints_that_account_only(
         node_dir: tuple[Path, dict[int, list[Live]]], capsys: pytest.CaptureFixture[str]) -> None:
     data_dir, histories = node_dir
     live = histories[0][40]
-    status, document = _json(capsys, "--data-dir", str(data_dir), "--partition", "0",
+    status, document = _json(capsys, "--data-dir", str(data_dir),
                              "--until-position", "40", "--account", "acct-03")
     assert status == 0
     minor, exponent, currency = live.balances["acct-03"]
-    assert document["partitions"][0]["balances"] == [
-        {"account": "acct-03", "balance": format_amount(minor, exponent), "currency": currency}]
+    assert document == {
+        "account": "acct-03", "balance": format_amount(minor, exponent), "currency": currency,
+        "partition": 0, "position": 40, "log_index": document["log_index"],
+        "stamp_ms": document["stamp_ms"], "state_hash": live.state_hash}
 
-    status, out, _ = _run(capsys, "--data-dir", str(data_dir), "--partition", "0",
+    status, out, _ = _run(capsys, "--data-dir", str(data_dir),
                           "--until-position", "40", "--account", "acct-03")
     assert status == 0
-    assert f"acct-03  {format_amount(minor, exponent)} USD" in out
-    assert "acct-04" not in out
+    [line] = out.splitlines()  # the balance asked for, no partition's hashes around it
+    assert line.startswith(f"acct-03: {format_amount(minor, exponent)} USD (partition 0, "
+                           "position 40, log index "), line
+
+
+def test_walletctl_lists_replay_and_takes_json_before_or_after_it(
+        node_dir: tuple[Path, dict[int, list[Live]]], capsys: pytest.CaptureFixture[str]) -> None:
+    from client.cli import main as walletctl
+
+    data_dir, histories = node_dir
+    assert walletctl(["--help"]) == 0
+    assert re.search(r"^ +replay +rebuild balances offline", capsys.readouterr().out,
+                     re.MULTILINE)
+    outputs = []
+    for argv in (["--json", "replay", "--data-dir", str(data_dir), "--partition", "2"],
+                 ["replay", "--data-dir", str(data_dir), "--partition", "2", "--json"]):
+        assert walletctl(argv) == 0
+        outputs.append(json.loads(capsys.readouterr().out))
+    assert outputs[0] == outputs[1]
+    assert outputs[0]["partitions"][0]["state_hash"] == histories[2][-1].state_hash
+    assert walletctl(["--config", "cluster.toml", "replay", "--data-dir", str(data_dir)]) == 2
+    assert "--config does not apply" in capsys.readouterr().err
 
 
 def test_an_account_that_did_not_exist_then_exits_1(
