@@ -221,11 +221,25 @@ class PreVoteSyncObj(SyncObj):  # type: ignore[misc]
             "term": message["term"],
             "round": message["round"],
             "granted": self._would_grant(message),
+            "responder_term": self._SyncObj__raftCurrentTerm,
         })
 
     def _count_pre_vote(self, node: Any, message: dict[str, Any]) -> None:
         peer = str(node.id)
         self._prevote_speakers.add(peer)
+        responder_term = int(message.get("responder_term", 0))
+        if (responder_term > self._SyncObj__raftCurrentTerm
+                and self._SyncObj__raftState != _RAFT_STATE.LEADER):
+            # A peer is at a newer term (as etcd does): learn it, as Raft's term rule
+            # wants. Without this, a node whose log is the most up to date but whose term
+            # is behind would be refused by term forever, while it refuses the others by
+            # log: no leader, with a majority up.
+            self._SyncObj__setCurrentTerm(responder_term, None)
+            self._SyncObj__setState(_RAFT_STATE.FOLLOWER)
+            self._SyncObj__raftLeader = None
+            self._prevote_round = None
+            self._prevote_approved_term = None
+            return
         round_ = self._prevote_round
         if (round_ is None or message.get("round") != round_.number
                 or message.get("term") != round_.term

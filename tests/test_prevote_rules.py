@@ -293,3 +293,23 @@ def test_every_raft_group_of_a_node_runs_pre_vote() -> None:
 
     for kind in (_PartitionSyncObj, _MetadataSyncObj):
         assert issubclass(kind, PreVoteSyncObj) and issubclass(kind, LogMatchingSyncObj)
+
+
+def test_a_refusal_from_a_peer_at_a_newer_term_teaches_that_term(member: Member) -> None:
+    """B (this member) has the best log but an old term; A is two terms ahead: A refuses
+    B by term, B refuses A by log. Learning A's term lets B's next round succeed."""
+    member.timer_runs_out()
+    (to, request), _ = member.sent_of(PRE_VOTE)
+    peer = next(p for p in member.peers if str(p.id) == to)
+    member.receive(peer, dict(answer(request, False), responder_term=request["term"] + 2))
+    assert (member.term, member.voted_for, member.state) == (
+        request["term"] + 2, None, _RAFT_STATE.FOLLOWER)
+    member.sent.clear()
+    member.timer_runs_out()
+    assert {m["term"] for _, m in member.sent_of(PRE_VOTE)} == {request["term"] + 3}
+
+
+def test_a_pre_vote_answer_carries_the_responders_term(member: Member) -> None:
+    member.receive(member.peers[0], pre_vote(term=1, last_log_index=1, last_log_term=0))
+    ((_, response),) = member.sent_of(PRE_VOTE_RESPONSE)
+    assert response["responder_term"] == member.term
