@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint check bench-core proto clean
+.PHONY: setup run test test-fast lint check bench-core proto clean
 
 # Create the venv and install the project with its dev extras; redone when pyproject changes.
 # The first install fetches many packages (grpcio-tools, matplotlib, schemathesis, ...) and
@@ -26,6 +26,10 @@ run: setup
 test: setup
 	PYTHONHASHSEED=0 $(BIN)/python -m pytest
 	PYTHONHASHSEED=4242 $(BIN)/python -m pytest -q tests/test_ledger_properties.py tests/test_saga_properties.py
+
+## test-fast: the inner loop: unit and property tests only, no node process (~30 s)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not cluster"
 
 ## lint: ruff and mypy, both must be clean
 lint: setup

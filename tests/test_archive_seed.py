@@ -41,6 +41,9 @@ from tests.cluster_harness import LocalCluster, converged, wait_until
 from tests.test_cluster_faults import PARTITIONS, TransferStream, open_funded_pair
 from tests.test_membership import cluster_map, register_node, walletctl
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 ENTRIES = 40
 SEED_ROUNDS_MAX = 100
 

@@ -50,6 +50,9 @@ from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.cluster_harness import LocalCluster, allocate_ports, wait_until
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 OLD_ADMIN_TOKEN = "old-admin-token-0123456789abcdef"
 WALLET_TOKEN = "test-wallet-token-0123456789abcdef"

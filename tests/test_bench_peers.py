@@ -25,6 +25,9 @@ from bench.peers import workload
 from bench.peers.postgres import PostgresInstance, PostgresMissing, find_binaries
 from tests.cluster_harness import WAIT_S, running_cluster
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCUST = Path(sys.executable).parent / "locust"
 START_MINOR = 10_000

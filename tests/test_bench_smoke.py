@@ -40,6 +40,9 @@ from node.config import local_cluster_config
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import LocalCluster, allocate_ports, call_until_done
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 REPO = Path(__file__).resolve().parent.parent
 RECORD_KEYS = {"workload", "partitions", "transfers_per_s", "p50_ms", "p99_ms", "p999_ms",
                "runs", "environment", "conservation_passed", "failures_total", "mix",

@@ -22,6 +22,9 @@ from ledger.routing import partition_of
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.fake_wallet_server import FakeWalletServer, running_fake, silent_node
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 
 @pytest.fixture
 def fake() -> Iterator[FakeWalletServer]:

@@ -21,6 +21,9 @@ from tests.cluster_harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 2
 
 

@@ -15,6 +15,9 @@ import pytest
 from node.config import dump_cluster_config, local_cluster_config
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 REPO = Path(__file__).resolve().parent.parent
 EXIT_NODE_EXITED = 3
 

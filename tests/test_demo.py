@@ -6,12 +6,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from node.config import dump_cluster_config, local_cluster_config
 from node.demo import run_demo
 from node.launcher import cluster_down
 from tests.cluster_harness import allocate_ports
+
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
 
 CASES = 3
 

@@ -52,6 +52,9 @@ from node.wallet_service import TRANSFERS_PER_BATCH_MAX
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import LocalCluster, running_cluster, wait_until
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 2
 NODE = "n1"
 """Every call goes to n1, which hosts every partition: it executes each request itself,

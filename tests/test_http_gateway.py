@@ -58,6 +58,9 @@ from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
 from tests.fake_wallet_server import FakeWalletServer, running_fake
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 2
 REPO = Path(__file__).resolve().parent.parent
 TRANSFER = "/v1/wallet/balance_transfer"

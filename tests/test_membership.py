@@ -40,6 +40,9 @@ from tests.test_cluster_faults import (
     open_funded_pair,
 )
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 MOVE_WAIT_S = 180.0
 
 

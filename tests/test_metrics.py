@@ -39,6 +39,9 @@ from tests.cluster_harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 2
 SCRAPE_TIMEOUT_S = 10.0
 CALL_TIMEOUT_S = 30.0

@@ -39,6 +39,9 @@ from tests.test_archive_seed import (
 )
 from tests.test_cluster_faults import PARTITIONS, open_funded_pair
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PEER_ADDRESSES = ("127.0.0.1:7001", "127.0.0.1:7002")
 
 

@@ -24,6 +24,9 @@ from tests.cluster_harness import (
     wait_until,
 )
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 4
 PAUSE_S = 9.0
 """Longer than the maximum election timeout (2.5 s) and the connection timeout (3.5 s):

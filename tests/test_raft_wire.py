@@ -21,6 +21,9 @@ from node.wallet_service import TRANSFERS_PER_BATCH_MAX
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import LocalCluster, call_until_done, converged, wait_until
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 2
 
 ATTACK_S = 5.0

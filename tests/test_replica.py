@@ -19,6 +19,9 @@ from node.replica import PartitionReplica, RaftSettings
 from tests.cluster_harness import allocate_ports, wait_until
 from tests.support import tx
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 
 @pytest.fixture(autouse=True)
 def durable_journal(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,9 @@ from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, call_until_done, converged, wait_until
 from tests.test_cluster_faults import assert_each_applied_once, open_funded_pair
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 PARTITIONS = 2
 
 

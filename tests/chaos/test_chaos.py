@@ -1,21 +1,28 @@
 """The short seeded chaos runs of `make test`: real nodes, the bank workload, faults.
 
-Three runs of under a minute each on a loaded 2-core machine. Process faults: a leader
-killed with kill -9, a node paused with SIGSTOP, every node killed at once. Network
-faults: a node isolated, a minority split off, a node's Raft links slowed and lossy.
+Three runs of about a minute each on a loaded 2-core machine. Process and storage
+faults: a leader killed with kill -9, a node paused with SIGSTOP, every node killed at
+once, a stopped node's data dir damaged (it must refuse, then is replaced), a node's
+disk filled (it must stop, then catch up), hostile bytes on Raft ports. Network faults:
+a node isolated, a minority split off, a node's Raft links slowed and lossy.
 Replacement: a node's disk lost and the node replaced by the runbook under a new id,
-the old id refused. Each fault is healed before the next; the checker's verdict must be
-a pass. Long runs with every kind mixed are `make chaos` (`python -m tests.chaos.runner`,
-see docs/reliability.md).
+the old id refused. Large batches run throughout. Each fault is healed before the next;
+the checker's verdict must be a pass. Long runs with every kind mixed are `make chaos`
+(`python -m tests.chaos.runner`, see docs/reliability.md).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.chaos.history import FINAL_FILE, read_final
 from tests.chaos.nemesis import FaultKind, ScheduleShape
 from tests.chaos.runner import RunOptions, run
+
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
 
 SEED = 20_240_611
 """Fixed, so that `make test` runs the same schedule every time."""
@@ -27,22 +34,6 @@ ONE_REPLACEMENT = ScheduleShape(gap_s=(2.0, 4.0), fault_s=(3.0, 6.0), first_s=2.
                                 replace_runbook_s=20.0, replaces_max=1)
 """One replacement fits in 36 s: 2 + 6 + 20 + 4 = 32 (its runbook takes 10-15 s with two
 partitions here; a slower one runs to its end after the run's duration)."""
-
-
-def test_a_short_seeded_chaos_run_with_process_faults_passes_the_checker(
-    tmp_path: Path,
-) -> None:
-    faults = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.KILL_ALL)
-    options = RunOptions(duration_s=36.0, seed=SEED, network="loopback", nodes=3, partitions=2,
-                         out=tmp_path / "chaos", faults=faults, workers=3, recovery_s=4.0,
-                         shape=SHORT)
-    report = run(options, say=lambda line: print(line, flush=True))
-    assert report.ok, [f"[{v.check}] {v.detail}" for v in report.violations[:10]]
-    injected = report.summary["faults"]
-    assert isinstance(injected, dict) and all(injected.get(kind, 0) >= 1 for kind in faults)
-    ops = report.summary["ops"]
-    assert isinstance(ops, dict) and ops.get("transfer:ok", 0) >= 100, ops
-    assert (tmp_path / "chaos" / "history.jsonl").stat().st_size > 0
 
 
 def test_a_short_seeded_chaos_run_with_network_faults_passes_the_checker(
@@ -85,29 +76,35 @@ def test_a_short_seeded_chaos_run_replacing_a_lost_node_passes_the_checker(
     assert {v.node_id for v in final.verify} == set(final.node_ids)
 
 
-STORAGE = ScheduleShape(gap_s=(2.0, 4.0), fault_s=(3.0, 6.0), first_s=2.0, tail_s=4.0,
-                        replace_runbook_s=20.0, replaces_max=1)
-"""damage (+ its runbook), disk_full and hostile fit in 56 s: 2 + 6 + 20 + 2 x 6 + 3 x 4 +
-4 = 56 (with a 20 s runbook; a slower one runs to its end after the run's duration)."""
+PROCESS_AND_STORAGE = ScheduleShape(gap_s=(1.0, 3.0), fault_s=(2.0, 4.0), first_s=2.0,
+                                    tail_s=4.0, replace_runbook_s=20.0, replaces_max=1)
+"""Six kinds, one of them (damage) with its runbook, fit in 68 s: 2 + 6 x 4 + 20 + 5 x 3 +
+4 = 65 (a slower runbook runs to its end after the run's duration)."""
 
 
-def test_a_short_seeded_chaos_run_with_storage_faults_and_hostile_bytes_passes_the_checker(
+def test_a_short_seeded_chaos_run_with_process_and_storage_faults_passes_the_checker(
     tmp_path: Path,
 ) -> None:
-    """A stopped node loses part of its data dir and must refuse to start, then is replaced
-    by the runbook; a node's disk fills up and it must end itself (status 74), then catch
-    up; a client without the secret streams junk at a node's Raft ports. Large batches
-    run throughout. Each node's data dir is a tmpfs of its own (needs root)."""
-    faults = (FaultKind.DAMAGE, FaultKind.DISK_FULL, FaultKind.HOSTILE)
-    options = RunOptions(duration_s=58.0, seed=SEED + 3, network="loopback", nodes=3,
+    """Process faults: a leader killed with kill -9, a node paused with SIGSTOP, every node
+    killed at once. Storage faults: a stopped node loses part of its data dir and must
+    refuse to start, then is replaced by the runbook; a node's disk fills up and it must
+    end itself (status 74), then catch up. Hostile bytes: a client without the secret
+    streams junk at a node's Raft ports. Large batches run throughout. Each node's data
+    dir is a tmpfs of its own (needs root)."""
+    faults = (FaultKind.KILL, FaultKind.PAUSE, FaultKind.KILL_ALL, FaultKind.DAMAGE,
+              FaultKind.DISK_FULL, FaultKind.HOSTILE)
+    options = RunOptions(duration_s=68.0, seed=SEED + 3, network="loopback", nodes=3,
                          partitions=2, out=tmp_path / "chaos", faults=faults, workers=3,
-                         recovery_s=4.0, shape=STORAGE)
+                         recovery_s=4.0, shape=PROCESS_AND_STORAGE)
     report = run(options, say=lambda line: print(line, flush=True))
     assert report.ok, [f"[{v.check}] {v.detail}" for v in report.violations[:10]]
+    ops = report.summary["ops"]
+    assert isinstance(ops, dict) and ops.get("transfer:ok", 0) >= 100, ops
     fault_log = report.summary["fault_log"]
     assert isinstance(fault_log, list)
     details = {str(f["kind"]): str(f["detail"]) for f in fault_log}
-    assert set(details) == {"damage", "disk_full", "hostile"}, fault_log
+    assert set(details) == {str(kind) for kind in faults}, fault_log
     assert "refused (status 3)" in details["damage"] and "-> n4" in details["damage"]
     assert "status 74" in details["disk_full"] or "still running" in details["disk_full"]
     assert "closed by the node" in details["hostile"]
+    assert (tmp_path / "chaos" / "history.jsonl").stat().st_size > 0

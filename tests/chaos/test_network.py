@@ -45,6 +45,9 @@ from tests.chaos.network import (
 from tests.chaos.tcp_proxy import socket_in_netns
 from tests.cluster_harness import WAIT_S, wait_until
 
+pytestmark = pytest.mark.cluster
+"""Starts real node processes or Raft groups: `make test-fast` leaves these out."""
+
 REPO = Path(__file__).resolve().parents[2]
 NODES = ("n1", "n2", "n3")
 KINDS = ["proxy", *(["netns"] if netns_available() else [])]
