@@ -429,8 +429,11 @@ class Client:
             start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
 
     def wait(self, timeout_s: float) -> int:
+        """Its exit status; -1 if it had to be killed after `timeout_s`."""
         try:
             return self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return -1
         finally:
             self.kill()
 
@@ -511,10 +514,11 @@ def run(options: RunOptions, say: Callable[[str], None] = print) -> Report:
             nodes.problems.append(f"the workload failed (see {out / 'workload.log'})")
         nodes.check_alive()
         say("chaos: settling (resolving unknown outcomes, waiting for quiescence)")
+        settle_s = SETTLE_TIMEOUT_S + options.duration_s / 2  # every write is resolved
         settler = Client(network, ["-m", "tests.chaos.workload", "settle", "--config",
                                    str(config_path), "--out", str(out), "--timeout-s",
-                                   str(SETTLE_TIMEOUT_S - 30)], out / "settle.log")
-        if settler.wait(SETTLE_TIMEOUT_S) != 0:
+                                   str(settle_s - 30)], out / "settle.log")
+        if settler.wait(settle_s) != 0:
             nodes.problems.append(f"the settle step failed (see {out / 'settle.log'})")
         nodes.check_alive()
         (out / RUNNER_PROBLEMS_FILE).write_text(json.dumps(nodes.problems), encoding="utf-8")

@@ -97,9 +97,10 @@ READY_TIMEOUT_S = 90.0
 STOP_POLL_S = 0.2
 MIX = ((OpKind.TRANSFER, 0.65), (OpKind.DEPOSIT, 0.10), (OpKind.READ, 0.25))
 """The share of each op among the workers' calls."""
-BATCH_ITEMS = 2_000
-"""Transfers of one TransferBatch (one Raft entry of ~350 KB on its partitions)."""
-BATCH_PERIOD_S = 5.0
+BATCH_ITEMS = 1_000
+"""Transfers of one TransferBatch (one Raft entry of ~175 KB on its partitions: above the
+64 KiB at which pysyncobj used to split an entry into parts)."""
+BATCH_PERIOD_S = 10.0
 BATCH_ITEM_MINOR_MAX = 10
 """Small amounts: most items of a batch succeed (the sources are not drained at once)."""
 """Worker 0 sends a batch this often, between its single ops."""
