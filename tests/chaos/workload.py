@@ -182,13 +182,17 @@ def do_transfer(client: WalletClient, recorder: Recorder, source: str, target: s
 
 
 def do_batch(client: WalletClient, recorder: Recorder, rng: random.Random,
-             accounts: Sequence[str], items: int) -> None:
-    """One TransferBatch of `items` transfers (a large Raft entry under faults): each item
-    is recorded as its own transfer, with the outcome the batch answered for it."""
+             accounts: Sequence[str], partition_count: int, items: int) -> None:
+    """One TransferBatch of `items` transfers, every source on one partition (so that the
+    batch is ONE large Raft entry there) under faults: each item is recorded as its own
+    transfer, with the outcome the batch answered for it."""
+    partition = rng.randrange(partition_count)
+    sources = [a for a in accounts if partition_of(a, partition_count) == partition]
     specs = []
     completions = []
     for _ in range(items):
-        source, target = rng.sample(list(accounts), 2)
+        source = rng.choice(sources)
+        target = rng.choice([a for a in accounts if a != source])
         amount_minor = rng.randint(1, BATCH_ITEM_MINOR_MAX)
         transaction_id = new_id()
         completions.append(recorder.invoke(OpKind.TRANSFER, source, to_account=target,
@@ -242,7 +246,7 @@ def do_read(client: WalletClient, recorder: Recorder, account: str) -> None:
 
 
 def worker_loop(client: WalletClient, writer: JsonlWriter, accounts: Sequence[str],
-                worker: int, seed: int, stop: threading.Event) -> None:
+                worker: int, seed: int, stop: threading.Event, partition_count: int) -> None:
     rng = random.Random(seed * 1_000 + worker)
     recorder = Recorder(writer, worker)
     kinds = [kind for kind, _ in MIX]
@@ -250,7 +254,7 @@ def worker_loop(client: WalletClient, writer: JsonlWriter, accounts: Sequence[st
     next_batch_s = time.monotonic() + rng.uniform(0, BATCH_PERIOD_S)
     while not stop.is_set():
         if worker == 0 and time.monotonic() >= next_batch_s:
-            do_batch(client, recorder, rng, accounts, BATCH_ITEMS)
+            do_batch(client, recorder, rng, accounts, partition_count, BATCH_ITEMS)
             next_batch_s = time.monotonic() + BATCH_PERIOD_S
             continue
         kind = rng.choices(kinds, weights)[0]
@@ -469,7 +473,8 @@ def run(config_path: Path, out: Path, seed: int, workers: int, per_partition: in
                       tuple(n.id for n in config.nodes), seed, workers, started_s)
         write_json(out / SETUP_FILE, setup)
         threads = [threading.Thread(target=worker_loop, daemon=True,
-                                    args=(client, history, accounts, w, seed, stop))
+                                    args=(client, history, accounts, w, seed, stop,
+                                          config.partition_count))
                    for w in range(workers)]
         for thread in threads:
             thread.start()
