@@ -19,7 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from ledger.routing import partition_of
 from node.wallet_service import TRANSFERS_PER_BATCH_MAX
 from proto.wallet.v1 import wallet_pb2 as pb
-from tests.cluster_harness import LocalCluster, call_until_done, converged, wait_until
+from tests.cluster_harness import (
+    LocalCluster,
+    call_until_done,
+    converged,
+    running_cluster,
+    wait_until,
+)
 
 pytestmark = pytest.mark.cluster
 """Starts real node processes or Raft groups: `make test-fast` leaves these out."""
@@ -40,12 +46,8 @@ REASSEMBLY_ERRORS = ("pickle data was truncated", "Wrong transmission type",
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    running = LocalCluster(tmp_path, nodes=3, partitions=PARTITIONS)
-    try:
-        running.start_all()
+    with running_cluster(tmp_path, nodes=3, partitions=PARTITIONS) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 def long_accounts_on(partition: int, count: int, prefix: str) -> list[str]:

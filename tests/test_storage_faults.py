@@ -26,7 +26,14 @@ from node.journal import DurableJournal
 from node.launcher import start_node
 from node.server import EXIT_REFUSED, IDENTITY_FILE
 from proto.wallet.v1 import wallet_pb2 as pb
-from tests.cluster_harness import WAIT_S, LocalCluster, call_until_done, converged, wait_until
+from tests.cluster_harness import (
+    WAIT_S,
+    LocalCluster,
+    call_until_done,
+    converged,
+    running_cluster,
+    wait_until,
+)
 from tests.test_cluster_faults import assert_each_applied_once, open_funded_pair
 
 pytestmark = pytest.mark.cluster
@@ -120,12 +127,8 @@ DAMAGES: dict[str, tuple[Damage, str]] = {
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    running = LocalCluster(tmp_path, nodes=3, partitions=PARTITIONS)
-    try:
-        running.start_all()
+    with running_cluster(tmp_path, nodes=3, partitions=PARTITIONS) as running:
         yield running
-    finally:
-        running.stop_all()
 
 
 def test_a_second_process_on_a_live_data_dir_is_refused_before_it_opens_anything(
