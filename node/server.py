@@ -229,7 +229,8 @@ class NodeGroupFactory:
     settings: RaftSettings
     raft_bind_port_offset: int = 0
     initialising: bool = False
-    """True only while a bootstrap creates the node's first replicas (no state expected)."""
+    """True only while the node's first start creates its first replicas (bootstrap, or a
+    first start cut short and retried): no state is expected yet."""
 
     def create(self, group: int, cluster_map: ClusterMap, joining: bool
                ) -> PartitionReplica | MetadataGroup | None:
