@@ -8,14 +8,18 @@ and the same in-memory view (a list of `(command, idx, term)` tuples) with
 these guarantees:
 
 - Appends are plain file writes; `sync()` makes every pending append durable
-  with one fsync (group commit). The node calls it before any Raft message
-  leaves, so no entry is acknowledged before it is on disk.
-- Every record carries a CRC-32. On open, a torn final record (the tail of a
-  write that was never synced, hence never acknowledged) is cut off with a
-  warning; damage anywhere else raises `JournalCorrupt`: the node refuses to
-  start rather than replay a wrong or shortened log. So does a journal that
-  ends before the commit index its meta file records, or whose meta file is
-  missing or older than its records (`_check_covers_meta`).
+  with one fsync (group commit), then rewrites the header's sync mark (the
+  last log index made durable) and fsyncs it. The node calls it before any
+  Raft message leaves, so no entry is acknowledged before it is on disk and
+  covered by the mark. The second fsync is the price of telling, on open, a
+  torn write from a shortened file (bench/RESULTS.md has its measured cost).
+- Every record carries a CRC-32. On open, a torn final record after the sync
+  mark (the tail of a write that was never synced, hence never acknowledged)
+  is cut off with a warning; damage anywhere else raises `JournalCorrupt`:
+  the node refuses to start rather than replay a wrong or shortened log. So
+  does a journal whose intact records end before the sync mark
+  (`_check_sync_mark`) or before the commit index its meta file records, or
+  whose meta file is missing or older than its records (`_check_covers_meta`).
 - A failed append, fsync or meta write is reported to `node.fail_stop`, which
   ends the node process (a leader that cannot write must not go on leading).
 - Removing entries from the front (`deleteEntriesTo`, log compaction) and
@@ -35,7 +39,13 @@ these guarantees:
 
 On-disk format (all integers little-endian):
 
-    <path>          header:  b"RWJOURNAL" | u8 0 | u16 format version | u32 crc32(previous 12 bytes)
+    <path>          header (512 bytes, one sector):
+                             b"RWJOURNAL" | u8 0 | u16 format version (2) | u32 crc32(those 12)
+                             | sync mark: u64 log index | u32 crc32(those 8 bytes) | zero padding
+                             The sync mark is rewritten in place by `sync()`: every
+                             record up to that log index was fsynced (0: none).
+                             Format 1 (a 16-byte header without the mark) is read,
+                             then rewritten in format 2.
                     records: u32 payload length | u32 crc32(payload) | payload
                              payload = u64 log index | u64 term | command bytes
                     Record log indexes are consecutive (each one is the previous + 1).
@@ -78,7 +88,9 @@ SUPPORTED_PYSYNCOBJ_VERSION: Final = "0.3.17"
 """The pysyncobj release whose journal usage this module was checked against."""
 
 JOURNAL_MAGIC: Final = b"RWJOURNAL"
-JOURNAL_FORMAT_VERSION: Final = 1
+JOURNAL_FORMAT_VERSION: Final = 2
+LEGACY_JOURNAL_FORMAT_VERSION: Final = 1
+"""Format 1 has no sync mark; it is read, then rewritten in format 2 on open."""
 META_MAGIC: Final = b"RWJOURNAL-META"
 META_FORMAT_VERSION: Final = 1
 
@@ -91,7 +103,13 @@ MAX_COMMAND_BYTES: Final = 1 << 30
 
 _HEADER_BODY = struct.Struct("<9sBH")
 _HEADER_CRC = struct.Struct("<I")
-HEADER_BYTES: Final = _HEADER_BODY.size + _HEADER_CRC.size
+_IDENTITY_BYTES: Final = _HEADER_BODY.size + _HEADER_CRC.size
+LEGACY_HEADER_BYTES: Final = _IDENTITY_BYTES
+_SYNC_MARK = struct.Struct("<QI")  # synced-through log index, crc32 of those 8 bytes
+_SYNC_MARK_OFFSET_BYTES: Final = _IDENTITY_BYTES
+HEADER_BYTES: Final = 512
+"""Format 2's header fills one disk sector, so that rewriting the sync mark in place
+touches no record byte (sector writes are atomic on the drives databases run on)."""
 _RECORD_PREFIX = struct.Struct("<II")  # payload length, crc32(payload)
 _RECORD_IDS = struct.Struct("<QQ")  # log index, term
 _MIN_PAYLOAD_BYTES: Final = _RECORD_IDS.size
@@ -143,9 +161,15 @@ def _encode_record(command: bytes, idx: int, term: int) -> bytes:
     return _RECORD_PREFIX.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _encode_header() -> bytes:
+def _encode_header(synced_through_idx: int) -> bytes:
     body = _HEADER_BODY.pack(JOURNAL_MAGIC, 0, JOURNAL_FORMAT_VERSION)
-    return body + _HEADER_CRC.pack(zlib.crc32(body))
+    identity = body + _HEADER_CRC.pack(zlib.crc32(body))
+    return (identity + _encode_sync_mark(synced_through_idx)).ljust(HEADER_BYTES, b"\0")
+
+
+def _encode_sync_mark(synced_through_idx: int) -> bytes:
+    index_bytes = synced_through_idx.to_bytes(8, "little")
+    return _SYNC_MARK.pack(synced_through_idx, zlib.crc32(index_bytes))
 
 
 def _encode_meta(current_term: int, voted_for_node_id: str | None, commit_index: int) -> bytes:
@@ -225,7 +249,8 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
     """
 
     observe_fsync_s: Callable[[float], object] | None = None
-    """Called with the duration of each group-commit fsync (node.metrics sets it)."""
+    """Called with the duration of each group commit's fsyncs, records and sync mark
+    together (node.metrics sets it)."""
 
     def __init__(self, path: str, fsync: bool = True) -> None:
         self.path = os.fspath(path)
@@ -235,6 +260,9 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         self._entries: list[JournalEntry] = []
         self._record_offsets_bytes: list[int] = []
         self._end_offset_bytes = HEADER_BYTES
+        self._synced_through_idx = 0
+        """The sync mark as stored: every record up to this log index was fsynced."""
+        self._legacy_format = False
         self._dirty = False
         self._failure: str | None = None
         self._fd: int | None = None
@@ -243,6 +271,10 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         self._meta_unsaved = False
         if os.path.exists(self.path):
             self._fd = self._open_existing()
+            if self._legacy_format:
+                log.info("journal %s: rewriting it in format %d (adds the sync mark)",
+                         self.path, JOURNAL_FORMAT_VERSION)
+                self._rewrite(self._entries)
         else:
             if os.path.exists(self.meta_path):
                 raise JournalCorrupt(
@@ -321,15 +353,13 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         if not self._dirty:
             return
         fd = self._writable_fd()
-        if self.fsync_enabled:
-            started_s = time.perf_counter()
-            try:
-                datasync(fd)
-            except OSError as exc:
-                self._fail("fsync of the journal", exc)
-                raise
-            if self.observe_fsync_s is not None:
-                self.observe_fsync_s(time.perf_counter() - started_s)
+        started_s = time.perf_counter()
+        self._datasync(fd, "fsync of the journal")
+        # Only now, with the records durable, may the mark say so; it is made
+        # durable too before anything acknowledges them (see `_check_sync_mark`).
+        self._store_sync_mark(fd, self._entries[-1][1] if self._entries else 0)
+        if self.fsync_enabled and self.observe_fsync_s is not None:
+            self.observe_fsync_s(time.perf_counter() - started_s)
         self._dirty = False
 
     def flush(self) -> None:
@@ -347,6 +377,11 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             return
         fd = self._writable_fd()
         cut_offset_bytes = self._record_offsets_bytes[kept_count]
+        # Lower the mark before the records go: a crash in between leaves a mark
+        # that is below the log's end (harmless), never one past it (refused).
+        kept_last_idx = self._entries[kept_count - 1][1] if kept_count else 0
+        if self._synced_through_idx > kept_last_idx:
+            self._store_sync_mark(fd, kept_last_idx)
         try:
             os.ftruncate(fd, cut_offset_bytes)
         except OSError as exc:
@@ -484,6 +519,27 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         )
         fail_stop.storage_failed(f"journal {self.path}: {what}: {exc}")
 
+    def _datasync(self, fd: int, what: str) -> None:
+        if not self.fsync_enabled:
+            return
+        try:
+            datasync(fd)
+        except OSError as exc:
+            self._fail(what, exc)
+            raise
+
+    def _store_sync_mark(self, fd: int, synced_through_idx: int) -> None:
+        """Rewrite the header's sync mark in place and make it durable."""
+        if synced_through_idx == self._synced_through_idx:
+            return
+        try:
+            pwrite_all(fd, _encode_sync_mark(synced_through_idx), _SYNC_MARK_OFFSET_BYTES)
+        except OSError as exc:
+            self._fail("writing the sync mark", exc)
+            raise
+        self._datasync(fd, "fsync of the sync mark")
+        self._synced_through_idx = synced_through_idx
+
     def _fsync(self, fd: int, what: str) -> None:
         if not self.fsync_enabled:
             return
@@ -568,12 +624,36 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
                 except _TornTail as tail:
                     torn = tail
             self._check_covers_meta()  # before cutting anything off
+            self._check_sync_mark(torn)
             if torn is not None:
                 self._truncate_torn_tail(fd, file_size_bytes, torn)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def _check_sync_mark(self, torn: _TornTail | None) -> None:
+        """The intact records must reach the header's sync mark.
+
+        `sync()` fsyncs appended records, then rewrites the mark (the last log
+        index it made durable) and fsyncs it, and returns only then: nothing
+        acknowledges a record (a follower's reply, the leader's own vote for
+        its commit) before the mark covers it. So every record after the mark
+        was never acknowledged, and every record up to the mark was durable:
+        a journal whose intact records end before the mark was shortened or
+        damaged, whether its end looks like a torn write or not.
+        """
+        last_intact_idx = self._entries[-1][1] if self._entries else 0
+        if self._synced_through_idx <= last_intact_idx:
+            return
+        where = "a damaged final record" if torn is not None else "the end of the file"
+        self._refuse_open(
+            torn.offset_bytes if torn is not None else self._end_offset_bytes,
+            f"the intact records end at log index {last_intact_idx} ({where}) but the "
+            f"header's sync mark says records through log index {self._synced_through_idx} "
+            "were synced (and may have been acknowledged): durable records are missing or "
+            "damaged; the file was shortened or changed after it was written",
+        )
 
     def _check_covers_meta(self) -> None:
         """The log must hold every entry the meta file says this node has seen.
@@ -616,14 +696,18 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
 
         Why a torn final record can be cut: records are appended with one write
         each and acknowledged (a follower's reply, the leader's own commit) only
-        after the fsync that covers them. A crash mid-write or before that fsync
-        leaves at most the records after the last completed fsync damaged or
-        missing, and only at the end of the file. Those were never acknowledged.
-        What makes it safe to believe that here: the records before the cut must
-        still reach the commit index stored in the meta file (checked right after,
-        `_check_covers_meta`), and the replica checks the event archive's last
-        log index against the journal (node/replica_guard.py). A cut that would
-        remove a record either of them knows about refuses to start instead.
+        after the fsync that covers them and the fsync of the sync mark that
+        says so. A crash mid-write or before those fsyncs leaves at most the
+        records after the last stored sync mark damaged or missing, and only at
+        the end of the file. Those were never acknowledged. What makes it safe
+        to believe that here: the intact records before the cut must reach the
+        sync mark (`_check_sync_mark`) and the commit index stored in the meta
+        file (`_check_covers_meta`), both checked first, and the replica checks
+        the event archive's last log index against the journal
+        (node/replica_guard.py). A cut that would remove a record any of them
+        knows about refuses to start instead. A journal of format 1 (no sync
+        mark) is checked against the meta file and the archive only, then
+        rewritten in format 2.
         """
         log.warning(
             "journal %s: cutting off a torn final record at byte offset %d (%s): "
@@ -640,8 +724,9 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
 
         Entries read before a torn tail stay loaded.
         """
-        self._check_header(reader.read(HEADER_BYTES))
-        offset_bytes = HEADER_BYTES
+        offset_bytes = self._check_header(reader.read(HEADER_BYTES))
+        reader.seek(offset_bytes)
+        self._end_offset_bytes = offset_bytes
         previous_idx: int | None = None
         while offset_bytes < file_size_bytes:
             remaining_bytes = file_size_bytes - offset_bytes
@@ -687,14 +772,15 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             previous_idx = idx
             offset_bytes = end_offset_bytes
 
-    def _check_header(self, header: bytes) -> None:
+    def _check_header(self, header: bytes) -> int:
+        """Check the header, load the sync mark; returns the offset of the first record."""
         if header.startswith(b"PYSYNCOBJ"):
             raise JournalCorrupt(
                 self.path, 0,
                 "this is pysyncobj's own FileJournal format, which DurableJournal does not read",
             )
-        if len(header) < HEADER_BYTES:
-            raise JournalCorrupt(self.path, 0, f"shorter than the {HEADER_BYTES}-byte header")
+        if len(header) < _IDENTITY_BYTES:
+            raise JournalCorrupt(self.path, 0, f"shorter than the {_IDENTITY_BYTES}-byte header")
         body = header[:_HEADER_BODY.size]
         (stored_crc,) = _HEADER_CRC.unpack_from(header, _HEADER_BODY.size)
         magic, _reserved, version = _HEADER_BODY.unpack(body)
@@ -702,8 +788,18 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
             raise JournalCorrupt(self.path, 0, "not a RaftWallet journal (bad magic)")
         if zlib.crc32(body) != stored_crc:
             raise JournalCorrupt(self.path, 0, "header checksum mismatch")
+        if version == LEGACY_JOURNAL_FORMAT_VERSION:
+            self._legacy_format = True
+            return LEGACY_HEADER_BYTES
         if version != JOURNAL_FORMAT_VERSION:
             raise JournalCorrupt(self.path, 0, f"unsupported journal format version {version}")
+        if len(header) < HEADER_BYTES:
+            raise JournalCorrupt(self.path, 0, f"shorter than the {HEADER_BYTES}-byte header")
+        synced_through_idx, mark_crc = _SYNC_MARK.unpack_from(header, _SYNC_MARK_OFFSET_BYTES)
+        if zlib.crc32(synced_through_idx.to_bytes(8, "little")) != mark_crc:
+            raise JournalCorrupt(self.path, _SYNC_MARK_OFFSET_BYTES, "sync mark checksum mismatch")
+        self._synced_through_idx = synced_through_idx
+        return HEADER_BYTES
 
     def _rewrite(self, kept: list[JournalEntry]) -> None:
         """Replace the journal with one holding exactly `kept` (see `deleteEntriesTo`)."""
@@ -712,6 +808,8 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         self._entries = list(kept)
         self._record_offsets_bytes = offsets_bytes
         self._end_offset_bytes = end_offset_bytes
+        self._synced_through_idx = kept[-1][1] if kept else 0
+        self._legacy_format = False
         self._dirty = False
         if old_fd is not None:
             os.close(old_fd)
@@ -726,7 +824,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         tmp_path = self.path + COMPACT_TMP_SUFFIX
         fd = os.open(tmp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            batch = [_encode_header()]
+            batch = [_encode_header(entries[-1][1] if entries else 0)]
             batch_bytes = HEADER_BYTES
             written_bytes = 0
             offsets_bytes: list[int] = []

@@ -19,7 +19,7 @@ import pysyncobj.version
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-from node import fail_stop
+from node import durable_io, fail_stop
 from node import journal as journal_module
 from node.journal import (
     COMPACT_TMP_SUFFIX,
@@ -82,6 +82,36 @@ def _record(command: bytes, idx: int, term: int) -> bytes:
 
 def _record_offset(position: int, entries: list[tuple[bytes, int, int]] = ENTRIES) -> int:
     return HEADER_BYTES + sum(len(_record(*entry)) for entry in entries[:position])
+
+
+def _crashed_before_sync(open_journal: OpenJournal, synced: int = 3) -> DurableJournal:
+    """ENTRIES on disk; the first `synced` were synced, the rest written when the process died.
+
+    The process dies before `sync()`: the written records are in the file (as a
+    power loss can leave them) but the header's sync mark does not cover them.
+    """
+    _filled(open_journal, ENTRIES[:synced])
+    journal = open_journal()
+    for entry in ENTRIES[synced:]:
+        journal.add(*entry)
+    _die(journal)
+    return journal
+
+
+def _die(journal: DurableJournal) -> None:
+    """The process ends here: the file is closed with nothing more written or synced."""
+    assert journal._fd is not None
+    os.close(journal._fd)
+    journal._fd = None
+
+
+def _sync_mark(path: str) -> int:
+    """The header's sync mark, read as documented (u64 at byte 16, then its CRC-32)."""
+    with open(path, "rb") as f:
+        header = f.read(HEADER_BYTES)
+    index, crc = struct.unpack_from("<QI", header, 16)
+    assert zlib.crc32(struct.pack("<Q", index)) == crc
+    return int(index)
 
 
 def _flip_byte(path: str, offset: int) -> None:
@@ -241,12 +271,117 @@ def test_half_written_final_record_is_cut_off_on_open(
     assert reopened[-1] == (b"next", 5, 2)
 
 
-def test_flipped_byte_in_the_final_record_cuts_it_off_on_open(open_journal: OpenJournal) -> None:
-    journal = _filled(open_journal)
+def test_a_flipped_byte_in_a_final_record_that_was_never_synced_cuts_it_off_on_open(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _crashed_before_sync(open_journal, synced=3)
     _flip_byte(journal.path, os.path.getsize(journal.path) - 1)
     reopened = open_journal()
     assert reopened[:] == ENTRIES[:-1]
     assert os.path.getsize(reopened.path) == _record_offset(3)
+
+
+def test_a_flipped_byte_in_a_synced_final_record_refuses_to_open(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _filled(open_journal)
+    _flip_byte(journal.path, os.path.getsize(journal.path) - 1)
+    with pytest.raises(JournalCorrupt, match="sync mark says records through log index 4"):
+        open_journal()
+
+
+def test_sync_makes_the_records_durable_then_the_sync_mark_that_covers_them(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = open_journal()
+    for entry in ENTRIES:
+        journal.add(*entry)
+    calls: list[tuple[str, int]] = []
+    real_datasync = durable_io.datasync
+
+    def recording_datasync(fd: int) -> None:
+        calls.append(("fsync", _sync_mark(journal.path)))
+        real_datasync(fd)
+
+    monkeypatch.setattr(journal_module, "datasync", recording_datasync)
+    journal.sync()
+    # First fsync: the records, with the old mark; second: the new mark.
+    assert calls == [("fsync", 0), ("fsync", 4)]
+    assert _sync_mark(journal.path) == 4
+
+
+def test_a_crash_between_the_records_fsync_and_the_marks_leaves_the_tail_cuttable(
+    open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _filled(open_journal, ENTRIES[:3])
+    journal = open_journal()
+    journal.add(*ENTRIES[3])
+
+    def die_before_the_mark(fd: int, synced_through_idx: int) -> None:
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(journal, "_store_sync_mark", die_before_the_mark)
+    with pytest.raises(OSError, match="simulated crash"):
+        journal.sync()  # record 4 is durable, but nothing was told so: never acknowledged
+    _die(journal)
+    os.truncate(journal.path, _record_offset(3) + 5)
+    assert open_journal()[:] == ENTRIES[:3]
+
+
+def test_a_journal_cut_on_a_record_boundary_after_the_commit_index_but_before_the_sync_mark_refuses(
+    open_journal: OpenJournal,
+) -> None:
+    journal = _committed(open_journal, commit_index=2)
+    os.truncate(journal.path, _record_offset(3))
+    with pytest.raises(JournalCorrupt, match=r"intact records end at log index 3 \(the end of "
+                                             r"the file\) but the header's sync mark says "
+                                             "records through log index 4"):
+        open_journal()
+
+
+def test_dropping_the_tail_lowers_the_sync_mark_first(open_journal: OpenJournal) -> None:
+    journal = _filled(open_journal)
+    journal = open_journal()
+    journal.deleteEntriesFrom(2)
+    assert _sync_mark(journal.path) == 2
+    journal.add(b"new leader's entry", 3, 3)
+    _die(journal)  # never synced
+    os.truncate(journal.path, os.path.getsize(journal.path) - 3)
+    assert open_journal()[:] == ENTRIES[:2]
+
+
+def test_compaction_writes_a_sync_mark_for_the_kept_entries(open_journal: OpenJournal) -> None:
+    journal = _filled(open_journal)
+    journal = open_journal()
+    journal.deleteEntriesTo(2)
+    assert _sync_mark(journal.path) == 4
+    journal.clear()
+    assert _sync_mark(journal.path) == 0
+
+
+def test_a_damaged_sync_mark_refuses_to_open(open_journal: OpenJournal) -> None:
+    journal = _filled(open_journal)
+    _flip_byte(journal.path, 17)
+    with pytest.raises(JournalCorrupt, match="sync mark checksum mismatch"):
+        open_journal()
+
+
+def test_a_format_1_journal_is_read_and_rewritten_with_a_sync_mark(
+    open_journal: OpenJournal, journal_path: str
+) -> None:
+    _at_term(open_journal, 2)._destroy()
+    body = struct.pack("<9sBH", b"RWJOURNAL", 0, 1)
+    with open(journal_path, "wb") as f:
+        f.write(body + struct.pack("<I", zlib.crc32(body)))
+        for entry in ENTRIES:
+            f.write(_record(*entry))
+        f.write(_record(b"torn", 5, 2)[:7])  # format 1 knows no mark: a torn tail is cut
+    journal = open_journal()
+    assert journal[:] == ENTRIES
+    assert _sync_mark(journal_path) == 4
+    assert os.path.getsize(journal_path) == _record_offset(4)
+    journal._destroy()
+    assert open_journal()[:] == ENTRIES
 
 
 def test_zero_filled_tail_is_cut_off_on_open(open_journal: OpenJournal) -> None:
@@ -288,10 +423,10 @@ def test_a_journal_cut_mid_record_before_the_commit_index_refuses_and_keeps_the_
     assert os.path.getsize(journal.path) == cut_size  # nothing cut off: kept for analysis
 
 
-def test_a_torn_record_after_the_commit_index_is_still_cut_off(
+def test_a_torn_record_after_the_commit_index_that_was_never_synced_is_cut_off(
     open_journal: OpenJournal,
 ) -> None:
-    journal = _committed(open_journal, commit_index=3)
+    journal = _crashed_before_sync(open_journal, synced=3)
     os.truncate(journal.path, _record_offset(3) + 5)
     assert open_journal()[:] == ENTRIES[:3]
 
