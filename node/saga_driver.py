@@ -22,7 +22,6 @@ point and the next leader simply carries on:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -37,6 +36,7 @@ from ledger.saga import credits_for, resolutions
 from node import archive_seed, failpoints, preseed
 from node.api import ApiError
 from node.archive import ArchiveCorrupt
+from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from node.host import NodeHost
 from node.membership import status_of_refusal
 from node.proposer import Applied
@@ -50,14 +50,7 @@ DRIVE_IDLE_S = 0.5
 STEP_TIMEOUT_S = 5.0
 RETRY_BACKOFF_S_MIN = 0.05
 RETRY_BACKOFF_S_MAX = 5.0
-PEER_TOKEN_METADATA_KEY = "raftwallet-peer-token"
 _DEFINITIVE = frozenset({Code.OK, *CREDIT_REJECTIONS})
-
-
-def peer_token(secret: str) -> str:
-    """What nodes show each other on PeerService calls: a keyed hash of the cluster secret."""
-    key = hashlib.blake2b(secret.encode("utf-8"), digest_size=32).digest()
-    return hashlib.blake2b(b"raftwallet peer rpc v1", key=key, digest_size=32).hexdigest()
 
 
 def credit_outcomes(credits: Sequence[c.CreditForTransfer],
