@@ -54,12 +54,13 @@ from node.journal import JournalCorrupt
 from node.membership import MAP_FILE, MapCache, MapFileCorrupt, Membership, fetch_map
 from node.metadata_group import MetadataGroup
 from node.metrics import NodeMetrics
+from node.peer_service import PeerService
 from node.preseed import Preseeder, has_local_state
 from node.proposer import ProposerSettings
 from node.replica import PartitionReplica, RaftSettings
 from node.replica_guard import ReplicaStateMissing
 from node.request_guard import RequestGuard
-from node.saga_driver import PeerService, SagaDriver
+from node.saga_driver import SagaDriver
 from node.wallet_service import WalletService
 from proto.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
