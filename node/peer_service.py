@@ -21,6 +21,7 @@ from node.archive import ArchiveCorrupt
 from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from node.host import NodeHost
 from node.membership import status_of_refusal
+from node.replica import PartitionReplica
 from node.saga_driver import STEP_TIMEOUT_S, credit_outcomes
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -38,6 +39,17 @@ class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         if self._token and not hmac.compare_digest(str(presented), self._token):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "PeerService is for the cluster's own nodes")
+
+    async def _local_replica(self, partition: int,
+                             context: grpc.aio.ServicerContext) -> PartitionReplica:
+        """This node's replica of `partition`, for a peer (NOT_FOUND when there is none)."""
+        await self._check_peer(context)
+        replica = self.host.replicas.get(partition)
+        if replica is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"partition: {partition} has no replica on this node")
+            raise AssertionError("unreachable")
+        return replica
 
     async def ProposeMapChange(self, request: pb.ProposeMapChangeRequest,
                                context: grpc.aio.ServicerContext,
@@ -76,12 +88,7 @@ class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     async def FetchArchive(self, request: pb.FetchArchiveRequest,
                            context: grpc.aio.ServicerContext) -> pb.FetchArchiveResponse:
         """Raw records of this node's archive, for seeding another replica's (archive_seed)."""
-        await self._check_peer(context)
-        replica = self.host.replicas.get(request.partition)
-        if replica is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"partition: {request.partition} has no replica on this node")
-            raise AssertionError("unreachable")
+        replica = await self._local_replica(request.partition, context)
         if request.from_position < 1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "from_position: archive positions start at 1")
@@ -103,12 +110,7 @@ class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
         The file is opened once: writers rename a complete file over it, so the open
         inode stays one whole snapshot however long the transfer takes.
         """
-        await self._check_peer(context)
-        replica = self.host.replicas.get(request.partition)
-        if replica is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"partition: {request.partition} has no replica on this node")
-            raise AssertionError("unreachable")
+        replica = await self._local_replica(request.partition, context)
         try:
             source = open(replica.snapshot_path, "rb")  # noqa: SIM115 (closed below)
         except FileNotFoundError:
