@@ -31,10 +31,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not cluster"
 
-## lint: ruff and mypy, both must be clean
+## lint: ruff, mypy and lint-imports (the import rules in pyproject's [tool.importlinter]), all must be clean
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 check: lint test
 
@@ -74,4 +75,4 @@ proto: setup
 	$(BIN)/python -m proto.generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .hypothesis build *.egg-info

@@ -14,25 +14,27 @@ to their `currency`. Exit status: 0 done, 1 the cluster refused the request
 connection problem (including an outcome that stayed unknown). Errors go to
 stderr as `walletctl: error: STATUS: message`, never as a traceback.
 
-`cluster up`, `cluster down`, `node start`, `gateway` and `replay` are
-implemented by the node package (`node.launcher`, `node.server`,
-`node.http_gateway`, `node.replay_cli`), imported only when used. `replay` reads
-a node's data dir offline: of the global options only --json applies to it.
+This module is the client's half: it never imports `node`. The commands that
+run node code on this machine (`cluster up`, `cluster down`, `node start`,
+`gateway`, `replay`) are added by node.walletctl, the `walletctl` entry point,
+through `main(argv, extra_commands)`: each `ExtraCommand` names the command group
+it joins and the command it follows there, so `walletctl --help` lists every
+command in one order.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import sys
 import time
 import tomllib
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import grpc
 from rich.console import Console
@@ -625,81 +627,6 @@ def cmd_cluster_status(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
-def _node_function(module: str, name: str, what: str, out: Output) -> Callable[..., Any] | None:
-    """Import node code only when a node command runs; None (reported) when it is missing."""
-    try:
-        function = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        out.error(f"{what} is not available: cannot load {module}.{name} ({error})")
-        return None
-    return cast(Callable[..., Any], function)
-
-
-def _config_path(args: argparse.Namespace, command: str) -> Path:
-    if not args.config:
-        raise UsageError(f"{command} needs --config FILE (a cluster file)")
-    return Path(args.config)
-
-
-def _rc(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else EXIT_OK
-
-
-def cmd_cluster_up(args: argparse.Namespace, out: Output) -> int:
-    config_path = _config_path(args, "cluster up")
-    function = _node_function("node.launcher", "cluster_up", "cluster up", out)
-    if function is None:
-        return EXIT_USAGE
-    return _rc(function(config_path=config_path, data_dir=args.data_dir, as_json=out.as_json))
-
-
-def cmd_cluster_down(args: argparse.Namespace, out: Output) -> int:
-    function = _node_function("node.launcher", "cluster_down", "cluster down", out)
-    if function is None:
-        return EXIT_USAGE
-    return _rc(function(data_dir=args.data_dir, as_json=out.as_json))
-
-
-def cmd_node_start(args: argparse.Namespace, out: Output) -> int:
-    config_path = _config_path(args, "node start")
-    function = _node_function("node.server", "run_node", "node start", out)
-    if function is None:
-        return EXIT_USAGE
-    return _rc(
-        function(
-            config_path=config_path,
-            node_id=args.node_id,
-            data_dir=args.data_dir,
-            bootstrap=args.bootstrap,
-            join=args.join,
-            insecure_dev_mode=args.insecure_dev_mode,
-            http_listen=args.http_listen,
-        )
-    )
-
-
-_NOT_FOR_REPLAY = (("--target", "target"), ("--config", "config"), ("--token", "token"),
-                   ("--admin-token", "admin_token"), ("--tls-ca", "tls_ca"),
-                   ("--tls-cert", "tls_cert"), ("--tls-key", "tls_key"))
-
-
-def cmd_replay(args: argparse.Namespace, out: Output) -> int:
-    """Offline, from a node's data dir (node.replay_cli parses the rest of the line)."""
-    given = [flag for flag, name in _NOT_FOR_REPLAY if getattr(args, name, None)]
-    given += [flag for flag, name, default in (
-        ("--timeout", "timeout", DEFAULT_TIMEOUT_S),
-        ("--attempt-timeout", "attempt_timeout", DEFAULT_ATTEMPT_TIMEOUT_S))
-        if getattr(args, name) != default]
-    if given:
-        raise UsageError(f"replay reads a node's data dir offline, without a cluster: "
-                         f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not "
-                         "apply to it")
-    function = _node_function("node.replay_cli", "main", "replay", out)
-    if function is None:
-        return EXIT_USAGE
-    return _rc(function([*args.replay_arguments, *(["--json"] if out.as_json else [])]))
-
-
 def _admin_client(args: argparse.Namespace) -> membership_cli.AdminClient:
     targets = resolve_targets([*(args.target or []), *getattr(args, "target_after", [])],
                               args.config)
@@ -836,24 +763,6 @@ def cmd_rebalance_leaders(args: argparse.Namespace, out: Output) -> int:
     return _membership(args, out, run)
 
 
-def cmd_gateway(args: argparse.Namespace, out: Output) -> int:
-    targets = [*(args.target or []), *getattr(args, "target_after", [])]
-    if not targets and not args.config:
-        raise UsageError("gateway needs --config FILE or --target HOST:PORT")
-    function = _node_function("node.http_gateway", "run_gateway", "gateway", out)
-    if function is None:
-        return EXIT_USAGE
-    return _rc(
-        function(
-            config_path=Path(args.config) if args.config else None,
-            targets=targets,
-            listen=args.listen,
-            timeout_s=args.timeout,
-            attempt_timeout_s=args.attempt_timeout,
-        )
-    )
-
-
 # --- the parser -----------------------------------------------------------------------
 
 
@@ -889,7 +798,6 @@ def _position(text: str) -> int:
 
 _TARGET_HELP = "a node's gRPC address; repeat it or separate with commas (default: --config)"
 _CONFIG_HELP = "cluster TOML file: without --target, talk to every [[nodes]] host:grpc_port"
-_CONFIG_REQUIRED_HELP = "the cluster TOML file (required; before or after the command)"
 _JSON_HELP = "print exactly one JSON object on stdout"
 _TOKEN_HELP = (
     f"WalletService token (default: --config's wallet_token, else ${ENV_TOKEN}); "
@@ -911,8 +819,8 @@ _ATTEMPT_TIMEOUT_HELP = (
 )
 
 
-def _global_options(parser: argparse.ArgumentParser, *, top: bool,
-                    config_help: str = _CONFIG_HELP) -> None:
+def global_options(parser: argparse.ArgumentParser, *, top: bool,
+                   config_help: str = _CONFIG_HELP) -> None:
     """The global options; on a command they may also follow it (top=False: no defaults).
 
     Every command declares them (a test checks it), so that each one may be given
@@ -948,14 +856,71 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool,
     options.add_argument("--tls-key", metavar="FILE", help="its private key", default=default)
 
 
-def _command(
-    subparsers: Any, name: str, help_text: str, handler: Handler, description: str = "",
-    usage: str | None = None,
+def set_handler(parser: argparse.ArgumentParser, handler: Handler, *,
+                reads_config_itself: bool = False, parses_own_arguments: bool = False) -> None:
+    """Make `handler` run the command of `parser`.
+
+    reads_config_itself: main does not check --config first (node.config checks every
+    rule of the file, or the command refuses --config). parses_own_arguments: the parser
+    declares none of the command's options; the handler gets what follows the command
+    as `args.own_arguments`, and the rest of the line is not parsed strictly.
+    """
+    parser.set_defaults(handler=handler, reads_config_itself=reads_config_itself,
+                        parses_own_arguments=parses_own_arguments)
+
+
+@dataclass(frozen=True)
+class ExtraCommand:
+    """A command that a layer above the client adds to walletctl (node.walletctl adds
+    those that run node code), and where `walletctl --help` lists it."""
+
+    group: tuple[str, ...]
+    """The command group it joins: () the top level, ("cluster",), ("node",), ..."""
+    after: str | None
+    """The command of that group it follows in the listing; None: it comes first."""
+    add: Callable[[CommandGroup], None]
+    """Adds its parser(s) to the group, with `add_command` or `CommandGroup.add_parser`."""
+
+
+class CommandGroup:
+    """The commands of one level of walletctl (the top level, `cluster`, `node`, ...).
+
+    Adding a command also adds the extra commands that follow it, so that the client's
+    and the extra commands are listed in one order whichever module declares them.
+    """
+
+    def __init__(self, path: tuple[str, ...], subparsers: Any,
+                 pending: list[ExtraCommand]) -> None:
+        self.path = path
+        self._subparsers = subparsers
+        self._pending = pending
+        self._add_extras_after(None)
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._subparsers.add_parser(name, **kwargs)
+        self._add_extras_after(name)
+        return parser
+
+    def group(self, name: str, help_text: str, description: str) -> CommandGroup:
+        """A command that has commands of its own."""
+        parser = self.add_parser(name, help=help_text, description=description)
+        subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+        return CommandGroup((*self.path, name), subparsers, self._pending)
+
+    def _add_extras_after(self, name: str | None) -> None:
+        for extra in [e for e in self._pending if (e.group, e.after) == (self.path, name)]:
+            self._pending.remove(extra)
+            extra.add(self)
+
+
+def add_command(
+    commands: CommandGroup, name: str, help_text: str, handler: Handler, description: str = "",
+    usage: str | None = None, *, reads_config_itself: bool = False,
 ) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = commands.add_parser(
         name, help=help_text, description=description or help_text, usage=usage
     )
-    parser.set_defaults(handler=handler)
+    set_handler(parser, handler, reads_config_itself=reads_config_itself)
     return parser
 
 
@@ -985,7 +950,9 @@ def _id_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: Sequence[ExtraCommand] = ()) -> argparse.ArgumentParser:
+    """The client's commands, and `extra_commands` each where it says."""
+    pending = list(extra_commands)
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Talk to a RaftWallet cluster: accounts, money movements, balances, "
@@ -994,57 +961,55 @@ def build_parser() -> argparse.ArgumentParser:
         "deposit or withdrawal FAILED); 2 usage, configuration or connection problem, "
         "or an outcome that stayed unknown (retry with the same --id).",
     )
-    _global_options(parser, top=True)
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    global_options(parser, top=True)
+    commands = CommandGroup(
+        (), parser.add_subparsers(title="commands", metavar="COMMAND", required=True), pending)
 
-    account = commands.add_parser("account", help="manage accounts",
-                                  description="Manage accounts.")
-    account_commands = account.add_subparsers(title="commands", metavar="COMMAND",
-                                              required=True)
-    p = _command(account_commands, "create", "open an account holding one currency",
-                 cmd_account_create,
-                 "Open ACCOUNT holding CUR. Retrying with the same --id returns the same "
-                 "answer; another id for an existing account is refused (ALREADY_EXISTS).")
+    account_commands = commands.group("account", "manage accounts", "Manage accounts.")
+    p = add_command(account_commands, "create", "open an account holding one currency",
+                    cmd_account_create,
+                    "Open ACCOUNT holding CUR. Retrying with the same --id returns the same "
+                    "answer; another id for an existing account is refused (ALREADY_EXISTS).")
     p.add_argument("account", metavar="ACCOUNT", help="account id")
     p.add_argument("--currency", required=True, metavar="CUR",
                    help="ISO 4217 code, upper case (USD, EUR, JPY...)")
     _id_option(p, "request id")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
     for name, verb, handler in (("deposit", "put money into", cmd_deposit),
                                 ("withdraw", "take money out of", cmd_withdraw)):
-        p = _command(commands, name, f"{verb} an account from/to the outside world", handler,
-                     f"{verb.capitalize()} ACCOUNT: AMOUNT of CUR, exactly once per --id. "
-                     "Prints the outcome and the balance after it.")
+        p = add_command(commands, name, f"{verb} an account from/to the outside world", handler,
+                        f"{verb.capitalize()} ACCOUNT: AMOUNT of CUR, exactly once per --id. "
+                        "Prints the outcome and the balance after it.")
         p.add_argument("account", metavar="ACCOUNT", help="account id")
         p.add_argument("amount", metavar="AMOUNT",
                        help="decimal amount in major units, e.g. 12.34 (no sign, no exponent)")
         p.add_argument("--currency", required=True, metavar="CUR",
                        help="ISO 4217 code; must be the account's currency")
         _id_option(p, "transaction id")
-        _global_options(p, top=False)
+        global_options(p, top=False)
 
-    p = _command(commands, "transfer", "move money from one account to another",
-                 cmd_transfer,
-                 "Move AMOUNT of CUR from FROM to TO, exactly once per --id. Prints the "
-                 "outcome: SUCCEEDED, FAILED (with the reason; exit 1) or PENDING (the "
-                 "credit is in flight: ask get-transfer later).")
+    p = add_command(commands, "transfer", "move money from one account to another",
+                    cmd_transfer,
+                    "Move AMOUNT of CUR from FROM to TO, exactly once per --id. Prints the "
+                    "outcome: SUCCEEDED, FAILED (with the reason; exit 1) or PENDING (the "
+                    "credit is in flight: ask get-transfer later).")
     p.add_argument("from_account", metavar="FROM", help="account debited")
     p.add_argument("to_account", metavar="TO", help="account credited")
     p.add_argument("amount", metavar="AMOUNT", help="decimal amount in major units, e.g. 12.34")
     p.add_argument("--currency", required=True, metavar="CUR",
                    help="ISO 4217 code; both accounts must hold it")
     _id_option(p, "transaction id")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    p = _command(commands, "balance", "show an account's balance", cmd_balance,
-                 "Show ACCOUNT's balance. By default a linearizable read (sees every "
-                 "acknowledged write); --stale answers from any replica, labelled stale. "
-                 "The position shown is the log position of the account's partition that "
-                 "the balance is as of. A linearizable read is ordered by a barrier entry "
-                 "appended to the log, so its position is that entry's and grows with every "
-                 "read, writes or not; pass it as --min-position to another read to see at "
-                 "least that state.")
+    p = add_command(commands, "balance", "show an account's balance", cmd_balance,
+                    "Show ACCOUNT's balance. By default a linearizable read (sees every "
+                    "acknowledged write); --stale answers from any replica, labelled stale. "
+                    "The position shown is the log position of the account's partition that "
+                    "the balance is as of. A linearizable read is ordered by a barrier entry "
+                    "appended to the log, so its position is that entry's and grows with every "
+                    "read, writes or not; pass it as --min-position to another read to see at "
+                    "least that state.")
     p.add_argument("account", metavar="ACCOUNT", help="account id")
     p.add_argument("--stale", action="store_true",
                    help="read from any replica (faster, may lag; labelled stale)")
@@ -1053,140 +1018,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at", metavar="ISO8601", default=None,
                    help="the balance as it was at that time (e.g. 2026-11-25T18:00:00Z), "
                         "rebuilt from the event archive")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    p = _command(commands, "get-transfer", "show one transfer and its steps", cmd_get_transfer,
-                 "Show the transfer ID debited from --from ACCOUNT: status, reason, steps.")
+    p = add_command(commands, "get-transfer", "show one transfer and its steps", cmd_get_transfer,
+                    "Show the transfer ID debited from --from ACCOUNT: status, reason, steps.")
     p.add_argument("transaction_id", metavar="ID", help="the transfer's transaction id")
     p.add_argument("--from", dest="from_account", required=True, metavar="ACCOUNT",
                    help="the debited account (transfers are keyed by it and the id)")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    p = _command(commands, "verify", "check every replica against a replay of its archive",
-                 cmd_verify,
-                 "Ask every node to replay each of its partitions' event archives from "
-                 "position 0 to its applied position and compare with its live state hash; "
-                 "then check each replica against its peers: every replica must reach the "
-                 "highest position any of them reported (within 10 s), and all must have "
-                 "the same archive chain hash (the whole history) and state hash there. "
-                 "Exit 1 on any mismatch, lagging replica or unreachable node. "
-                 "(`walletctl replay --data-dir DIR ...` rebuilds balances offline from a "
-                 "node's data dir; see `walletctl replay --help`.)")
-    _global_options(p, top=False)
+    p = add_command(commands, "verify", "check every replica against a replay of its archive",
+                    cmd_verify,
+                    "Ask every node to replay each of its partitions' event archives from "
+                    "position 0 to its applied position and compare with its live state hash; "
+                    "then check each replica against its peers: every replica must reach the "
+                    "highest position any of them reported (within 10 s), and all must have "
+                    "the same archive chain hash (the whole history) and state hash there. "
+                    "Exit 1 on any mismatch, lagging replica or unreachable node. "
+                    "(`walletctl replay --data-dir DIR ...` rebuilds balances offline from a "
+                    "node's data dir; see `walletctl replay --help`.)")
+    global_options(p, top=False)
 
-    # Offline, no cluster involved: node.replay_cli parses everything after `replay`
-    # (`walletctl replay --help` is its help); --json may also come before the command.
-    p = commands.add_parser("replay", add_help=False,
-                            help="rebuild balances offline from a node's data dir "
-                                 "(walletctl replay --help)")
-    p.set_defaults(handler=cmd_replay)
-
-    p = _command(commands, "abort-transfer", "close a transfer's unknown outcome for good",
-                 cmd_abort_transfer,
-                 "Commit an abort for the transfer ID from --from ACCOUNT. If it was applied "
-                 "first, prints its outcome; otherwise it ends FAILED (reason ABORTED) and the "
-                 "original request is refused should it still arrive.")
+    p = add_command(commands, "abort-transfer", "close a transfer's unknown outcome for good",
+                    cmd_abort_transfer,
+                    "Commit an abort for the transfer ID from --from ACCOUNT. If it was applied "
+                    "first, prints its outcome; otherwise it ends FAILED (reason ABORTED) and the "
+                    "original request is refused should it still arrive.")
     p.add_argument("transaction_id", metavar="ID", help="the transfer's transaction id")
     p.add_argument("--from", dest="from_account", required=True, metavar="ACCOUNT",
                    help="the debited account")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    p = _command(commands, "history", "list an account's transfers, a page at a time",
-                 cmd_history,
-                 "List ACCOUNT's transfers (sent and received), oldest first, a page at a "
-                 "time; pass the printed page token back with --page-token for the next page.")
+    p = add_command(commands, "history", "list an account's transfers, a page at a time",
+                    cmd_history,
+                    "List ACCOUNT's transfers (sent and received), oldest first, a page at a "
+                    "time; pass the printed page token back with --page-token for the next page.")
     p.add_argument("account", metavar="ACCOUNT", help="account id")
     p.add_argument("--limit", type=_limit, default=100, metavar="N",
                    help="transfers per page (default 100)")
     p.add_argument("--page-token", default="", metavar="T",
                    help="continue after a previous page")
     p.add_argument("--newest-first", action="store_true", help="newest transfers first")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    p = _command(commands, "route", "show an account's partition and its leader", cmd_route,
-                 "Show which partition owns ACCOUNT (ledger.routing.partition_of over the "
-                 "cluster's partition count) and that partition's current leader.")
+    p = add_command(commands, "route", "show an account's partition and its leader", cmd_route,
+                    "Show which partition owns ACCOUNT (ledger.routing.partition_of over the "
+                    "cluster's partition count) and that partition's current leader.")
     p.add_argument("account", metavar="ACCOUNT", help="account id")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    cluster = commands.add_parser("cluster", help="inspect, start or stop a cluster",
-                                  description="Inspect, start or stop a cluster.")
-    cluster_commands = cluster.add_subparsers(title="commands", metavar="COMMAND",
-                                              required=True)
-    p = _command(cluster_commands, "status", "per partition: leader, term, indexes, replicas",
-                 cmd_cluster_status,
-                 "Show per partition the leader, term, Raft commit index, ledger position "
-                 "(entries applied; it is not the commit index: Raft's own entries are not "
-                 "ledger entries, so the two differ on a healthy cluster), each replica's "
-                 "Raft match index and lag, money in flight, outbox depth, last snapshot and "
-                 "a state hash prefix; then every node and whether it answers.")
-    _global_options(p, top=False)
+    cluster_commands = commands.group("cluster", "inspect, start or stop a cluster",
+                                      "Inspect, start or stop a cluster.")
+    p = add_command(cluster_commands, "status", "per partition: leader, term, indexes, replicas",
+                    cmd_cluster_status,
+                    "Show per partition the leader, term, Raft commit index, ledger position "
+                    "(entries applied; it is not the commit index: Raft's own entries are not "
+                    "ledger entries, so the two differ on a healthy cluster), each replica's "
+                    "Raft match index and lag, money in flight, outbox depth, last snapshot and "
+                    "a state hash prefix; then every node and whether it answers.")
+    global_options(p, top=False)
 
-    p = _command(cluster_commands, "up", "start every node of a cluster file locally",
-                 cmd_cluster_up,
-                 "Start one node process per [[nodes]] entry of the cluster file --config, "
-                 "with data under DIR/<node-id>, and wait until every partition has a leader "
-                 "and every node answering on the file's ports is one this command started "
-                 "(node.launcher). Exit status: 0 ready; 1 no leader everywhere within 60 s "
-                 "(the nodes keep running); 2 usage, an invalid file, or a cluster already "
-                 "running from DIR; 3 a node it started exited (each node's reason from its "
-                 "log is printed, and the others are stopped), e.g. because another cluster "
-                 "holds the file's ports.",
-                 usage=f"{PROG} cluster up --config FILE --data-dir DIR [--json] "
-                       "[global options]")
-    p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
-                   help="where the nodes keep their data and the cluster's process ids")
-    _global_options(p, top=False, config_help=_CONFIG_REQUIRED_HELP)
-
-    p = _command(cluster_commands, "down", "stop the nodes started by cluster up",
-                 cmd_cluster_down,
-                 "Stop the node processes that `cluster up` started with this --data-dir "
-                 "(node.launcher).")
-    p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
-                   help="the --data-dir given to cluster up")
-    _global_options(p, top=False)
-
-    p = _command(commands, "gateway", "serve the HTTP/JSON API in front of a cluster",
-                 cmd_gateway,
-                 "Serve the HTTP/JSON API (POST /v1/wallet/balance_transfer, accounts, deposits, "
-                 "withdrawals, balances, transfer status; OpenAPI at /openapi.json, docs at "
-                 "/docs, /healthz and /readyz) on --listen until SIGTERM, talking to the "
-                 "cluster of --config (every [[nodes]] host:grpc_port) or --target through the "
-                 "client SDK (node.http_gateway). --timeout bounds each HTTP request's cluster "
-                 "calls, retries included; --attempt-timeout each attempt at one node.")
-    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
-                   help="address to serve HTTP on (default 127.0.0.1:8080)")
-    _global_options(p, top=False)
-
-    node = commands.add_parser("node", help="run one node",
-                               description="Run one RaftWallet node.")
-    node_commands = node.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    p = _command(node_commands, "start", "run one node in the foreground until SIGTERM",
-                 cmd_node_start,
-                 "Run node ID of the cluster file --config in the foreground, keeping its "
-                 "data in DIR, until SIGTERM (node.server).",
-                 usage=f"{PROG} node start --config FILE --node-id ID --data-dir DIR "
-                       "[--bootstrap | --join] [--insecure-dev-mode] [--http-listen HOST:PORT] "
-                       "[global options]")
-    p.add_argument("--node-id", required=True, metavar="ID", help="this node's id in the file")
-    p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
-                   help="this node's data directory")
-    p.add_argument("--bootstrap", action="store_true",
-                   help="initialise an empty data dir (first start of a new cluster)")
-    p.add_argument("--join", action="store_true",
-                   help="initialise an empty data dir for a node registered with `node add` "
-                        "(the cluster map is fetched from the nodes of --config)")
-    p.add_argument("--insecure-dev-mode", action="store_true",
-                   help="allow a cluster file without secret: unencrypted Raft, loopback only")
-    p.add_argument("--http-listen", metavar="HOST:PORT", default=None,
-                   help="also serve the HTTP/JSON gateway in this process (see "
-                        "`walletctl gateway`)")
-    _global_options(p, top=False, config_help=_CONFIG_REQUIRED_HELP)
-    p = _command(node_commands, "add", "register a new node in the cluster map",
-                 cmd_node_add,
-                 "Register node ID in the cluster map (through the metadata group). Then start "
-                 "it on its host with `node start --join`, and move replicas onto it with "
-                 "`replica add` (docs/operations.md).")
+    node_commands = commands.group("node", "run one node", "Run one RaftWallet node.")
+    p = add_command(node_commands, "add", "register a new node in the cluster map",
+                    cmd_node_add,
+                    "Register node ID in the cluster map (through the metadata group). Then start "
+                    "it on its host with `node start --join`, and move replicas onto it with "
+                    "`replica add` (docs/operations.md).")
     p.add_argument("--id", required=True, metavar="ID", help="the new node's id (never reuse "
                    "the id of a node whose disk was lost)")
     p.add_argument("--host", required=True, metavar="HOST", help="its host name or IPv4 address")
@@ -1195,70 +1092,67 @@ def build_parser() -> argparse.ArgumentParser:
                    help="partition p listens on PORT + p, the metadata group on PORT + "
                         "partitions")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT")
-    _global_options(p, top=False)
-    p = _command(node_commands, "remove", "remove a node that hosts no replica",
-                 cmd_node_remove,
-                 "Remove NODE from the cluster map; refused while it still hosts a replica "
-                 "(run `node drain` first).")
+    global_options(p, top=False)
+    p = add_command(node_commands, "remove", "remove a node that hosts no replica",
+                    cmd_node_remove,
+                    "Remove NODE from the cluster map; refused while it still hosts a replica "
+                    "(run `node drain` first).")
     p.add_argument("node", metavar="NODE")
-    _global_options(p, top=False)
-    p = _command(node_commands, "snapshot", "make a node's replicas take a snapshot now",
-                 cmd_node_snapshot,
-                 "Ask the node of --target to compact the log of each given partition now "
-                 "(AdminService.Snapshot): its snapshot is written in the background, and "
-                 "its journal shrinks to the entries after it. Useful before a cold backup.")
+    global_options(p, top=False)
+    p = add_command(node_commands, "snapshot", "make a node's replicas take a snapshot now",
+                    cmd_node_snapshot,
+                    "Ask the node of --target to compact the log of each given partition now "
+                    "(AdminService.Snapshot): its snapshot is written in the background, and "
+                    "its journal shrinks to the entries after it. Useful before a cold backup.")
     p.add_argument("--partition", type=int, action="append", required=True, metavar="P",
                    help="a partition the node hosts (repeat for several)")
-    _global_options(p, top=False)
-    p = _command(node_commands, "drain", "move every replica of a node to other nodes",
-                 cmd_node_drain,
-                 "For each replica of NODE (partitions and metadata group): add a replica on "
-                 "the least loaded other node, wait until it has caught up and votes, then "
-                 "remove NODE's (its leadership is handed over first). One group at a time.")
+    global_options(p, top=False)
+    p = add_command(node_commands, "drain", "move every replica of a node to other nodes",
+                    cmd_node_drain,
+                    "For each replica of NODE (partitions and metadata group): add a replica on "
+                    "the least loaded other node, wait until it has caught up and votes, then "
+                    "remove NODE's (its leadership is handed over first). One group at a time.")
     p.add_argument("node", metavar="NODE")
     p.add_argument("--wait-s", type=float, default=membership_cli.DEFAULT_WAIT_S,
                    metavar="SECONDS", help="how long to wait for each step (default "
                    f"{membership_cli.DEFAULT_WAIT_S:g})")
-    _global_options(p, top=False)
+    global_options(p, top=False)
 
-    replica = commands.add_parser("replica", help="add or remove one replica",
-                                  description="Add or remove one replica of a partition or "
-                                  "of the metadata group (one change per group at a time).")
-    replica_commands = replica.add_subparsers(title="commands", metavar="COMMAND",
-                                              required=True)
+    replica_commands = commands.group("replica", "add or remove one replica",
+                                      "Add or remove one replica of a partition or of the "
+                                      "metadata group (one change per group at a time).")
     for name, handler, text in (
             ("add", cmd_replica_add, "add a replica on NODE; it catches up (snapshot, then "
              "log) and becomes a voter"),
             ("remove", cmd_replica_remove, "remove NODE's replica (leadership is handed over "
              "first if NODE leads)")):
-        p = _command(replica_commands, name, text, handler)
+        p = add_command(replica_commands, name, text, handler)
         p.add_argument("--partition", type=int, default=None, metavar="P")
         p.add_argument("--metadata", action="store_true",
                        help="the metadata group (cluster map) instead of a partition")
         p.add_argument("--node", required=True, metavar="NODE")
         membership_cli.add_arguments_for_target(p)
-        _global_options(p, top=False)
+        global_options(p, top=False)
 
-    p = _command(cluster_commands, "map", "the cluster map: nodes and each group's replicas",
-                 cmd_cluster_map,
-                 "Show the cluster map as the answering node knows it: each partition's and "
-                 "the metadata group's replicas, preferred leader first, with their state "
-                 "(joining, leaving) when not a plain voter; then every node of the map with "
-                 "its address and groups (`none` for a node that holds no replica yet, such "
-                 "as one just added).")
-    _global_options(p, top=False)
-    p = _command(cluster_commands, "rebalance-leaders", "spread partition leaders evenly",
-                 cmd_rebalance_leaders,
-                 "Choose a preferred leader per partition so that nodes lead equally many, "
-                 "and record it in the cluster map; each leader then hands over to its "
-                 "preferred node (within about a minute, proposals paused briefly).")
-    _global_options(p, top=False)
+    p = add_command(cluster_commands, "map", "the cluster map: nodes and each group's replicas",
+                    cmd_cluster_map,
+                    "Show the cluster map as the answering node knows it: each partition's and "
+                    "the metadata group's replicas, preferred leader first, with their state "
+                    "(joining, leaving) when not a plain voter; then every node of the map with "
+                    "its address and groups (`none` for a node that holds no replica yet, such "
+                    "as one just added).")
+    global_options(p, top=False)
+    p = add_command(cluster_commands, "rebalance-leaders", "spread partition leaders evenly",
+                    cmd_rebalance_leaders,
+                    "Choose a preferred leader per partition so that nodes lead equally many, "
+                    "and record it in the cluster map; each leader then hands over to its "
+                    "preferred node (within about a minute, proposals paused briefly).")
+    global_options(p, top=False)
+    if pending:
+        raise ValueError("extra commands with no place among walletctl's commands: "
+                         + ", ".join(f"{' '.join(e.group) or 'top level'} after {e.after}"
+                                     for e in pending))
     return parser
-
-
-_LOADED_BY_THE_NODE: frozenset[Handler] = frozenset({cmd_cluster_up, cmd_node_start})
-"""Commands whose --config is read by node.config, which checks every rule of the file
-(`cluster up` exits 2, `node start` 3: its "refused, do not restart in a loop")."""
 
 
 def _exit_status(code: object) -> int:
@@ -1267,16 +1161,18 @@ def _exit_status(code: object) -> int:
     return code if isinstance(code, int) else EXIT_USAGE
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run walletctl with `argv` (default sys.argv[1:]); returns the exit status."""
+def main(argv: list[str] | None = None,
+         extra_commands: Sequence[ExtraCommand] = ()) -> int:
+    """Run walletctl with `argv` (default sys.argv[1:]) and the client's commands plus
+    `extra_commands`; returns the exit status."""
     arguments = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(extra_commands)
     try:
-        # `replay` declares none of its own options here: node.replay_cli parses them
-        # (from what follows the command) and the rest of the line is parsed strictly.
+        # A command that parses its own arguments (`replay`) declares none of them here:
+        # it gets what follows it; any other command's line is parsed strictly.
         args, rest = parser.parse_known_args(arguments)
-        if args.handler is cmd_replay:
-            args.replay_arguments = rest
+        if args.parses_own_arguments:
+            args.own_arguments = rest
         else:
             args = parser.parse_args(arguments)
     except SystemExit as exit_:  # --help, or a usage error argparse already printed
@@ -1284,8 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(bool(args.json), sys.stdout, sys.stderr)
     handler: Handler = args.handler
     try:
-        if (getattr(args, "config", None) and handler not in _LOADED_BY_THE_NODE
-                and handler is not cmd_replay):  # replay refuses --config itself
+        if getattr(args, "config", None) and not args.reads_config_itself:
             targets_from_config(Path(args.config))  # an invalid file is refused at once
         return handler(args, out)
     except WalletError as error:
@@ -1307,6 +1202,3 @@ def main(argv: list[str] | None = None) -> int:
         out.error(f"unexpected {type(error).__name__}: {error}")
         return EXIT_USAGE
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

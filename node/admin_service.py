@@ -20,7 +20,6 @@ from node.host import NodeHost, deadline_of
 from node.membership import Membership
 from node.replay_cli import Bound, replay_partition
 from node.replica import PartitionReplica
-from node.wallet_service import _handler
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -142,7 +141,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         except grpc.aio.AioRpcError:
             return None
 
-    @_handler
+    @api.rpc_handler
     async def ClusterStatus(self, request: pb.ClusterStatusRequest,
                             context: grpc.aio.ServicerContext) -> pb.ClusterStatusResponse:
         config = self.host.config
@@ -177,7 +176,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             map_version=membership.map.version if membership is not None else 0,
             membership_differences=sorted(differences))
 
-    @_handler
+    @api.rpc_handler
     async def Snapshot(self, request: pb.SnapshotRequest,
                        context: grpc.aio.ServicerContext) -> pb.SnapshotResponse:
         replica = self.host.replicas.get(request.partition)
@@ -189,7 +188,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             position = replica.state.position
         return pb.SnapshotResponse(position=position)
 
-    @_handler
+    @api.rpc_handler
     async def ForceFailTransfer(self, request: pb.ForceFailTransferRequest,
                                 context: grpc.aio.ServicerContext,
                                 ) -> pb.ForceFailTransferResponse:
@@ -237,7 +236,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "STARTING", "the node is starting")
         return membership
 
-    @_handler
+    @api.rpc_handler
     async def AddNode(self, request: pb.AddNodeRequest,
                       context: grpc.aio.ServicerContext) -> pb.ChangeClusterMapResponse:
         node = checked_node(request)
@@ -248,7 +247,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             detail=f"node {node.id} registered; start it with `walletctl node start "
                    f"--node-id {node.id} --join ...`, then move replicas onto it")
 
-    @_handler
+    @api.rpc_handler
     async def RemoveNode(self, request: pb.RemoveNodeRequest,
                          context: grpc.aio.ServicerContext) -> pb.ChangeClusterMapResponse:
         node_id = checked_node_id(request.node_id, "node_id")
@@ -256,7 +255,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
         return pb.ChangeClusterMapResponse(map_version=version,
                                            detail=f"node {node_id} removed from the map")
 
-    @_handler
+    @api.rpc_handler
     async def AddReplica(self, request: pb.AddReplicaRequest,
                          context: grpc.aio.ServicerContext) -> pb.AddReplicaResponse:
         group = META if request.metadata_group else int(request.partition)
@@ -265,7 +264,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             {"op": "add_replica", "group": group, "node_id": node_id})
         return pb.AddReplicaResponse(map_version=version)
 
-    @_handler
+    @api.rpc_handler
     async def RemoveReplica(self, request: pb.RemoveReplicaRequest,
                             context: grpc.aio.ServicerContext) -> pb.RemoveReplicaResponse:
         group = META if request.metadata_group else int(request.partition)
@@ -274,7 +273,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             {"op": "remove_replica", "group": group, "node_id": node_id})
         return pb.RemoveReplicaResponse(map_version=version)
 
-    @_handler
+    @api.rpc_handler
     async def RebalanceLeaders(self, request: pb.RebalanceLeadersRequest,
                                context: grpc.aio.ServicerContext,
                                ) -> pb.ChangeClusterMapResponse:
@@ -291,7 +290,7 @@ class AdminService(wallet_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
             detail=f"preferred leaders set ({spread}); leaders move to them within "
                    "about a minute")
 
-    @_handler
+    @api.rpc_handler
     async def Verify(self, request: pb.VerifyRequest,
                      context: grpc.aio.ServicerContext) -> pb.VerifyResponse:
         """Replay each local replica's archive from position 0 and compare with its state."""

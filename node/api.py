@@ -3,13 +3,17 @@
 Every refusal leaves the API as an `ApiError`: a gRPC status, a machine-readable
 reason (a ledger result code name, or one of the API's own reasons below), and
 a message that names the offending field. Servicers raise it; `abort_with`
-turns it into the call's status plus the `raftwallet-reason` trailing metadata.
+turns it into the call's status plus the `raftwallet-reason` trailing metadata,
+and `rpc_handler` does that for every method of a service it decorates.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import grpc
 
@@ -167,3 +171,34 @@ def ledger_error(code: Code, message: str) -> ApiError:
 async def abort_with(context: grpc.aio.ServicerContext, error: ApiError) -> None:
     context.set_trailing_metadata(((REASON_METADATA_KEY, error.reason),))
     await context.abort(error.status, error.message)
+
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def rpc_handler(
+    method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
+) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
+    """Turns ApiError into a status and any other exception into INTERNAL (no stack trace).
+
+    The INTERNAL case is logged with the traceback by the logger of the method's module.
+    """
+    log = logging.getLogger(method.__module__)
+
+    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await method(self, request, context)
+        except ApiError as error:
+            await abort_with(context, error)
+            raise AssertionError("unreachable") from None
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("request failed", extra={"method": method.__name__})
+            await abort_with(context, ApiError(grpc.StatusCode.INTERNAL, "INTERNAL",
+                                               "internal error; see the node's log"))
+            raise AssertionError("unreachable") from None
+
+    wrapper.__name__ = method.__name__
+    return wrapper

@@ -21,6 +21,7 @@ CA; the tokens are checked on top (mTLS and a token, not either).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,16 +42,27 @@ from client.auth import (
 from node.config import ClusterConfig
 
 __all__ = [
+    "PEER_TOKEN_METADATA_KEY",
     "AccessPolicy",
     "AuthInterceptor",
     "node_client_credentials",
+    "peer_token",
     "server_credentials",
 ]
 
 log = logging.getLogger(__name__)
 
+PEER_TOKEN_METADATA_KEY = "raftwallet-peer-token"
+"""PeerService's older header: its whole value is the peer token (see `peer_token`)."""
+
 _BEARER = "bearer "
 """The scheme, compared case-insensitively (RFC 6750 uses "Bearer")."""
+
+
+def peer_token(secret: str) -> str:
+    """What nodes show each other on PeerService calls: a keyed hash of the cluster secret."""
+    key = hashlib.blake2b(secret.encode("utf-8"), digest_size=32).digest()
+    return hashlib.blake2b(b"raftwallet peer rpc v1", key=key, digest_size=32).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +85,6 @@ class AccessPolicy:
 
     @classmethod
     def from_config(cls, config: ClusterConfig) -> AccessPolicy:
-        # Imported here: the saga driver imports node.host, which imports this module.
-        from node.saga_driver import peer_token
-
         policy = cls(
             admin_tokens=config.accepted_admin_tokens,
             wallet_tokens=config.accepted_wallet_tokens,
@@ -85,8 +94,6 @@ class AccessPolicy:
         return policy
 
     def rules(self) -> tuple[_ServiceRule, ...]:
-        from node.saga_driver import PEER_TOKEN_METADATA_KEY
-
         def encoded(tokens: Sequence[str]) -> tuple[bytes, ...]:
             return tuple(token.encode("utf-8") for token in tokens)
 

@@ -22,11 +22,9 @@ point and the next leader simply carries on:
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -34,11 +32,10 @@ import grpc
 from ledger import commands as c
 from ledger.results import CREDIT_REJECTIONS, Code
 from ledger.saga import credits_for, resolutions
-from node import archive_seed, failpoints, preseed
+from node import failpoints
 from node.api import ApiError
-from node.archive import ArchiveCorrupt
+from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from node.host import NodeHost
-from node.membership import status_of_refusal
 from node.proposer import Applied
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -50,14 +47,7 @@ DRIVE_IDLE_S = 0.5
 STEP_TIMEOUT_S = 5.0
 RETRY_BACKOFF_S_MIN = 0.05
 RETRY_BACKOFF_S_MAX = 5.0
-PEER_TOKEN_METADATA_KEY = "raftwallet-peer-token"
 _DEFINITIVE = frozenset({Code.OK, *CREDIT_REJECTIONS})
-
-
-def peer_token(secret: str) -> str:
-    """What nodes show each other on PeerService calls: a keyed hash of the cluster secret."""
-    key = hashlib.blake2b(secret.encode("utf-8"), digest_size=32).digest()
-    return hashlib.blake2b(b"raftwallet peer rpc v1", key=key, digest_size=32).hexdigest()
 
 
 def credit_outcomes(credits: Sequence[c.CreditForTransfer],
@@ -212,97 +202,3 @@ class SagaDriver:
             return {credit.sequence: Code(code) for credit, code in
                     zip(credits, response.codes, strict=True) if code and Code(code) in _DEFINITIVE}
         return {}
-
-
-class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
-    """Applies credits sent by the saga driver of another partition's leader."""
-
-    def __init__(self, host: NodeHost) -> None:
-        self.host = host
-        self._token = peer_token(host.config.secret) if host.config.secret else ""
-
-    async def _check_peer(self, context: grpc.aio.ServicerContext) -> None:
-        presented = dict(context.invocation_metadata() or ()).get(PEER_TOKEN_METADATA_KEY, "")
-        if self._token and not hmac.compare_digest(str(presented), self._token):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "PeerService is for the cluster's own nodes")
-
-    async def ProposeMapChange(self, request: pb.ProposeMapChangeRequest,
-                               context: grpc.aio.ServicerContext,
-                               ) -> pb.ChangeClusterMapResponse:
-        """A cluster map command from another node, for this node's metadata leader."""
-        await self._check_peer(context)
-        membership = self.host.membership
-        result = (None if membership is None
-                  else await membership.propose_local_or_fail(request.command_json.encode()))
-        if result is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                "this node does not lead the metadata group")
-            raise AssertionError("unreachable")
-        applied, kind, message, version = result
-        if not applied:
-            await context.abort(status_of_refusal(kind), message)
-        return pb.ChangeClusterMapResponse(map_version=version)
-
-    async def ApplyCredits(self, request: pb.ApplyCreditsRequest,
-                           context: grpc.aio.ServicerContext) -> pb.ApplyCreditsResponse:
-        await self._check_peer(context)
-        destination = request.destination_partition
-        if not self.host.hosts(destination):
-            await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                f"partition {destination} has no replica on this node")
-        credits = [c.CreditForTransfer(request.source_partition, x.sequence, x.from_account,
-                                       x.to_account, x.amount_minor, x.currency,
-                                       x.transaction_id, request.source_resolved_through)
-                   for x in request.credits]
-        remaining_s = context.time_remaining() or STEP_TIMEOUT_S
-        outcomes = await self.host.execute(destination, credits,
-                                           time.monotonic() + max(0.0, remaining_s - 0.05))
-        known = credit_outcomes(credits, outcomes)
-        return pb.ApplyCreditsResponse(codes=[int(known.get(x.sequence, 0)) for x in credits])
-
-    async def FetchArchive(self, request: pb.FetchArchiveRequest,
-                           context: grpc.aio.ServicerContext) -> pb.FetchArchiveResponse:
-        """Raw records of this node's archive, for seeding another replica's (archive_seed)."""
-        await self._check_peer(context)
-        replica = self.host.replicas.get(request.partition)
-        if replica is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"partition: {request.partition} has no replica on this node")
-            raise AssertionError("unreachable")
-        if request.from_position < 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "from_position: archive positions start at 1")
-        try:
-            return await asyncio.to_thread(
-                archive_seed.fetch_archive_response, replica.archive,
-                replica.archive_lagging, request.from_position, request.max_records)
-        except archive_seed.ArchiveUnavailable as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except ArchiveCorrupt as exc:
-            await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
-        raise AssertionError("unreachable")
-
-    async def FetchSnapshot(self, request: pb.FetchSnapshotRequest,
-                            context: grpc.aio.ServicerContext,
-                            ) -> AsyncIterator[pb.SnapshotChunk]:
-        """This node's latest snapshot file of a partition, for pre-seeding (node/preseed.py).
-
-        The file is opened once: writers rename a complete file over it, so the open
-        inode stays one whole snapshot however long the transfer takes.
-        """
-        await self._check_peer(context)
-        replica = self.host.replicas.get(request.partition)
-        if replica is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"partition: {request.partition} has no replica on this node")
-            raise AssertionError("unreachable")
-        try:
-            source = open(replica.snapshot_path, "rb")  # noqa: SIM115 (closed below)
-        except FileNotFoundError:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"partition {request.partition} has no snapshot on this node yet")
-            raise AssertionError("unreachable") from None
-        with source:
-            async for chunk in preseed.serve_snapshot(source):
-                yield chunk

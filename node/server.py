@@ -39,7 +39,14 @@ from node.admin_service import AdminService
 from node.api import DEDUP_WINDOW_S
 from node.archive import ArchiveCorrupt
 from node.archive_seed import ArchiveSeeder
-from node.auth import AccessPolicy, AuthInterceptor, node_client_credentials, server_credentials
+from node.auth import (
+    PEER_TOKEN_METADATA_KEY,
+    AccessPolicy,
+    AuthInterceptor,
+    node_client_credentials,
+    peer_token,
+    server_credentials,
+)
 from node.cluster_map import ADDING, JOINING, LEAVING, META, ClusterMap, bootstrap_map
 from node.config import ClusterConfig, ConfigError, load_cluster_config
 from node.host import SERVER_OPTIONS, NodeHost
@@ -47,12 +54,13 @@ from node.journal import JournalCorrupt
 from node.membership import MAP_FILE, MapCache, MapFileCorrupt, Membership, fetch_map
 from node.metadata_group import MetadataGroup
 from node.metrics import NodeMetrics
+from node.peer_service import PeerService
 from node.preseed import Preseeder, has_local_state
 from node.proposer import ProposerSettings
 from node.replica import PartitionReplica, RaftSettings
 from node.replica_guard import ReplicaStateMissing
 from node.request_guard import RequestGuard
-from node.saga_driver import PEER_TOKEN_METADATA_KEY, PeerService, SagaDriver, peer_token
+from node.saga_driver import SagaDriver
 from node.wallet_service import WalletService
 from proto.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 

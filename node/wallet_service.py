@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import grpc
 
@@ -32,8 +30,6 @@ from node.proposer import Applied
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
-log = logging.getLogger(__name__)
-
 TRANSFERS_PER_BATCH_MAX = 10_000
 """Most transfers accepted in one TransferBatch call."""
 
@@ -41,33 +37,6 @@ PARTITION_CACHE_SIZE = 1 << 16
 WAITING_TRANSFERS_MAX = 50_000
 """Cross-partition transfers whose callers may wait for the final outcome at once;
 beyond it, calls answer PENDING at once and the client asks GetTransfer later."""
-
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-
-
-def _handler(
-    method: Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]],
-) -> Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]:
-    """Turns ApiError into a status and any other exception into INTERNAL (no stack trace)."""
-
-    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
-        try:
-            return await method(self, request, context)
-        except ApiError as error:
-            await api.abort_with(context, error)
-            raise AssertionError("unreachable") from None
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            log.exception("request failed", extra={"method": method.__name__})
-            await api.abort_with(context, ApiError(grpc.StatusCode.INTERNAL, "INTERNAL",
-                                                   "internal error; see the node's log"))
-            raise AssertionError("unreachable") from None
-
-    wrapper.__name__ = method.__name__
-    return wrapper
-
 
 async def forward(host: NodeHost, partition: int, method: str, request: Any,
                   deadline: float) -> Any:  # the response type of `method`
@@ -112,7 +81,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
 
     # -- accounts and money in/out -------------------------------------------------
 
-    @_handler
+    @api.rpc_handler
     async def CreateAccount(self, request: pb.CreateAccountRequest,
                             context: grpc.aio.ServicerContext) -> pb.CreateAccountResponse:
         account_id = api.check_account_id(request.account_id, "account_id")
@@ -168,12 +137,12 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             balance=format_amount(balance, cur.exponent) if balance is not None else "",
             position=self._decided_at(partition, applied, (account_id, transaction_id)))
 
-    @_handler
+    @api.rpc_handler
     async def Deposit(self, request: pb.DepositRequest,
                       context: grpc.aio.ServicerContext) -> pb.MoneyMovementResponse:
         return await self._money(request, context, withdraw=False)
 
-    @_handler
+    @api.rpc_handler
     async def Withdraw(self, request: pb.WithdrawRequest,
                        context: grpc.aio.ServicerContext) -> pb.MoneyMovementResponse:
         return await self._money(request, context, withdraw=True)
@@ -237,7 +206,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         finally:
             self.waiting -= len(keys)
 
-    @_handler
+    @api.rpc_handler
     async def Transfer(self, request: pb.TransferRequest,
                        context: grpc.aio.ServicerContext) -> pb.TransferResponse:
         partition, command = self._transfer_command(request, int(time.time() * 1000))
@@ -348,7 +317,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                 and record.resolved_position != 0 and record.code is code
                 and code is not Code.OK)
 
-    @_handler
+    @api.rpc_handler
     async def TransferBatch(self, request: pb.TransferBatchRequest,
                             context: grpc.aio.ServicerContext) -> pb.TransferBatchResponse:
         transfers = request.transfers
@@ -443,7 +412,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             await self.host.wait_for_position(partition, min_position, deadline)
         return False
 
-    @_handler
+    @api.rpc_handler
     async def GetBalance(self, request: pb.GetBalanceRequest,
                          context: grpc.aio.ServicerContext) -> pb.GetBalanceResponse:
         account_id = api.check_account_id(request.account_id, "account_id")
@@ -465,7 +434,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
                                      balance=format_amount(found.balance_minor, found.exponent),
                                      position=position, stale=stale)
 
-    @_handler
+    @api.rpc_handler
     async def GetTransfer(self, request: pb.GetTransferRequest,
                           context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
@@ -490,7 +459,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
                               stale)
 
-    @_handler
+    @api.rpc_handler
     async def AbortTransfer(self, request: pb.AbortTransferRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetTransferResponse:
         from_account = api.check_account_id(request.from_account, "from_account")
@@ -518,7 +487,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
         return _transfer_view(request.transaction_id, from_account, record, exponent, partition,
                               stale=False)
 
-    @_handler
+    @api.rpc_handler
     async def GetClusterMap(self, request: pb.GetClusterMapRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetClusterMapResponse:
         membership = self.host.membership
@@ -545,7 +514,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             raise ApiError(grpc.StatusCode.UNAVAILABLE, "HISTORY_UNAVAILABLE", str(exc)) from None
         return history
 
-    @_handler
+    @api.rpc_handler
     async def ListTransfers(self, request: pb.ListTransfersRequest,
                             context: grpc.aio.ServicerContext) -> pb.ListTransfersResponse:
         account_id = api.check_account_id(request.account_id, "account_id")
@@ -598,7 +567,7 @@ class WalletService(wallet_pb2_grpc.WalletServiceServicer):  # type: ignore[misc
             steps=[pb.TransferStep(name=step, at_ms=ref.stamp_ms, position=ref.position,
                                    partition=partition)])
 
-    @_handler
+    @api.rpc_handler
     async def GetBalanceAt(self, request: pb.GetBalanceAtRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetBalanceResponse:
         account_id = api.check_account_id(request.account_id, "account_id")

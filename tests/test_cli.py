@@ -1,4 +1,4 @@
-"""walletctl (client.cli.main) against the in-process fake node."""
+"""walletctl (node.walletctl.main) against the in-process fake node."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import pytest
 
-from client.cli import main
 from ledger.routing import partition_of
+from node.walletctl import main
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.fake_wallet_server import FakeWalletServer, running_fake, silent_node
 
@@ -227,7 +227,7 @@ GLOBAL_OPTIONS = ("--target", "--config", "--json", "--timeout", "--attempt-time
 
 
 def test_every_command_takes_the_global_options_after_it_too() -> None:
-    from client.cli import build_parser
+    from node.walletctl import build_parser
 
     leaves = dict(_leaf_commands(build_parser()))
     assert ("cluster", "down") in leaves and ("replay",) in leaves
@@ -365,7 +365,7 @@ def test_walletctl_refuses_a_cluster_file_whose_partitions_name_an_unknown_node(
         load_cluster_config(path)
 
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", "--config", str(path), "cluster", "map"],
+        [sys.executable, "-m", "node.walletctl", "--config", str(path), "cluster", "map"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "PYTHONPATH": str(REPO)})
 

@@ -178,7 +178,7 @@ def test_a_fresh_sdk_client_reaches_a_healthy_partition_past_two_paused_nodes(
 
 
 def walletctl(cluster: LocalCluster, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    command = [sys.executable, "-m", "client.cli", "--config", str(cluster.config_path),
+    command = [sys.executable, "-m", "node.walletctl", "--config", str(cluster.config_path),
                "--json", *args]
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=WAIT_S,
@@ -215,8 +215,8 @@ def gateway_process(cluster: LocalCluster, log_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "gateway", "--config", str(cluster.config_path),
-             "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "node.walletctl", "gateway", "--config",
+             str(cluster.config_path), "--listen", f"127.0.0.1:{port}"],
             cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:

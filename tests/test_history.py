@@ -149,7 +149,7 @@ def test_walletctl_balance_at_a_time(cluster: LocalCluster,
     import json
     from datetime import UTC, datetime
 
-    from client.cli import main as walletctl
+    from node.walletctl import main as walletctl
 
     payer, payee = account_on(0, "cli-at"), account_on(0, "cli-at-to")
     open_accounts(cluster, payer, payee)

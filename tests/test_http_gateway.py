@@ -782,8 +782,8 @@ def test_walletctl_gateway_serves_the_cluster_file_and_stops_cleanly_on_sigterm(
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "gateway", "--config", str(cluster.config_path),
-             "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "node.walletctl", "gateway", "--config",
+             str(cluster.config_path), "--listen", f"127.0.0.1:{port}"],
             cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         def healthy() -> bool:
@@ -807,7 +807,7 @@ def test_walletctl_gateway_serves_the_cluster_file_and_stops_cleanly_on_sigterm(
 
 def test_walletctl_gateway_refuses_a_bad_listen_address(cluster: LocalCluster) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "client.cli", "gateway", "--config", str(cluster.config_path),
+        [sys.executable, "-m", "node.walletctl", "gateway", "--config", str(cluster.config_path),
          "--listen", "nowhere"], cwd=REPO, capture_output=True, timeout=WAIT_S, check=False)
     assert done.returncode == 2
     assert b"--listen" in done.stderr

@@ -23,11 +23,11 @@ import pytest
 from ledger import commands as c
 from ledger.state import StateMachine
 from node import snapshot_file
+from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from node.cluster_map import JOINING, SEEDED, ClusterMap, Slot, bootstrap_map
 from node.config import ClusterConfig, local_cluster_config
 from node.membership import MapCache, Membership
 from node.preseed import Preseeder, has_local_state, install
-from node.saga_driver import PEER_TOKEN_METADATA_KEY, peer_token
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.cluster_harness import LocalCluster, converged, wait_until

@@ -105,7 +105,7 @@ def test_account_prints_that_account_only(
 
 def test_walletctl_lists_replay_and_takes_json_before_or_after_it(
         node_dir: tuple[Path, dict[int, list[Live]]], capsys: pytest.CaptureFixture[str]) -> None:
-    from client.cli import main as walletctl
+    from node.walletctl import main as walletctl
 
     data_dir, histories = node_dir
     assert walletctl(["--help"]) == 0
