@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 import grpc
 
@@ -45,11 +46,29 @@ def _bindable(port: int) -> bool:
     return True
 
 
+PORTS_FIRST: Final = 20_000
+PORTS_END: Final = 32_768
+"""Ports handed out to test servers: below Linux's default ephemeral range (32768-60999),
+so that no client connection's local port can take one between its check and its bind."""
+
+
+def worker_port_range() -> range:
+    """This test process's share of the ports: under pytest-xdist (`make test` runs two
+    workers) each worker has its own slice, so two workers never pick the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker.removeprefix("gw")) if worker.startswith("gw") else 0
+    share = (PORTS_END - PORTS_FIRST) // max(workers, 1)
+    first = PORTS_FIRST + index * share
+    return range(first, first + share)
+
+
 def allocate_ports(count: int) -> int:
     """First of `count` consecutive free ports on 127.0.0.1 (not handed out before)."""
     rng = random.Random()
+    ports = worker_port_range()
     for _ in range(500):
-        base = rng.randrange(20_000, 60_000 - count)
+        base = rng.randrange(ports.start, ports.stop - count)
         block = range(base, base + count)
         if any(p in _handed_out for p in block):
             continue
