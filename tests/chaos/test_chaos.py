@@ -7,9 +7,10 @@ under a new id, and the checker judges the new membership), a node's disk filled
 must stop, then catch up), hostile bytes on Raft ports. Network faults: a node isolated,
 a minority split off, a node's Raft links slowed and lossy. Large batches run
 throughout. The `replace` fault (a lost disk) runs the same runbook as `damage`; it is
-left to `make chaos`, and tests/test_membership.py replaces a node whose disk was lost. Each fault is healed before the next;
-the checker's verdict must be a pass. Long runs with every kind mixed are `make chaos`
-(`python -m tests.chaos.runner`, see docs/reliability.md).
+left to `make chaos`, and tests/test_membership.py replaces a node whose disk was lost.
+Each fault is healed before the next; the checker's verdict must be a pass. Long runs
+with every kind mixed are `make chaos` (`python -m tests.chaos.runner`, see
+docs/reliability.md).
 """
 
 from __future__ import annotations
