@@ -29,8 +29,8 @@ from pysyncobj import FAIL_REASON
 from ledger import commands as c
 from ledger.codec import encode_entry
 from ledger.results import EntryResult, Result
-from node import raft_wire
-from node.replica import PartitionReplica
+from node.raft import wire
+from node.raft.replica import PartitionReplica
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Proposer:
 
         timer = self._loop.call_later(self.settings.entry_timeout_s, finish, None, None)
         try:
-            raft_wire.check_entry_size(blob)
+            wire.check_entry_size(blob)
             self.replica.propose(blob, on_result)
         except Exception:
             log.exception("propose failed", extra={"partition": self.replica.partition})

@@ -20,9 +20,9 @@ from pathlib import Path
 import grpc
 
 from client.auth import open_channel
-from node.auth import node_client_credentials
+from node.cli.launcher import cluster_status, start_node
 from node.config import ClusterConfig, dump_cluster_config, local_cluster_config
-from node.launcher import cluster_status, start_node
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 

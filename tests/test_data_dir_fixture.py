@@ -34,13 +34,13 @@ import pytest
 
 from ledger.codec import decode_entry
 from ledger.state import StateMachine
-from node import replica_guard, snapshot_file
-from node.archive import EventArchive
+from node.archive.event_archive import EventArchive
+from node.archive.replay_cli import main as replay_main
 from node.cluster_map import META, ClusterMap, MapChangeRefused, apply_command, decode_map
 from node.config import ClusterConfig, load_cluster_config
-from node.journal import DurableJournal
-from node.membership import MAP_FILE, MapCache
-from node.replay_cli import main as replay_main
+from node.membership.reconciler import MAP_FILE, MapCache
+from node.raft import replica_guard, snapshot_file
+from node.raft.journal import DurableJournal
 from node.server import check_identity
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import LocalCluster, converged, wait_until

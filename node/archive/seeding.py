@@ -12,7 +12,7 @@ Guarantees:
 - A record is appended only after it passed every check: positions dense
   from the local archive's end (a gap of records 1..k then nothing continues
   at k + 1; a new replica starts at 1); its `prev_hash` is the local chain
-  head; its `hash` is the hash of its content (`node.archive.record_hash`);
+  head; its `hash` is the hash of its content (`node.archive.event_archive.record_hash`);
   and replayed on a shadow state machine (built from the local archive's own
   records) its entry applies to exactly its position with exactly its
   archived results. A record failing a check is refused with everything after
@@ -56,7 +56,7 @@ import grpc
 from ledger.codec import UnsupportedEntry, decode_entry
 from ledger.results_codec import encode_results
 from ledger.state import LedgerHalted, StateMachine
-from node.archive import ArchiveCorrupt, ArchiveRecord, EventArchive, record_hash
+from node.archive.event_archive import ArchiveCorrupt, ArchiveRecord, EventArchive, record_hash
 from node.config import ClusterConfig
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -101,7 +101,7 @@ class ArchiveUnavailable(Exception):
 
 
 class SeedTarget(Protocol):
-    """What the seeder needs of a replica (`node.replica.PartitionReplica` has it)."""
+    """What the seeder needs of a replica (`node.raft.replica.PartitionReplica` has it)."""
 
     partition: int
     archive: EventArchive
