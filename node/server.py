@@ -29,7 +29,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pysyncobj import SyncObjException
 
 from client.auth import Credentials
 from ledger import commands as c
@@ -45,7 +44,7 @@ from node.membership.reconciler import MAP_FILE, MapCache, MapFileCorrupt, Membe
 from node.metrics import NodeMetrics
 from node.proposer import ProposerSettings
 from node.raft import journal as journal_patch
-from node.raft import replica_guard, snapshot_file, wire
+from node.raft import outcomes, replica_guard, snapshot_file, wire
 from node.raft.journal import JournalCorrupt
 from node.raft.metadata_group import MetadataGroup
 from node.raft.replica import PartitionReplica, RaftSettings
@@ -267,8 +266,8 @@ class NodeGroupFactory:
                  for slot in cluster_map.slots(group) if slot.node_id != self.node_id]
         try:
             return self._open(group, directory, address, peers, bind_address, joining)
-        except SyncObjException as exc:
-            if exc.errorCode != "BindError":
+        except Exception as exc:
+            if not outcomes.is_port_in_use(exc):
                 raise
             name = "the metadata group" if group == META else f"partition {group}"
             raise StartRefused(

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
-from pysyncobj import FAIL_REASON
 
 from client.auth import NO_CREDENTIALS, Credentials, open_channel
 from node.api import ApiError
@@ -57,7 +56,7 @@ from node.cluster_map import (
 )
 from node.config import ClusterConfig
 from node.membership.preseed import NoPeerAnswered, Preseeder
-from node.raft import snapshot_file
+from node.raft import outcomes, snapshot_file
 from node.raft.metadata_group import MapResult, MetadataGroup
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -357,7 +356,7 @@ class Membership:
                 future, timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             return None
-        if error != FAIL_REASON.SUCCESS or result is None:
+        if not outcomes.succeeded(error) or result is None:
             return None
         current = meta.current()
         if current is not None:
