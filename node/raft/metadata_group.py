@@ -9,7 +9,8 @@ Raft message leaves, like the partitions'). That avoids pysyncobj's dump
 loader altogether; 10,000 map changes would still replay in well under a second.
 
 Nodes that do not vote on the map, and voters while this group has no leader,
-route from their cached copy (`node.map_cache`): transfers never wait for it.
+route from their cached copy (`MapCache`, node/membership/reconciler.py): transfers never
+wait for it.
 """
 
 from __future__ import annotations
