@@ -35,7 +35,7 @@ WAIT_S = 60.0
 _handed_out: set[int] = set()
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -53,7 +53,7 @@ def allocate_ports(count: int) -> int:
         block = range(base, base + count)
         if any(p in _handed_out for p in block):
             continue
-        if all(_bindable(p) for p in block):
+        if all(bindable(p) for p in block):
             _handed_out.update(block)
             return base
     raise RuntimeError(f"no {count} consecutive free ports found")

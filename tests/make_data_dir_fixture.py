@@ -24,7 +24,6 @@ import io
 import json
 import tarfile
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -34,26 +33,15 @@ from ledger.routing import partition_of
 from node.config import dump_cluster_config, local_cluster_config
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import LocalCluster, converged, wait_until
+from tests.test_cluster import PARTITIONS, accounts_on
 
-PARTITIONS = 2
 FIRST_PORT = 61400
 """15 ports from here: per node gRPC, metrics and 3 Raft ports (2 partitions + metadata)."""
 SECRET = "data-dir-fixture-secret-loopback-tests-only"
 ADMIN_TOKEN = "data-dir-fixture-admin-token-loopback-tests-only"
 SNAPSHOT_PARTITION = 0
 FIXED_STAMP = 0
-"""tar members' mtime: the archive's bytes depend on the data only."""
-
-
-def accounts_on(partition: int, count: int, prefix: str) -> list[str]:
-    found: list[str] = []
-    i = 0
-    while len(found) < count:
-        name = f"{prefix}-{i}"
-        if partition_of(name, PARTITIONS) == partition:
-            found.append(name)
-        i += 1
-    return found
+"""The tar members' mtime: they carry no time, owner or group of the machine that made them."""
 
 
 def _id() -> str:
@@ -195,7 +183,6 @@ def make(out_dir: Path) -> None:
         for node_id, process in cluster.processes.items():
             assert process.returncode == 0, (f"{node_id} exited with {process.returncode}:\n"
                                              + cluster.log(node_id)[-3000:])
-        time.sleep(0.1)
         pack(root / "data", out_dir / "data.tar.gz")
     (out_dir / "cluster.toml").write_text(dump_cluster_config(config), encoding="utf-8")
     (out_dir / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import socket
 import tarfile
 import time
 from collections.abc import Iterator
@@ -43,7 +42,7 @@ from node.raft import replica_guard, snapshot_file
 from node.raft.journal import DurableJournal
 from node.server import check_identity
 from proto.wallet.v1 import wallet_pb2 as pb
-from tests.cluster_harness import LocalCluster, converged, wait_until
+from tests.cluster_harness import LocalCluster, bindable, converged, wait_until
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data-dir-v1"
 EXPECTED: dict[str, Any] = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
@@ -221,18 +220,10 @@ def test_identity_and_replica_markers_are_accepted(
 
 
 def _ports_free(config: ClusterConfig) -> bool:
-    ports = [port for node in config.nodes
-             for port in (node.grpc_port, node.metrics_port,
-                          *(node.raft_port_base + p for p in range(config.partition_count + 1)))
-             if port is not None]
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+    return all(bindable(port) for node in config.nodes
+               for port in (node.grpc_port, node.metrics_port,
+                            *(node.raft_port_base + p for p in range(config.partition_count + 1)))
+               if port is not None)
 
 
 @pytest.mark.cluster
