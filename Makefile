@@ -18,9 +18,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## run: the demonstration: starts the 3 nodes of cluster-configs/local-3node.toml in a temporary data dir, runs a few thousand transfers through the SDK, prints the summary that proves the books, stops the nodes (node/demo.py; see README)
+## run: the demonstration: starts the 3 nodes of cluster-configs/local-3node.toml in a temporary data dir, runs a few thousand transfers through the SDK, prints the summary that proves the books, stops the nodes (node/cli/demo.py; see README)
 run: setup
-	$(BIN)/python -m node.demo
+	$(BIN)/python -m node.cli.demo
 
 ## test: the whole test suite on TEST_WORKERS processes (pytest-xdist, a module per worker at a time); the property tests run again under a second hash seed
 TEST_WORKERS ?= 2

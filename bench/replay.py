@@ -5,7 +5,7 @@ Generates (or reuses, `--archive DIR`) the archive of one partition holding
 archived exactly as a replica does (entry blob + encoded results, after a live
 apply), then measures, as the median of `--runs` runs:
 
-- replay: `node.replay_cli.replay_partition`, what `walletctl replay` runs:
+- replay: `node.archive.replay_cli.replay_partition`, what `walletctl replay` runs:
   read the archive (checksums and hash chain verified), parse every entry and
   apply it to a fresh StateMachine on the fast path (`parse_entry`,
   `apply_wire_entry`), compare its results with the archived ones; the
@@ -56,8 +56,8 @@ from ledger import commands as c
 from ledger.codec import decode_entry, encode_entry, parse_entry
 from ledger.results_codec import encode_results
 from ledger.state import StateMachine
-from node.archive import EventArchive, read_archive
-from node.replay_cli import Bound, paused_cyclic_gc, replay_partition
+from node.archive.event_archive import EventArchive, read_archive
+from node.archive.replay_cli import Bound, paused_cyclic_gc, replay_partition
 
 RESULTS_NAME = "replay.json"
 META_NAME = "bench-replay.json"
@@ -71,7 +71,10 @@ SUBPROCESS_TIMEOUT_S = 600
 
 _TIME_ONE_REPLAY = """
 import json, sys, time
-from node.replay_cli import Bound, replay_partition
+try:
+    from node.archive.replay_cli import Bound, replay_partition
+except ImportError:  # a --baseline-rev from before node/ was split into packages (issue #14)
+    from node.replay_cli import Bound, replay_partition
 started, cpu = time.perf_counter(), time.process_time()
 state = replay_partition(sys.argv[1], int(sys.argv[2]), Bound()).state
 wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu

@@ -489,7 +489,7 @@ class BenchCluster:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> None:
-        from node.launcher import start_node
+        from node.cli.launcher import start_node
 
         for node in self.config.nodes:
             http = self.http_addresses.get(node.id)
@@ -520,7 +520,7 @@ class BenchCluster:
                     time.sleep(0.2)
 
     def wait_for_leaders(self) -> None:
-        from node.launcher import wait_for_leaders
+        from node.cli.launcher import wait_for_leaders
 
         if not wait_for_leaders(self.config, LEADERS_TIMEOUT_S, list(self.processes.values())):
             raise BenchFailed("the cluster did not elect a leader for every partition in "
@@ -535,7 +535,7 @@ class BenchCluster:
         import grpc
 
         from client.auth import open_channel
-        from node.auth import node_client_credentials
+        from node.security.auth import node_client_credentials
         from proto.wallet.v1 import wallet_pb2 as pb
         from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -574,7 +574,7 @@ class BenchCluster:
         return "\n".join(tails)
 
     def stop(self) -> None:
-        from node.launcher import stop_pids
+        from node.cli.launcher import stop_pids
 
         running = [p for p in self.processes.values() if p.poll() is None]
         stop_pids([p.pid for p in running], grace_s=STOP_GRACE_S)  # SIGTERM, then SIGKILL
@@ -600,7 +600,7 @@ class BenchCluster:
 
     def leaders(self) -> tuple[list[str], list[str]]:
         """Per partition: the leader's gRPC address and node id."""
-        from node.launcher import cluster_status
+        from node.cli.launcher import cluster_status
 
         deadline = time.monotonic() + LEADERS_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -635,7 +635,7 @@ class BenchCluster:
 
     def commit_indexes(self) -> list[int]:
         """Per partition, the Raft commit index (0 where no status came back)."""
-        from node.launcher import cluster_status
+        from node.cli.launcher import cluster_status
 
         status = cluster_status(self.config, timeout_s=5.0)
         found = [0] * self.config.partition_count
@@ -649,7 +649,7 @@ class BenchCluster:
         None while some partition has no view from its leader (the one that drives
         its sagas): a follower's view may lag behind.
         """
-        from node.launcher import cluster_status
+        from node.cli.launcher import cluster_status
 
         status = cluster_status(self.config, timeout_s=5.0)
         if status is None or len(status.partitions) != self.config.partition_count:

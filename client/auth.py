@@ -1,6 +1,6 @@
 """Client credentials: bearer tokens in gRPC metadata, and TLS for the channel.
 
-A RaftWallet node authenticates each call by its service (node/auth.py):
+A RaftWallet node authenticates each call by its service (node/security/auth.py):
 
     AdminService   `authorization: Bearer <admin_token>`, always (unless the cluster
                    is an insecure dev cluster without an admin token)

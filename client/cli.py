@@ -16,7 +16,7 @@ stderr as `walletctl: error: STATUS: message`, never as a traceback.
 
 This module is the client's half: it never imports `node`. The commands that
 run node code on this machine (`cluster up`, `cluster down`, `node start`,
-`gateway`, `replay`) are added by node.walletctl, the `walletctl` entry point,
+`gateway`, `replay`) are added by node.cli.walletctl, the `walletctl` entry point,
 through `main(argv, extra_commands)`: each `ExtraCommand` names the command group
 it joins and the command it follows there, so `walletctl --help` lists every
 command in one order.
@@ -871,7 +871,7 @@ def set_handler(parser: argparse.ArgumentParser, handler: Handler, *,
 
 @dataclass(frozen=True)
 class ExtraCommand:
-    """A command that a layer above the client adds to walletctl (node.walletctl adds
+    """A command that a layer above the client adds to walletctl (node.cli.walletctl adds
     those that run node code), and where `walletctl --help` lists it."""
 
     group: tuple[str, ...]

@@ -1,7 +1,7 @@
 """The cluster map: which nodes exist and which replicas each Raft group has, versioned.
 
 The map is the truth about membership once a cluster runs (the cluster file only
-bootstraps it). It lives in the metadata Raft group (`node.metadata_group`) and
+bootstraps it). It lives in the metadata Raft group (`node.raft.metadata_group`) and
 every node keeps a cached copy, so routing keeps working while that group has
 no leader. This module is pure: a map, the commands that change it, and a
 deterministic `apply` that every metadata replica runs in log order.
@@ -9,7 +9,7 @@ deterministic `apply` that every metadata replica runs in log order.
 Groups are the partitions 0..P-1 and the metadata group itself (`META`). Each
 group has slots, one per replica, in preference order (the first voter is the
 preferred leader). A slot is a `voter`, `joining` (added to the map; its node
-pre-seeds the replica from a peer's snapshot, node/preseed.py), `seeded` (the
+pre-seeds the replica from a peer's snapshot, node/membership/preseed.py), `seeded` (the
 replica holds that snapshot: the group's leader adds it to the Raft group and
 it catches up on the log tail) or `leaving` (being removed from the Raft
 group). A group with a joining, seeded or leaving slot has a membership change

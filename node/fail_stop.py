@@ -9,7 +9,7 @@ Two causes, two exit statuses (docs/operations.md, "Alerts"):
   ending the process lets the other replicas elect a leader within the election
   timeout, and a restart re-reads and re-checks every file.
 
-The storage files (node/journal.py, node/archive.py) report a failure through
+The storage files (node/raft/journal.py, node/archive/event_archive.py) report a failure through
 `storage_failed()`; it ends the process only once the node has called
 `halt_on_storage_failure()`, so that unit tests of those files can observe the
 failure as an exception instead.

@@ -24,11 +24,9 @@ from client.auth import open_aio_channel
 from ledger import commands as c
 from ledger.results import EntryResult
 from node.api import ApiError
-from node.auth import node_client_credentials
+from node.archive.history import History
 from node.cluster_map import META, ClusterMap
 from node.config import ClusterConfig
-from node.history import History
-from node.metadata_group import MetadataGroup
 from node.proposer import (
     Applied,
     NotApplied,
@@ -37,11 +35,13 @@ from node.proposer import (
     Proposer,
     ProposerSettings,
 )
-from node.replica import PartitionReplica
+from node.raft.metadata_group import MetadataGroup
+from node.raft.replica import PartitionReplica
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2_grpc
 
 if TYPE_CHECKING:
-    from node.membership import Membership
+    from node.membership.reconciler import Membership
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class NodeHost:
                  replicas: dict[int, PartitionReplica], loop: asyncio.AbstractEventLoop,
                  proposer_settings: ProposerSettings) -> None:
         self.config = config
-        """The cluster map laid over the cluster file (node.membership swaps it on change)."""
+        """The cluster map laid over the cluster file (node.membership.reconciler swaps it on
+        change)."""
         self.node_id = node_id
         self.replicas = replicas
         self.loop = loop

@@ -49,12 +49,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ledger.results import Code
-from node import raft_wire
+from node.raft import wire
 
 if TYPE_CHECKING:
     from node.host import NodeHost
-    from node.replica import PartitionReplica
-    from node.saga_driver import SagaDriver
+    from node.raft.replica import PartitionReplica
+    from node.saga.driver import SagaDriver
 
 log = logging.getLogger(__name__)
 
@@ -316,12 +316,12 @@ class PartitionCollector(Collector):
                 "destination partitions (retries included)", value=self.driver.credits_sent)
         yield CounterMetricFamily(
             f"{PREFIX}raft_connections_dropped_oversize", "Raft connections this node closed "
-            "because a frame's length prefix was over the bound (node/raft_wire.py)",
-            value=raft_wire.counters.connections_dropped_oversize)
+            "because a frame's length prefix was over the bound (node/raft/wire.py)",
+            value=wire.counters.connections_dropped_oversize)
         yield CounterMetricFamily(
             f"{PREFIX}raft_transmission_parts_refused", "Parts of multi-part AppendEntries "
             "this node refused (never applied)",
-            value=raft_wire.counters.transmission_parts_refused)
+            value=wire.counters.transmission_parts_refused)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,20 +24,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pysyncobj import FAIL_REASON
-
 from ledger import commands as c
 from ledger.codec import encode_entry
 from ledger.results import EntryResult, Result
-from node import raft_wire
-from node.replica import PartitionReplica
+from node.raft import outcomes, wire
+from node.raft.replica import PartitionReplica
 
 log = logging.getLogger(__name__)
-
-_NOT_APPLIED = frozenset({
-    FAIL_REASON.QUEUE_FULL, FAIL_REASON.MISSING_LEADER, FAIL_REASON.DISCARDED,
-    FAIL_REASON.NOT_LEADER, FAIL_REASON.REQUEST_DENIED,
-})
 
 
 class ProposalError(Exception):
@@ -196,23 +189,23 @@ class Proposer:
 
         timer = self._loop.call_later(self.settings.entry_timeout_s, finish, None, None)
         try:
-            raft_wire.check_entry_size(blob)
+            wire.check_entry_size(blob)
             self.replica.propose(blob, on_result)
         except Exception:
             log.exception("propose failed", extra={"partition": self.replica.partition})
-            finish(None, FAIL_REASON.REQUEST_DENIED)
+            finish(None, outcomes.REQUEST_DENIED)
 
     @staticmethod
     def _deliver(batch: list[tuple[int, asyncio.Future[Placed]]], command_count: int,
                  outcome: EntryResult | None, error: int | None) -> None:
-        if error == FAIL_REASON.SUCCESS and outcome is not None:
+        if outcomes.succeeded(error) and outcome is not None:
             assert len(outcome.results) == command_count, "one result per command"
             for offset, future in batch:
                 if not future.done():
                     future.set_result(Placed(outcome, offset))
             return
         failure: ProposalError
-        if error in _NOT_APPLIED:
+        if outcomes.certainly_not_applied(error):
             failure = NotApplied(f"not applied (pysyncobj reason {error})")
         elif error is None:
             failure = OutcomeUnknown("no answer from the Raft group before the entry timeout")

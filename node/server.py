@@ -29,17 +29,28 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pysyncobj import SyncObjException
 
 from client.auth import Credentials
 from ledger import commands as c
-from node import fail_stop, logs, raft_wire, replica_guard, snapshot_file
-from node import journal as journal_patch
-from node.admin_service import AdminService
+from node import fail_stop, logs
 from node.api import DEDUP_WINDOW_S
-from node.archive import ArchiveCorrupt
-from node.archive_seed import ArchiveSeeder
-from node.auth import (
+from node.archive.event_archive import ArchiveCorrupt
+from node.archive.seeding import ArchiveSeeder
+from node.cluster_map import ADDING, JOINING, LEAVING, META, ClusterMap, bootstrap_map
+from node.config import ClusterConfig, ConfigError, load_cluster_config
+from node.host import SERVER_OPTIONS, NodeHost
+from node.membership.preseed import Preseeder, has_local_state
+from node.membership.reconciler import MAP_FILE, MapCache, MapFileCorrupt, Membership, fetch_map
+from node.metrics import NodeMetrics
+from node.proposer import ProposerSettings
+from node.raft import journal as journal_patch
+from node.raft import outcomes, replica_guard, snapshot_file, wire
+from node.raft.journal import JournalCorrupt
+from node.raft.metadata_group import MetadataGroup
+from node.raft.replica import PartitionReplica, RaftSettings
+from node.raft.replica_guard import ReplicaStateMissing
+from node.saga.driver import SagaDriver
+from node.security.auth import (
     PEER_TOKEN_METADATA_KEY,
     AccessPolicy,
     AuthInterceptor,
@@ -47,21 +58,10 @@ from node.auth import (
     peer_token,
     server_credentials,
 )
-from node.cluster_map import ADDING, JOINING, LEAVING, META, ClusterMap, bootstrap_map
-from node.config import ClusterConfig, ConfigError, load_cluster_config
-from node.host import SERVER_OPTIONS, NodeHost
-from node.journal import JournalCorrupt
-from node.membership import MAP_FILE, MapCache, MapFileCorrupt, Membership, fetch_map
-from node.metadata_group import MetadataGroup
-from node.metrics import NodeMetrics
-from node.peer_service import PeerService
-from node.preseed import Preseeder, has_local_state
-from node.proposer import ProposerSettings
-from node.replica import PartitionReplica, RaftSettings
-from node.replica_guard import ReplicaStateMissing
-from node.request_guard import RequestGuard
-from node.saga_driver import SagaDriver
-from node.wallet_service import WalletService
+from node.services.admin_service import AdminService
+from node.services.peer_service import PeerService
+from node.services.request_guard import RequestGuard
+from node.services.wallet_service import WalletService
 from proto.wallet.v1 import wallet_pb2, wallet_pb2_grpc
 
 log = logging.getLogger("node")
@@ -245,7 +245,7 @@ class NodeGroupFactory:
         """Open (or initialise) this node's replica of `group`.
 
         Raises ReplicaStateMissing when the map makes this node a voter of the
-        group but the group's directory lost its state (node/replica_guard.py).
+        group but the group's directory lost its state (node/raft/replica_guard.py).
         """
         directory = self.data_dir / ("meta" if group == META else f"partition-{group}")
         slot = cluster_map.slot_of(group, self.node_id)
@@ -266,8 +266,8 @@ class NodeGroupFactory:
                  for slot in cluster_map.slots(group) if slot.node_id != self.node_id]
         try:
             return self._open(group, directory, address, peers, bind_address, joining)
-        except SyncObjException as exc:
-            if exc.errorCode != "BindError":
+        except Exception as exc:
+            if not outcomes.is_port_in_use(exc):
                 raise
             name = "the metadata group" if group == META else f"partition {group}"
             raise StartRefused(
@@ -389,7 +389,7 @@ async def _serve(base_config: ClusterConfig, node_id: str, cache: MapCache,
     gateway_task: asyncio.Task[None] | None = None
     gateway = None
     if http_listen is not None:
-        from node.http_gateway import embedded_gateway
+        from node.gateway.app import embedded_gateway
 
         own = node.grpc_address
         targets = [own, *(n.grpc_address for n in config.nodes if n.grpc_address != own)]
@@ -535,7 +535,7 @@ def run_node(config_path: Path, node_id: str, data_dir: Path, bootstrap: bool = 
         settings = RaftSettings(fsync=os.environ.get("RAFTWALLET_UNSAFE_NO_FSYNC") != "1",
                                 archive=os.environ.get("RAFTWALLET_ARCHIVE") != "off")
         journal_patch.install(fsync=settings.fsync)
-        raft_wire.install()
+        wire.install()
         fail_stop.halt_on_storage_failure()
         factory = NodeGroupFactory(node_id, data_dir, config.secret or None, settings,
                                    raft_bind_port_offset, initialising=first_start_open)

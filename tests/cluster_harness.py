@@ -21,9 +21,9 @@ from typing import Final
 import grpc
 
 from client.auth import open_channel
-from node.auth import node_client_credentials
+from node.cli.launcher import cluster_status, start_node
 from node.config import ClusterConfig, dump_cluster_config, local_cluster_config
-from node.launcher import cluster_status, start_node
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -36,7 +36,7 @@ WAIT_S = 60.0
 _handed_out: set[int] = set()
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -72,7 +72,7 @@ def allocate_ports(count: int) -> int:
         block = range(base, base + count)
         if any(p in _handed_out for p in block):
             continue
-        if all(_bindable(p) for p in block):
+        if all(bindable(p) for p in block):
             _handed_out.update(block)
             return base
     raise RuntimeError(f"no {count} consecutive free ports found")

@@ -1,4 +1,4 @@
-"""The event archive (node.archive) and the results encoding (ledger.results_codec).
+"""The event archive (node.archive.event_archive) and the results encoding (ledger.results_codec).
 
 `archived_workload` is also used by tests/test_replay_cli.py: it drives a live
 StateMachine with a random workload and archives every applied entry the way a
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-import node.archive
+import node.archive.event_archive
 from ledger import commands as c
 from ledger.codec import decode_entry, encode_entry
 from ledger.results import Code, Result, result
@@ -30,7 +30,7 @@ from ledger.results_codec import (
     encode_results,
 )
 from ledger.state import StateMachine
-from node.archive import (
+from node.archive.event_archive import (
     GENESIS_HASH,
     HEADER_BYTES,
     INDEX_EVERY_RECORDS,
@@ -251,7 +251,7 @@ def test_a_torn_final_record_is_cut_off(open_archive: OpenArchive, archive_dir: 
         else:
             segment.truncate(last_offset + (3 if cut == "in the header" else 30))
 
-    with caplog.at_level(logging.WARNING, logger="node.archive"):
+    with caplog.at_level(logging.WARNING, logger="node.archive.event_archive"):
         reopened = open_archive()
     assert reopened.last_position == 5
     assert os.path.getsize(path) == last_offset
@@ -455,13 +455,13 @@ def test_records_seeks_with_the_sparse_index(open_archive: OpenArchive,
     archive.close()
     reopened = open_archive(segment_bytes_max=16_384)  # the index is rebuilt on open
     checked: list[int] = []
-    real_follow = node.archive._follow
+    real_follow = node.archive.event_archive._follow
 
     def counting_follow(*args: object) -> object:
         checked.append(1)
         return real_follow(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(node.archive, "_follow", counting_follow)
+    monkeypatch.setattr(node.archive.event_archive, "_follow", counting_follow)
     assert list(reopened.records(2500, 2502)) == [everything[p] for p in (2500, 2501, 2502)]
     assert 0 < len(checked) < INDEX_EVERY_RECORDS
 

@@ -1,4 +1,4 @@
-"""Seeding a replica's event archive from its peers (node/archive_seed.py, docs/history.md).
+"""Seeding a replica's event archive from its peers (node/archive/seeding.py, docs/history.md).
 
 The first tests drive the seeder against in-process fake peers (real gRPC
 servers on 127.0.0.1 serving `PeerService.FetchArchive` from real archives);
@@ -24,9 +24,9 @@ from ledger import commands as c
 from ledger.codec import encode_entry
 from ledger.results_codec import encode_results
 from ledger.state import StateMachine
-from node import archive_seed
-from node.archive import EventArchive, read_archive
-from node.archive_seed import (
+from node.archive import seeding
+from node.archive.event_archive import EventArchive, read_archive
+from node.archive.seeding import (
     ArchiveUnavailable,
     PartitionSeeder,
     PeerArchiveSource,
@@ -181,8 +181,8 @@ def test_an_archive_with_a_gap_is_seeded_from_its_own_end(
 def test_a_long_gap_is_seeded_in_bounded_batches(
     tmp_path: Path, peer_archive: EventArchive, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(archive_seed, "SEED_BATCH_RECORDS_MAX", 8)
-    monkeypatch.setattr(archive_seed, "SEED_PENDING_RECORDS_MAX", 12)
+    monkeypatch.setattr(seeding, "SEED_BATCH_RECORDS_MAX", 8)
+    monkeypatch.setattr(seeding, "SEED_PENDING_RECORDS_MAX", 12)
     target = replica_behind(tmp_path, archived_through=2)
     peer = FakePeer(peer_archive)
     asyncio.run(seed(target, [peer]))

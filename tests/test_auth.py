@@ -34,7 +34,7 @@ from client.auth import Credentials, TlsOptions, bearer, open_channel
 from client.errors import PermissionDenied, Unauthenticated
 from client.sdk import TransferStatus, WalletClient
 from ledger.routing import partition_of
-from node.auth import PEER_TOKEN_METADATA_KEY, AccessPolicy, check_call
+from node.cli.walletctl import main as walletctl
 from node.config import (
     ClusterConfig,
     ConfigError,
@@ -44,7 +44,7 @@ from node.config import (
     local_cluster_config,
     parse_cluster_config,
 )
-from node.walletctl import main as walletctl
+from node.security.auth import PEER_TOKEN_METADATA_KEY, AccessPolicy, check_call
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.cluster_harness import LocalCluster, allocate_ports, wait_until

@@ -1,4 +1,4 @@
-"""walletctl (node.walletctl.main) against the in-process fake node."""
+"""walletctl (node.cli.walletctl.main) against the in-process fake node."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from ledger.routing import partition_of
-from node.walletctl import main
+from node.cli.walletctl import main
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.fake_wallet_server import FakeWalletServer, running_fake, silent_node
 
@@ -227,13 +227,14 @@ GLOBAL_OPTIONS = ("--target", "--config", "--json", "--timeout", "--attempt-time
 
 
 def test_every_command_takes_the_global_options_after_it_too() -> None:
-    from node.walletctl import build_parser
+    from node.cli.walletctl import build_parser
 
     leaves = dict(_leaf_commands(build_parser()))
     assert ("cluster", "down") in leaves and ("replay",) in leaves
     for path, command in leaves.items():
         if path == ("replay",):
-            continue  # node.replay_cli parses its line; tests/test_replay_cli.py covers --json
+            # node.archive.replay_cli parses its line; tests/test_replay_cli.py covers --json
+            continue
         taken = {flag for action in command._actions for flag in action.option_strings}
         assert set(GLOBAL_OPTIONS) <= taken, (path, set(GLOBAL_OPTIONS) - taken)
 
@@ -247,9 +248,9 @@ def test_cluster_down_takes_config_after_the_command(
         calls.append(kwargs)
         return 0
 
-    launcher = types.ModuleType("node.launcher")
+    launcher = types.ModuleType("node.cli.launcher")
     launcher.cluster_down = cluster_down  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "node.launcher", launcher)
+    monkeypatch.setitem(sys.modules, "node.cli.launcher", launcher)
 
     code = main(["cluster", "down", "--data-dir", str(tmp_path), "--config",
                  str(REPO / "cluster-configs" / "local-3node.toml")])
@@ -269,12 +270,12 @@ def test_commands_that_need_config_show_it_as_required(
 def test_node_commands_report_a_missing_node_package(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setitem(sys.modules, "node.launcher", None)  # import fails
+    monkeypatch.setitem(sys.modules, "node.cli.launcher", None)  # import fails
 
     code = main(["cluster", "up", "--config", "c.toml", "--data-dir", str(tmp_path)])
 
     assert code == 2
-    assert "node.launcher" in capsys.readouterr().err
+    assert "node.cli.launcher" in capsys.readouterr().err
 
 
 def test_node_commands_dispatch_to_the_node_package(
@@ -286,9 +287,9 @@ def test_node_commands_dispatch_to_the_node_package(
         calls.append(kwargs)
         return 0
 
-    launcher = types.ModuleType("node.launcher")
+    launcher = types.ModuleType("node.cli.launcher")
     launcher.cluster_down = cluster_down  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "node.launcher", launcher)
+    monkeypatch.setitem(sys.modules, "node.cli.launcher", launcher)
 
     code = main(["cluster", "down", "--data-dir", str(tmp_path), "--json"])
 
@@ -365,7 +366,7 @@ def test_walletctl_refuses_a_cluster_file_whose_partitions_name_an_unknown_node(
         load_cluster_config(path)
 
     done = subprocess.run(
-        [sys.executable, "-m", "node.walletctl", "--config", str(path), "cluster", "map"],
+        [sys.executable, "-m", "node.cli.walletctl", "--config", str(path), "cluster", "map"],
         cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "PYTHONPATH": str(REPO)})
 

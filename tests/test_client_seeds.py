@@ -32,7 +32,7 @@ import pytest
 from client.aio import AsyncWalletClient
 from client.sdk import TransferStatus, WalletClient
 from ledger.routing import partition_of
-from node.auth import node_client_credentials
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import (
     WAIT_S,
@@ -178,7 +178,7 @@ def test_a_fresh_sdk_client_reaches_a_healthy_partition_past_two_paused_nodes(
 
 
 def walletctl(cluster: LocalCluster, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    command = [sys.executable, "-m", "node.walletctl", "--config", str(cluster.config_path),
+    command = [sys.executable, "-m", "node.cli.walletctl", "--config", str(cluster.config_path),
                "--json", *args]
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=WAIT_S,
@@ -215,7 +215,7 @@ def gateway_process(cluster: LocalCluster, log_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "node.walletctl", "gateway", "--config",
+            [sys.executable, "-m", "node.cli.walletctl", "gateway", "--config",
              str(cluster.config_path), "--listen", f"127.0.0.1:{port}"],
             cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
             env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -302,8 +302,9 @@ def test_a_transfer_whose_node_is_paused_in_flight_is_applied_once_through_anoth
 
 
 def test_readiness_gives_cluster_status_longer_than_a_node_waits_for_paused_peers() -> None:
-    from node import admin_service, http_gateway
+    from node.gateway import app
+    from node.services import admin_service
 
-    assert http_gateway.READY_TIMEOUT_S > admin_service.PEER_STATUS_TIMEOUT_S + 1.0
-    assert http_gateway.READY_RETRY_DEADLINE_S >= http_gateway.READY_TIMEOUT_S + 1.0, (
+    assert app.READY_TIMEOUT_S > admin_service.PEER_STATUS_TIMEOUT_S + 1.0
+    assert app.READY_RETRY_DEADLINE_S >= app.READY_TIMEOUT_S + 1.0, (
         "a silent first target (1 s health check) and one ClusterStatus must fit")

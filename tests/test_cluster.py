@@ -392,7 +392,7 @@ def test_a_same_partition_transfer_names_each_account_in_another_currency(
 def test_walletctl_transfer_from_an_unknown_account_names_only_it_across_partitions(
     cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     (ghost,) = accounts_on(0, 1, "nobody-ctl")
     far = far_account(cluster, "alice-ctl")
@@ -538,7 +538,7 @@ def test_the_sdk_and_cli_reach_the_cluster(
     import json
 
     from client.sdk import TransferStatus, WalletClient
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     alice, bob, _ = funded
     targets = [node.grpc_address for node in cluster.config.nodes]
@@ -557,7 +557,7 @@ def test_verify_replays_every_archive_to_the_live_state(
 ) -> None:
     import json
 
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     alice, bob, _ = funded
     cluster.wallet("n1").Transfer(transfer(alice, bob, amount="0.03"), timeout=30)
@@ -572,7 +572,7 @@ def test_replay_rebuilds_balances_from_a_node_archive(
 ) -> None:
     import json
 
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     alice, _, _ = funded
     live = balance(cluster, alice)

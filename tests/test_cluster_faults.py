@@ -206,7 +206,7 @@ def test_a_corrupt_snapshot_stops_the_node_with_a_clear_message(cluster: LocalCl
 def test_verify_fails_loudly_when_one_replicas_archive_is_tampered_with(
     cluster: LocalCluster, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     payer, payee = open_funded_pair(cluster, 0, "tamper")
     call_until_done(cluster, "Transfer", pb.TransferRequest(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from node.admin_service import balanced_leaders
 from node.cluster_map import (
     JOINING,
     LEAVING,
@@ -21,6 +20,7 @@ from node.cluster_map import (
     node_command,
 )
 from node.config import ClusterConfig, NodeConfig, local_cluster_config
+from node.services.admin_service import balanced_leaders
 
 
 def config_for(partitions: int) -> ClusterConfig:

@@ -24,8 +24,8 @@ EXIT_NODE_EXITED = 3
 
 def walletctl(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node.walletctl", *argv], cwd=REPO, capture_output=True, text=True,
-        timeout=2 * WAIT_S, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+        [sys.executable, "-m", "node.cli.walletctl", *argv], cwd=REPO, capture_output=True,
+        text=True, timeout=2 * WAIT_S, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 def gone(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""`make run` (node.demo) on a small scale: the traffic succeeds, and the summary shows
+"""`make run` (node.cli.demo) on a small scale: the traffic succeeds, and the summary shows
 each guarantee at work (issue #19): refusals, compensations and retries answered once."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from node.cli.demo import run_demo
+from node.cli.launcher import cluster_down
 from node.config import dump_cluster_config, local_cluster_config
-from node.demo import run_demo
-from node.launcher import cluster_down
 from tests.cluster_harness import allocate_ports
 
 pytestmark = pytest.mark.cluster

@@ -149,7 +149,7 @@ def test_walletctl_balance_at_a_time(cluster: LocalCluster,
     import json
     from datetime import UTC, datetime
 
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     payer, payee = account_on(0, "cli-at"), account_on(0, "cli-at-to")
     open_accounts(cluster, payer, payee)
@@ -190,8 +190,8 @@ def test_history_keeps_outcomes_after_the_dedup_records_are_pruned(tmp_path: Pat
     from ledger.codec import encode_entry
     from ledger.results_codec import encode_results
     from ledger.state import StateMachine
-    from node.archive import EventArchive
-    from node.history import History
+    from node.archive.event_archive import EventArchive
+    from node.archive.history import History
 
     state, archive = StateMachine(0), EventArchive(str(tmp_path / "archive"), 0, fsync=False)
     ids = [uuid.uuid4().bytes for _ in range(3)]

@@ -45,10 +45,10 @@ from ledger.routing import partition_of
 from ledger.saga import CREDITS_PER_BATCH_MAX
 from ledger.state import ACCOUNT_ID_RE, StateMachine, _dedup_record
 from node import api
-from node.archive import read_archive
+from node.archive.event_archive import read_archive
+from node.archive.replay_cli import archive_dir
 from node.host import REQUEST_BYTES_MAX
-from node.replay_cli import archive_dir
-from node.wallet_service import TRANSFERS_PER_BATCH_MAX
+from node.services.wallet_service import TRANSFERS_PER_BATCH_MAX
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import LocalCluster, running_cluster, wait_until
 
@@ -852,7 +852,7 @@ def test_bytes_that_are_not_the_message_never_crash_the_node(
         answer = Answer(exc.code(), str(trailers.get(api.REASON_METADATA_KEY, "")),
                         exc.details() or "", None)
     assert_sane(answer)
-    if not parses:  # node.request_guard refuses it before the servicer sees it
+    if not parses:  # node.services.request_guard refuses it before the servicer sees it
         assert (answer.status, answer.reason) == (INVALID, "MALFORMED_REQUEST"), answer
         assert "Error" not in answer.details and "<class" not in answer.details
     else:  # it decodes to some request: refused like any other (or an answer to a read)

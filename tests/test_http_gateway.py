@@ -1,4 +1,4 @@
-"""The HTTP gateway (node.http_gateway) in front of a real 3-node cluster on 127.0.0.1.
+"""The HTTP gateway (node.gateway.app) in front of a real 3-node cluster on 127.0.0.1.
 
 The gateway app is served by uvicorn on a free loopback port in a thread (and once
 as `walletctl gateway` in a subprocess); every server and process a test starts is
@@ -46,14 +46,14 @@ from client.errors import OutcomeUnknown, WalletError
 from ledger.money import MoneyError, parse_amount
 from ledger.routing import partition_of
 from ledger.state import ACCOUNT_ID_RE
-from node.auth import node_client_credentials
-from node.http_gateway import (
+from node.gateway.app import (
     MAX_BODY_BYTES,
     create_app,
     duplicate_key_of,
     http_error_of,
     parse_listen,
 )
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
 from tests.fake_wallet_server import FakeWalletServer, running_fake
@@ -782,7 +782,7 @@ def test_walletctl_gateway_serves_the_cluster_file_and_stops_cleanly_on_sigterm(
     log_path = tmp_path / "gateway.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "node.walletctl", "gateway", "--config",
+            [sys.executable, "-m", "node.cli.walletctl", "gateway", "--config",
              str(cluster.config_path), "--listen", f"127.0.0.1:{port}"],
             cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -807,8 +807,9 @@ def test_walletctl_gateway_serves_the_cluster_file_and_stops_cleanly_on_sigterm(
 
 def test_walletctl_gateway_refuses_a_bad_listen_address(cluster: LocalCluster) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "node.walletctl", "gateway", "--config", str(cluster.config_path),
-         "--listen", "nowhere"], cwd=REPO, capture_output=True, timeout=WAIT_S, check=False)
+        [sys.executable, "-m", "node.cli.walletctl", "gateway", "--config",
+         str(cluster.config_path), "--listen", "nowhere"],
+        cwd=REPO, capture_output=True, timeout=WAIT_S, check=False)
     assert done.returncode == 2
     assert b"--listen" in done.stderr
 

@@ -1,4 +1,4 @@
-"""Behaviour of the durable Raft journal (node.journal), one rule per test."""
+"""Behaviour of the durable Raft journal (node.raft.journal), one rule per test."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from node import durable_io, fail_stop
-from node import journal as journal_module
-from node.journal import (
+from node.raft import journal as journal_module
+from node.raft.journal import (
     COMPACT_TMP_SUFFIX,
     HEADER_BYTES,
     DurableJournal,
@@ -245,7 +245,7 @@ def test_leftover_compaction_tmp_file_is_ignored_and_removed(
     tmp_path = journal.path + COMPACT_TMP_SUFFIX
     with open(tmp_path, "wb") as f:
         f.write(b"RWJOURNAL half-written compaction")
-    with caplog.at_level(logging.WARNING, logger="node.journal"):
+    with caplog.at_level(logging.WARNING, logger="node.raft.journal"):
         reopened = open_journal()
     assert reopened[:] == ENTRIES
     assert not os.path.exists(tmp_path)
@@ -262,7 +262,7 @@ def test_half_written_final_record_is_cut_off_on_open(
     intact_size = os.path.getsize(journal.path)
     with open(journal.path, "ab") as f:
         f.write(_record(b"never synced", 5, 2)[:15])
-    with caplog.at_level(logging.WARNING, logger="node.journal"):
+    with caplog.at_level(logging.WARNING, logger="node.raft.journal"):
         reopened = open_journal()
     assert reopened[:] == ENTRIES
     assert os.path.getsize(reopened.path) == intact_size

@@ -1,4 +1,4 @@
-"""Followers truncate their log only from a conflicting entry (node.log_matching).
+"""Followers truncate their log only from a conflicting entry (node.raft.log_matching).
 
 Messages are fed straight to a follower's message handler, as its transport
 would: the leader is a peer address nobody listens on.
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pysyncobj import SyncObj, SyncObjConf
 
-from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
+from node.raft.log_matching import LogMatchingSyncObj, LogMatchingViolated
 from tests.cluster_harness import allocate_ports
 
 TERM = 1

@@ -64,7 +64,8 @@ def cluster_map(cluster: LocalCluster, node_id: str) -> dict[str, object]:
 
 def walletctl(cluster: LocalCluster, *args: str, target: str = "n2",
               timeout_s: float = MOVE_WAIT_S + 60) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "node.walletctl", *args, "--config", str(cluster.config_path),
+    command = [sys.executable, "-m", "node.cli.walletctl", *args,
+               "--config", str(cluster.config_path),
                "--target", cluster.config.node(target).grpc_address, "--timeout", "20"]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s,
                           check=False)

@@ -1,6 +1,6 @@
 """Pre-seeding a joining replica from a peer's snapshot before it joins its Raft group.
 
-Without processes: what `node.preseed` installs, what it refuses, and that a group's
+Without processes: what `node.membership.preseed` installs, what it refuses, and that a group's
 leader adds a slot to the Raft group only once the map shows it seeded. With real
 node processes: a peer serves its snapshot file only to the cluster's nodes, and a
 replica added after a compaction loads a peer's snapshot before it becomes a member,
@@ -22,12 +22,12 @@ import pytest
 
 from ledger import commands as c
 from ledger.state import StateMachine
-from node import snapshot_file
-from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from node.cluster_map import JOINING, SEEDED, ClusterMap, Slot, bootstrap_map
 from node.config import ClusterConfig, local_cluster_config
-from node.membership import MapCache, Membership
-from node.preseed import Preseeder, has_local_state, install
+from node.membership.preseed import Preseeder, has_local_state, install
+from node.membership.reconciler import MapCache, Membership
+from node.raft import snapshot_file
+from node.security.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.cluster_harness import LocalCluster, converged, wait_until

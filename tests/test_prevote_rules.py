@@ -1,4 +1,4 @@
-"""Pre-vote before every election (node.prevote), driven through the library's own tick
+"""Pre-vote before every election (node.raft.prevote), driven through the library's own tick
 and message handler: the peers are addresses nobody listens on, messages to them are
 recorded, and their answers are fed to the handler as the transport would.
 """
@@ -12,15 +12,15 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.syncobj import _RAFT_STATE
 
-from node.log_matching import LogMatchingSyncObj
-from node.prevote import PRE_VOTE, PRE_VOTE_HELLO, PRE_VOTE_RESPONSE, PreVoteSyncObj
+from node.raft.log_matching import LogMatchingSyncObj
+from node.raft.prevote import PRE_VOTE, PRE_VOTE_HELLO, PRE_VOTE_RESPONSE, PreVoteSyncObj
 from tests.cluster_harness import allocate_ports
 
 MIN_TIMEOUT_S = 1.0
 
 
 class _Raft(PreVoteSyncObj, LogMatchingSyncObj):
-    """The combination the node runs (node/replica.py, node/metadata_group.py)."""
+    """The combination the node runs (node/raft/replica.py, node/raft/metadata_group.py)."""
 
 
 class Member:
@@ -288,8 +288,8 @@ def test_a_connected_peer_is_greeted(member: Member) -> None:
 
 
 def test_every_raft_group_of_a_node_runs_pre_vote() -> None:
-    from node.metadata_group import _MetadataSyncObj
-    from node.replica import _PartitionSyncObj
+    from node.raft.metadata_group import _MetadataSyncObj
+    from node.raft.replica import _PartitionSyncObj
 
     for kind in (_PartitionSyncObj, _MetadataSyncObj):
         assert issubclass(kind, PreVoteSyncObj) and issubclass(kind, LogMatchingSyncObj)

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ledger.routing import partition_of
-from node.wallet_service import TRANSFERS_PER_BATCH_MAX
+from node.services.wallet_service import TRANSFERS_PER_BATCH_MAX
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import (
     LocalCluster,

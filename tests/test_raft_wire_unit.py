@@ -1,4 +1,4 @@
-"""node/raft_wire.py: bounded frames, linear buffering, no multi-part AppendEntries (in-process)."""
+"""node/raft/wire.py: bounded frames, linear buffering, no multi-part AppendEntries (in-process)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from ledger import commands as c
 from ledger.codec import encode_entry
-from node import raft_wire
 from node.host import REQUEST_BYTES_MAX
-from node.raft_wire import (
+from node.raft import wire as raft_wire
+from node.raft.replica import RaftSettings, raft_conf
+from node.raft.wire import (
     APPEND_ENTRIES_BATCH_BYTES,
     ENTRY_BLOB_BYTES_MAX,
     FRAME_BYTES_MAX,
@@ -37,8 +38,7 @@ from node.raft_wire import (
     BoundedTcpConnection,
     BoundedTransport,
 )
-from node.replica import raft_conf
-from node.wallet_service import TRANSFERS_PER_BATCH_MAX
+from node.services.wallet_service import TRANSFERS_PER_BATCH_MAX
 from tests.cluster_harness import allocate_ports, wait_until
 
 SECRET = "test-secret-0123456789"
@@ -155,7 +155,7 @@ def test_a_negative_length_prefix_closes_the_connection(wire: Wire) -> None:
 
 
 def test_the_closing_is_logged_with_the_peer(wire: Wire, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="node.raft_wire"):
+    with caplog.at_level("WARNING", logger="node.raft.wire"):
         wire.feed(struct.pack("i", 2**31 - 1))
     (record,) = [r for r in caplog.records if "over the bound" in r.getMessage()]
     assert record.levelname == "WARNING"
@@ -166,7 +166,7 @@ def test_the_closing_is_logged_with_the_peer(wire: Wire, caplog: pytest.LogCaptu
 def test_garbage_that_fails_decryption_is_logged_and_closes_the_connection(
     wire: Wire, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level("WARNING", logger="node.raft_wire"):
+    with caplog.at_level("WARNING", logger="node.raft.wire"):
         wire.feed(struct.pack("i", 100) + b"x" * 100)
     assert wire.closed.is_set() and wire.messages == []
     assert any("failed decryption" in r.getMessage() for r in caplog.records)
@@ -346,8 +346,7 @@ def test_a_transmission_part_is_not_sent() -> None:
 
 
 def test_the_batch_size_keeps_the_largest_command_in_one_message() -> None:
-    conf = raft_conf(__import__("node.replica").replica.RaftSettings(), SECRET,
-                     "127.0.0.1:1", "/nonexistent")
+    conf = raft_conf(RaftSettings(), SECRET, "127.0.0.1:1", "/nonexistent")
     assert conf.appendEntriesBatchSizeBytes == APPEND_ENTRIES_BATCH_BYTES
     # pysyncobj splits an entry only when len(command) >= appendEntriesBatchSizeBytes.
     worst = b"\x00" + pickle.dumps((0, (b"\xff" * ENTRY_BLOB_BYTES_MAX,), {}))

@@ -1,4 +1,4 @@
-"""`walletctl replay` (node.replay_cli) over archives in a fake node data dir."""
+"""`walletctl replay` (node.archive.replay_cli) over archives in a fake node data dir."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from ledger.money import format_amount
-from node.archive import EventArchive
-from node.replay_cli import main
+from node.archive.event_archive import EventArchive
+from node.archive.replay_cli import main
 from tests.test_archive import Live, archived_workload
 
 ENTRIES = 120
@@ -105,7 +105,7 @@ def test_account_prints_that_account_only(
 
 def test_walletctl_lists_replay_and_takes_json_before_or_after_it(
         node_dir: tuple[Path, dict[int, list[Live]]], capsys: pytest.CaptureFixture[str]) -> None:
-    from node.walletctl import main as walletctl
+    from node.cli.walletctl import main as walletctl
 
     data_dir, histories = node_dir
     assert walletctl(["--help"]) == 0
@@ -283,7 +283,7 @@ def test_a_long_archive_gets_a_progress_bar_on_stderr_only(
         node_dir: tuple[Path, dict[int, list[Live]]], capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     data_dir, histories = node_dir
-    monkeypatch.setattr("node.replay_cli.LONG_ARCHIVE_BYTES", 1)
+    monkeypatch.setattr("node.archive.replay_cli.LONG_ARCHIVE_BYTES", 1)
     status, out, _ = _run(capsys, "--data-dir", str(data_dir), "--json")
     assert status == 0
     document = json.loads(out)  # stdout holds the JSON object and nothing else

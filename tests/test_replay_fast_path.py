@@ -26,8 +26,8 @@ from ledger.codec import UnsupportedEntry, decode_entry, encode_entry, parse_ent
 from ledger.results import Code
 from ledger.results_codec import encode_results
 from ledger.state import LedgerHalted, RawRecord, StateMachine, _dedup_record
-from node.archive import EventArchive, read_archive
-from node.replay_cli import Bound, paused_cyclic_gc, replay_partition
+from node.archive.event_archive import EventArchive, read_archive
+from node.archive.replay_cli import Bound, paused_cyclic_gc, replay_partition
 from proto.ledger.v1 import ledger_pb2 as pb
 
 PARTITION = 1

@@ -12,10 +12,10 @@ from pysyncobj import FAIL_REASON
 from ledger import commands as c
 from ledger.codec import encode_entry
 from ledger.results import EntryResult
-from node import journal as journal_patch
-from node import raft_wire, snapshot_file
-from node.journal import DurableJournal
-from node.replica import PartitionReplica, RaftSettings
+from node.raft import journal as journal_patch
+from node.raft import snapshot_file, wire
+from node.raft.journal import DurableJournal
+from node.raft.replica import PartitionReplica, RaftSettings
 from tests.cluster_harness import allocate_ports, wait_until
 from tests.support import tx
 
@@ -29,7 +29,7 @@ def durable_journal(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(pysyncobj.syncobj, "createJournal", pysyncobj.syncobj.createJournal)
     journal_patch.install()
-    raft_wire.install()
+    wire.install()
 
 
 class Replica:
@@ -188,7 +188,7 @@ def test_a_restart_refuses_an_archive_that_lost_what_the_snapshot_saw(
     assert meta.archive_position > 0
     replica = PartitionReplica.__new__(PartitionReplica)
     replica.partition = 0
-    from node.archive import EventArchive
+    from node.archive.event_archive import EventArchive
     replica.archive = EventArchive(str(tmp_path / "p0" / "archive"), 0)
     with pytest.raises(ValueError, match="archive records were lost"):
         replica._check_archive_against(meta)

@@ -1,4 +1,7 @@
-"""A replica starts only with state that covers what it acknowledged (node/replica_guard.py)."""
+"""A replica starts only with state that covers what it acknowledged.
+
+node/raft/replica_guard.py.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,15 @@ import pytest
 
 from node.cluster_map import LEAVING, SEEDED, VOTER, ClusterMap, Slot, SlotState
 from node.config import NodeConfig, local_cluster_config
-from node.replica import RaftSettings
-from node.replica_guard import (
+from node.raft.replica import RaftSettings
+from node.raft.replica_guard import (
     MARKER_FILE,
     ReplicaStateMissing,
     check_log_covers,
     check_marker,
 )
+from node.raft.snapshot_file import RaftMeta
 from node.server import NodeGroupFactory, StartRefused, check_identity, mark_initialised
-from node.snapshot_file import RaftMeta
 from tests.cluster_harness import allocate_ports
 
 

@@ -1,7 +1,7 @@
 """Storage faults that are not a flipped byte: lost files, shortened logs, a full disk.
 
 A replica must start as a voter only with state that covers everything it
-acknowledged (node/replica_guard.py, node/journal.py); otherwise one more
+acknowledged (node/raft/replica_guard.py, node/raft/journal.py); otherwise one more
 ordinary fault elects a leader without acknowledged transfers. A replica that
 cannot write must end its process (node/fail_stop.py), so that a leader with a
 full disk hands over within the election timeout.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from node.cli.launcher import start_node
 from node.fail_stop import STORAGE_FAILED_EXIT_CODE
-from node.journal import DurableJournal
-from node.launcher import start_node
+from node.raft.journal import DurableJournal
 from node.server import EXIT_REFUSED, IDENTITY_FILE
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import (

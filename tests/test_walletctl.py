@@ -1,4 +1,4 @@
-"""walletctl is put together from client.cli and node.walletctl: every command, in one order."""
+"""walletctl is put together from client.cli and node.cli.walletctl: every command, in one order."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from client import cli
-from node import walletctl
+from node.cli import walletctl
 
 REPO = Path(__file__).resolve().parent.parent
 
-NODE_MODULES = ("node.launcher", "node.server", "node.http_gateway", "node.replay_cli")
+NODE_MODULES = ("node.cli.launcher", "node.server", "node.gateway.app", "node.archive.replay_cli")
 """What the node commands run; the client's commands must start without them."""
 
 
@@ -61,7 +61,7 @@ def test_an_extra_command_with_no_place_is_refused_not_dropped() -> None:
 
 def test_the_clients_commands_start_without_loading_the_node_modules() -> None:
     probe = ("import json, sys\n"
-             "from node import walletctl\n"
+             "from node.cli import walletctl\n"
              "walletctl.main(['--target', '127.0.0.1:1', 'route', 'alice', '--timeout', '0.1'])\n"
              f"print(json.dumps([m for m in {NODE_MODULES!r} if m in sys.modules]))\n")
 

@@ -74,7 +74,7 @@ class Step:
 
 
 class Walletctl:
-    """Runs `python -m node.walletctl ARGS --config FILE` through `wrap` (the network's
+    """Runs `python -m node.cli.walletctl ARGS --config FILE` through `wrap` (the network's
     client_command), logging each command and its output to `log_path`."""
 
     def __init__(self, wrap: Callable[[Sequence[str]], list[str]], config_path: Path,
@@ -83,8 +83,8 @@ class Walletctl:
 
     def run(self, *args: str, wait_s: float = 0.0, rpc_timeout_s: float = RPC_TIMEOUT_S) -> str:
         """The command's stdout; RunbookStepFailed unless it exits 0 within its deadlines."""
-        argv = [sys.executable, "-m", "node.walletctl", *args, "--config", str(self.config_path),
-                "--timeout", f"{rpc_timeout_s:g}"]
+        argv = [sys.executable, "-m", "node.cli.walletctl", *args,
+                "--config", str(self.config_path), "--timeout", f"{rpc_timeout_s:g}"]
         command = self.wrap(argv)
         timeout_s = rpc_timeout_s + wait_s + PROCESS_SLACK_S
         started = time.monotonic()

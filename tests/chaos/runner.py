@@ -37,8 +37,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from node.cli.launcher import node_command
 from node.config import ClusterConfig, NodeConfig, dump_cluster_config, local_cluster_config
-from node.launcher import node_command
 from tests.chaos.checker import RUNNER_PROBLEMS_FILE, Report, check_dir, render
 from tests.chaos.history import SAMPLES_FILE, SETUP_FILE, Sample, sample_from_json
 from tests.chaos.hostile import HostileFaults

@@ -1,6 +1,7 @@
 """Storage faults of the chaos suite: lost files, shortened journals, full disks.
 
-What a node must do about each (node/replica_guard.py, node/journal.py, node/fail_stop.py):
+What a node must do about each (node/raft/replica_guard.py, node/raft/journal.py,
+node/fail_stop.py):
 - a damaged data dir of a stopped node (`DAMAGES`) must be refused at start (status 3),
   never rejoin; the operator then replaces the node under a new id (the runbook);
 - a full disk must end the node (status 74) as soon as a journal or archive write fails,
@@ -27,8 +28,8 @@ from pathlib import Path
 from typing import Final
 
 from node.fail_stop import STORAGE_FAILED_EXIT_CODE
-from node.journal import DurableJournal
-from node.membership import MAP_FILE
+from node.membership.reconciler import MAP_FILE
+from node.raft.journal import DurableJournal
 from node.server import EXIT_REFUSED as REFUSED_EXIT_STATUS
 from node.server import IDENTITY_FILE
 from tests.chaos.runbook import RunbookStepFailed, Walletctl

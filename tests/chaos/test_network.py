@@ -29,8 +29,8 @@ import pytest
 from pysyncobj.encryptor import getEncryptor
 
 from client.auth import open_channel
-from node.auth import node_client_credentials
 from node.config import ClusterConfig, NodeConfig, dump_cluster_config
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.chaos.network import (

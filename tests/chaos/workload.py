@@ -47,9 +47,9 @@ from client.sdk import TransferSpec, TransferStatus, WalletClient, new_id
 from ledger.money import currency as currency_of
 from ledger.money import format_amount, parse_amount
 from ledger.routing import partition_of
-from node.auth import node_client_credentials
 from node.cluster_map import VOTER, ClusterMap, decode_map
 from node.config import ClusterConfig, load_cluster_config
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.chaos.history import (

@@ -1011,7 +1011,7 @@ class PeerServiceServicer:
 
     def FetchArchive(self, request, context):
         """Raw records of this node's event archive of a partition, for seeding the
-        archive of a replica that installed a snapshot (node/archive_seed.py).
+        archive of a replica that installed a snapshot (node/archive/seeding.py).
         FAILED_PRECONDITION when this node's own archive lacks `from_position`
         because it lags its state too.
         """
@@ -1020,9 +1020,9 @@ class PeerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchSnapshot(self, request, context):
-        """This node's latest snapshot file of a partition (node/snapshot_file.py format,
+        """This node's latest snapshot file of a partition (node/raft/snapshot_file.py format,
         checksummed), in order, for pre-seeding a replica before it joins its Raft
-        group (node/preseed.py). NOT_FOUND when this node has no replica of the
+        group (node/membership/preseed.py). NOT_FOUND when this node has no replica of the
         partition or the replica has no snapshot yet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -39,9 +39,9 @@ from client.auth import open_channel
 from client.errors import WalletError
 from client.sdk import TransferRecord, TransferResult, TransferStatus, WalletClient, new_id
 from ledger.routing import partition_of
-from node.auth import node_client_credentials
+from node.cli.launcher import cluster_down, cluster_up
 from node.config import ClusterConfig, load_cluster_config
-from node.launcher import cluster_down, cluster_up
+from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 

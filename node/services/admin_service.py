@@ -14,12 +14,12 @@ from ledger.results import Code
 from ledger.routing import partition_of
 from node import api, cluster_map
 from node.api import ApiError
+from node.archive.replay_cli import Bound, replay_partition
 from node.cluster_map import META, VOTER, ClusterMap
 from node.config import HOST, NODE_ID, NodeConfig
 from node.host import NodeHost, deadline_of
-from node.membership import Membership
-from node.replay_cli import Bound, replay_partition
-from node.replica import PartitionReplica
+from node.membership.reconciler import Membership
+from node.raft.replica import PartitionReplica
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 

@@ -15,7 +15,7 @@ The facts a replica keeps that outlive a lost file:
   fsynced when the directory is first initialised (the node's bootstrap, or a
   replica added to this node: pre-seeded, then joining). Its absence next to a
   member slot means the directory was deleted or replaced.
-- The journal's meta file: term, vote and commit index. node/journal.py refuses
+- The journal's meta file: term, vote and commit index. node/raft/journal.py refuses
   a journal that ends before the stored commit index, or whose meta is missing.
 - The snapshot: a journal compacted past index 1 needs it (the state before the
   journal's first entry lives only there); a snapshot older than the journal's
@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 from typing import Final
 
-from node import snapshot_file
 from node.durable_io import datasync
+from node.raft import snapshot_file
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def check_log_covers(directory: str, group: int, journal_first_index: int,
     `snapshot` is the snapshot file's Raft metadata (None when there is no
     file); `archived_log_index` the Raft index of the event archive's last
     record (0 when empty or when the group has no archive); `commit_index` the
-    one the journal's meta file stored (node/journal.py already refuses a
+    one the journal's meta file stored (node/raft/journal.py already refuses a
     non-empty journal that ends before it; an emptied one is caught here).
     """
     name = group_name(group)

@@ -34,9 +34,9 @@ from ledger.results import CREDIT_REJECTIONS, Code
 from ledger.saga import credits_for, resolutions
 from node import failpoints
 from node.api import ApiError
-from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from node.host import NodeHost
 from node.proposer import Applied
+from node.security.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 

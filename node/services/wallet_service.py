@@ -22,8 +22,8 @@ from ledger.routing import partition_of
 from ledger.state import DedupRecord, RecordKind, StateMachine
 from node import api
 from node.api import ApiError
+from node.archive.history import History, HistoryUnavailable, TransferRef
 from node.cluster_map import encode_map
-from node.history import History, HistoryUnavailable, TransferRef
 from node.host import NodeHost, deadline_of
 from node.metrics import TransferOutcomes
 from node.proposer import Applied

@@ -10,7 +10,7 @@ request gets the first answer again.
 
 Every failure is one JSON shape, `{"error": {"code", "message"}, "transaction_id"}`,
 and every gRPC status becomes an HTTP status in one place, `http_error_of`.
-Request bodies are strict (node.http_models) and limited to 64 KiB. The OpenAPI
+Request bodies are strict (node.gateway.models) and limited to 64 KiB. The OpenAPI
 document is served at /openapi.json and its interactive page at /docs;
 /healthz and /readyz are for load balancers. docs/http-api.md is the reference.
 """
@@ -59,7 +59,7 @@ from client.sdk import (
 )
 from ledger.results import Code
 from node import api as node_api
-from node.http_models import (
+from node.gateway.models import (
     ACCOUNT_ID_MAX_CHARS,
     ACCOUNT_ID_PATTERN,
     EXAMPLE_TRANSACTION_ID,
@@ -103,7 +103,7 @@ DEFAULT_RETRY_DEADLINE_S = 10.0
 """How long one HTTP request keeps retrying transient cluster failures (`--timeout`)."""
 READY_TIMEOUT_S = 2.5
 """Deadline of one /readyz ClusterStatus: more than the 1 s a node waits for its peers'
-views (node.admin_service.PEER_STATUS_TIMEOUT_S), so that paused peers do not fail it."""
+views (node.services.admin_service.PEER_STATUS_TIMEOUT_S), so that paused peers do not fail it."""
 READY_RETRY_DEADLINE_S = 4.0
 """/readyz asks ClusterStatus, trying the next node on a failure, for at most this long."""
 SHUTDOWN_GRACE_S = 15
@@ -111,7 +111,7 @@ SHUTDOWN_GRACE_S = 15
 AT_MAX_CHARS = 64
 """`?at=` of the balance: an ISO 8601 time is about 32 characters."""
 HISTORY_LIMIT_MAX = 1_000
-"""Most transfers per history page (the node's node.history.PAGE_LIMIT_MAX)."""
+"""Most transfers per history page (the node's node.archive.history.PAGE_LIMIT_MAX)."""
 EXIT_OK = 0
 EXIT_USAGE = 2
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import grpc
 
 from client.auth import open_channel
-from node.auth import node_client_credentials
 from node.cluster_map import decode_map
 from node.config import ClusterConfig, ConfigError, load_cluster_config
+from node.security.auth import node_client_credentials
 from node.server import IDENTITY_FILE
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc

@@ -2,14 +2,14 @@
 node code on this machine.
 
 The client's commands are client.cli's, which never imports `node`. This module,
-the `walletctl` entry point (`python -m node.walletctl` works too), adds the
+the `walletctl` entry point (`python -m node.cli.walletctl` works too), adds the
 commands that start servers or read a node's files, each where `walletctl --help`
 lists it (client.cli.ExtraCommand):
 
-    cluster up, cluster down   node.launcher: a local cluster's node processes
+    cluster up, cluster down   node.cli.launcher: a local cluster's node processes
     node start                 node.server: one node in the foreground
-    gateway                    node.http_gateway: the HTTP/JSON API
-    replay                     node.replay_cli: balances from a data dir, offline
+    gateway                    node.gateway.app: the HTTP/JSON API
+    replay                     node.archive.replay_cli: balances from a data dir, offline
 
 Each handler imports its node module when it runs, so that the client's commands
 start without loading the server's packages (pysyncobj, FastAPI, uvicorn).
@@ -51,13 +51,13 @@ def _config_path(args: argparse.Namespace, command: str) -> Path:
 
 def cmd_cluster_up(args: argparse.Namespace, out: Output) -> int:
     config_path = _config_path(args, "cluster up")
-    from node.launcher import cluster_up
+    from node.cli.launcher import cluster_up
 
     return cluster_up(config_path=config_path, data_dir=args.data_dir, as_json=out.as_json)
 
 
 def cmd_cluster_down(args: argparse.Namespace, out: Output) -> int:
-    from node.launcher import cluster_down
+    from node.cli.launcher import cluster_down
 
     return cluster_down(data_dir=args.data_dir, as_json=out.as_json)
 
@@ -81,7 +81,7 @@ def cmd_gateway(args: argparse.Namespace, out: Output) -> int:
     targets = [*(args.target or []), *getattr(args, "target_after", [])]
     if not targets and not args.config:
         raise UsageError("gateway needs --config FILE or --target HOST:PORT")
-    from node.http_gateway import run_gateway
+    from node.gateway.app import run_gateway
 
     return run_gateway(
         config_path=Path(args.config) if args.config else None,
@@ -98,7 +98,7 @@ _NOT_FOR_REPLAY = (("--target", "target"), ("--config", "config"), ("--token", "
 
 
 def cmd_replay(args: argparse.Namespace, out: Output) -> int:
-    """Offline, from a node's data dir (node.replay_cli parses the rest of the line)."""
+    """Offline, from a node's data dir (node.archive.replay_cli parses the rest of the line)."""
     given = [flag for flag, name in _NOT_FOR_REPLAY if getattr(args, name, None)]
     given += [flag for flag, name, default in (
         ("--timeout", "timeout", DEFAULT_TIMEOUT_S),
@@ -108,7 +108,7 @@ def cmd_replay(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"replay reads a node's data dir offline, without a cluster: "
                          f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not "
                          "apply to it")
-    from node import replay_cli
+    from node.archive import replay_cli
 
     return replay_cli.main([*args.own_arguments, *(["--json"] if out.as_json else [])])
 
@@ -117,7 +117,7 @@ def cmd_replay(args: argparse.Namespace, out: Output) -> int:
 
 
 def _add_replay(commands: CommandGroup) -> None:
-    # Offline, no cluster involved: node.replay_cli parses everything after `replay`
+    # Offline, no cluster involved: node.archive.replay_cli parses everything after `replay`
     # (`walletctl replay --help` is its help); --json may also come before the command.
     p = commands.add_parser("replay", add_help=False,
                             help="rebuild balances offline from a node's data dir "
@@ -133,7 +133,7 @@ def _add_cluster_up_and_down(cluster_commands: CommandGroup) -> None:
                     "Start one node process per [[nodes]] entry of the cluster file --config, "
                     "with data under DIR/<node-id>, and wait until every partition has a "
                     "leader and every node answering on the file's ports is one this command "
-                    "started (node.launcher). Exit status: 0 ready; 1 no leader everywhere "
+                    "started (node.cli.launcher). Exit status: 0 ready; 1 no leader everywhere "
                     "within 60 s (the nodes keep running); 2 usage, an invalid file, or a "
                     "cluster already running from DIR; 3 a node it started exited (each "
                     "node's reason from its log is printed, and the others are stopped), e.g. "
@@ -148,7 +148,7 @@ def _add_cluster_up_and_down(cluster_commands: CommandGroup) -> None:
     p = add_command(cluster_commands, "down", "stop the nodes started by cluster up",
                     cmd_cluster_down,
                     "Stop the node processes that `cluster up` started with this --data-dir "
-                    "(node.launcher).")
+                    "(node.cli.launcher).")
     p.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
                    help="the --data-dir given to cluster up")
     global_options(p, top=False)
@@ -161,7 +161,7 @@ def _add_gateway(commands: CommandGroup) -> None:
                     "deposits, withdrawals, balances, transfer status; OpenAPI at "
                     "/openapi.json, docs at /docs, /healthz and /readyz) on --listen until "
                     "SIGTERM, talking to the cluster of --config (every [[nodes]] "
-                    "host:grpc_port) or --target through the client SDK (node.http_gateway). "
+                    "host:grpc_port) or --target through the client SDK (node.gateway.app). "
                     "--timeout bounds each HTTP request's cluster calls, retries included; "
                     "--attempt-timeout each attempt at one node.")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",

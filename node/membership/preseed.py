@@ -7,12 +7,12 @@ partition first fetches a current replica's snapshot file
 snapshot's own checksum, the partition), and installs it as its replica's
 `snapshot`, so that the replica loads it on its first tick. Only then does the
 node report the slot `seeded` in the cluster map, and only a seeded slot is
-added to the Raft group by the leader (node/membership.py): the new member then
+added to the Raft group by the leader (node/membership/reconciler.py): the new member then
 needs the log after the snapshot only.
 
 The installed snapshot keeps the peer's last two log entries (the Raft log
 continues from them) but not its archive position: the event archive is seeded
-afterwards by node/archive_seed.py, as after a snapshot installed from the
+afterwards by node/archive/seeding.py, as after a snapshot installed from the
 leader. Its member list is the group's current replicas in the cluster map,
 without this node (pysyncobj takes its peers from the snapshot's members).
 
@@ -34,8 +34,8 @@ from typing import BinaryIO
 import grpc
 
 from ledger.state import SnapshotError, StateMachine
-from node import snapshot_file
 from node.cluster_map import LEAVING, VOTER, ClusterMap
+from node.raft import snapshot_file
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 

@@ -24,7 +24,7 @@ from ledger import commands as c
 from ledger.codec import decode_entry
 from ledger.results import CREDIT_REJECTIONS, Code
 from ledger.state import Balance, StateMachine
-from node.archive import EventArchive
+from node.archive.event_archive import EventArchive
 
 PAGE_LIMIT_MAX = 1_000
 

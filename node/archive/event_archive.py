@@ -2,7 +2,7 @@
 
 Raft log compaction throws old entries away; the archive keeps every APPLIED
 entry forever, with its results, so that history can be read back and any past
-state rebuilt offline (`node.replay_cli`). Each replica appends to its own
+state rebuilt offline (`node.archive.replay_cli`). Each replica appends to its own
 archive under `<partition dir>/archive/`.
 
 Guarantees:

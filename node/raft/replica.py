@@ -4,11 +4,11 @@ How the library is used (see ../shared/notes/pysyncobj.md and docs/cluster.md):
 - ONE replicated entry point, `apply_entry(blob)`, whose argument is an encoded
   `ledger.commands.Entry`: pysyncobj numbers replicated methods by sorted name,
   so adding a second one would renumber the first in old journals.
-- The journal is our `node.journal.DurableJournal` (checksums, fsync, crash-safe
+- The journal is our `node.raft.journal.DurableJournal` (checksums, fsync, crash-safe
   compaction), fsynced in groups: before any Raft message leaves this replica,
   pending journal records are made durable, so nothing is acknowledged (by a
   follower's reply, or by the leader's own commit) before it is on disk.
-- Snapshots use our checksummed format (`node.snapshot_file`) through the
+- Snapshots use our checksummed format (`node.raft.snapshot_file`) through the
   library's custom serializer hook; `_PartitionSyncObj` replaces the library's
   dump loader, which cleared the journal (losing committed entries) after a
   crash between writing a snapshot and trimming the journal, and silently ran
@@ -35,12 +35,13 @@ from ledger.codec import decode_entry
 from ledger.results import EntryResult
 from ledger.results_codec import encode_results
 from ledger.state import StateMachine
-from node import failpoints, raft_wire, replica_guard, snapshot_file
-from node.archive import EventArchive
+from node import failpoints
+from node.archive.event_archive import EventArchive
 from node.fail_stop import halt
-from node.journal import DurableJournal
-from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
-from node.prevote import PreVoteSyncObj
+from node.raft import replica_guard, snapshot_file, wire
+from node.raft.journal import DurableJournal
+from node.raft.log_matching import LogMatchingSyncObj, LogMatchingViolated
+from node.raft.prevote import PreVoteSyncObj
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def raft_conf(settings: RaftSettings, secret: str | None, bind_address: str, jou
         journalFile=journal_path,
         dynamicMembershipChange=True,
         useFork=False,
-        # Above every command: no entry is split into unchecked parts (node/raft_wire.py).
-        appendEntriesBatchSizeBytes=raft_wire.APPEND_ENTRIES_BATCH_BYTES,
+        # Above every command: no entry is split into unchecked parts (node/raft/wire.py).
+        appendEntriesBatchSizeBytes=wire.APPEND_ENTRIES_BATCH_BYTES,
         **extra,
     )
 
@@ -99,7 +100,7 @@ def raft_conf(settings: RaftSettings, secret: str | None, bind_address: str, jou
 def hold_elections(syncobj: Any, settings: RaftSettings) -> None:
     """Keep a joining replica from calling an election until it hears from a leader.
 
-    Pre-vote (node.prevote) already refuses its election (its log is behind, and
+    Pre-vote (node.raft.prevote) already refuses its election (its log is behind, and
     its peers hear the leader). Holding spares those rounds, and keeps it quiet
     among peers still on code without pre-vote, where a round nobody answers
     would let it call a real election and depose a healthy leader. Pushes its
@@ -109,7 +110,7 @@ def hold_elections(syncobj: Any, settings: RaftSettings) -> None:
     syncobj._SyncObj__raftElectionDeadline = time.monotonic() + settings.election_timeout_max_s
 
 
-class _SyncingTransport(raft_wire.BoundedTransport):
+class _SyncingTransport(wire.BoundedTransport):
     """Makes pending journal records durable before any message leaves (group commit)."""
 
     before_send: Callable[[], None] | None = None
@@ -122,8 +123,8 @@ class _SyncingTransport(raft_wire.BoundedTransport):
 
 class _PartitionSyncObj(PreVoteSyncObj, LogMatchingSyncObj):
     """SyncObj with a dump loader that keeps committed entries and fails loudly,
-    followers that truncate only from a conflicting entry (node.log_matching), and a
-    pre-vote before every election (node.prevote)."""
+    followers that truncate only from a conflicting entry (node.raft.log_matching), and a
+    pre-vote before every election (node.raft.prevote)."""
 
     installing_snapshot = False
     """True while loading a snapshot just received from the leader (not our own)."""
@@ -144,7 +145,7 @@ class _PartitionSyncObj(PreVoteSyncObj, LogMatchingSyncObj):
             # The journal does not continue from the snapshot (a snapshot received from
             # the leader, or a journal behind it): restart the journal at the snapshot.
             # The stored commit index and term must cover the new journal at every
-            # instant (node/journal.py refuses to open a log shorter than its commit
+            # instant (node/raft/journal.py refuses to open a log shorter than its commit
             # index, or with entries of a later term than its meta file): lower the
             # one and raise the other durably BEFORE the journal changes.
             if journal.getRaftCommitIndex() > last_entry[1]:
@@ -262,7 +263,7 @@ class PartitionReplica:
         )
         journal = self.syncobj._SyncObj__raftLog
         if not isinstance(journal, DurableJournal):
-            raise RuntimeError("node.journal.install() must run before replicas are created")
+            raise RuntimeError("node.raft.journal.install() must run before replicas are created")
         self.journal: DurableJournal = journal
         try:
             replica_guard.check_log_covers(
@@ -348,7 +349,7 @@ class PartitionReplica:
             return
         archive = self.archive
         if self.archive_lagging:
-            return  # the archive seeder (node/archive_seed.py) owns the archive until caught up
+            return  # the archive seeder (node/archive/seeding.py) owns the archive until caught up
         if result.position > archive.last_position + 1:
             if not self.archive_lagging:
                 self.archive_lagging = True

@@ -704,7 +704,7 @@ class DurableJournal(pysyncobj.journal.Journal):  # type: ignore[misc]
         sync mark (`_check_sync_mark`) and the commit index stored in the meta
         file (`_check_covers_meta`), both checked first, and the replica checks
         the event archive's last log index against the journal
-        (node/replica_guard.py). A cut that would remove a record any of them
+        (node/raft/replica_guard.py). A cut that would remove a record any of them
         knows about refuses to start instead. A journal of format 1 (no sync
         mark) is checked against the meta file and the archive only, then
         rewritten in format 2.
@@ -867,7 +867,7 @@ def install(fsync: bool = True) -> None:
     """
     if not pysyncobj_version_supported():
         raise RuntimeError(
-            f"node.journal.install() supports pysyncobj {SUPPORTED_PYSYNCOBJ_VERSION} only, "
+            f"node.raft.journal.install() supports pysyncobj {SUPPORTED_PYSYNCOBJ_VERSION} only, "
             f"found {pysyncobj.version.VERSION}: the patch relies on exactly the journal "
             "methods that version calls. Re-read pysyncobj/syncobj.py's use of the journal, "
             "then update SUPPORTED_PYSYNCOBJ_VERSION and tests/test_journal.py"

@@ -345,7 +345,7 @@ class BoundedTransport(TCPTransport):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if not _installed:
-            raise RuntimeError("node.raft_wire.install() must run before any Raft group is "
+            raise RuntimeError("node.raft.wire.install() must run before any Raft group is "
                                "created: its connections would buffer unbounded frames")
         super().__init__(*args, **kwargs)
 
@@ -383,14 +383,14 @@ def install() -> None:
     global _installed
     if not pysyncobj_version_supported():
         raise RuntimeError(
-            f"node.raft_wire.install() supports pysyncobj {SUPPORTED_PYSYNCOBJ_VERSION} only, "
+            f"node.raft.wire.install() supports pysyncobj {SUPPORTED_PYSYNCOBJ_VERSION} only, "
             f"found {pysyncobj.version.VERSION}: it overrides TcpConnection's private read "
             "path. Re-read pysyncobj/tcp_connection.py and the 'transmission' code of "
             "syncobj.py, then update SUPPORTED_PYSYNCOBJ_VERSION and the tests")
     for hook in ("_TcpConnection__processRead", "_TcpConnection__processParseMessage",
                  "_TcpConnection__tryReadBuffer", "_TcpConnection__processConnection"):
         if not callable(getattr(pysyncobj.tcp_connection.TcpConnection, hook, None)):
-            raise RuntimeError(f"pysyncobj's TcpConnection has no {hook}: node.raft_wire "
+            raise RuntimeError(f"pysyncobj's TcpConnection has no {hook}: node.raft.wire "
                                "cannot bound its frames")
     pysyncobj.tcp_server.TcpConnection = BoundedTcpConnection
     pysyncobj.transport.TcpConnection = BoundedTcpConnection

@@ -12,7 +12,7 @@ Guarantees:
 - A record is appended only after it passed every check: positions dense
   from the local archive's end (a gap of records 1..k then nothing continues
   at k + 1; a new replica starts at 1); its `prev_hash` is the local chain
-  head; its `hash` is the hash of its content (`node.archive.record_hash`);
+  head; its `hash` is the hash of its content (`node.archive.event_archive.record_hash`);
   and replayed on a shadow state machine (built from the local archive's own
   records) its entry applies to exactly its position with exactly its
   archived results. A record failing a check is refused with everything after
@@ -47,22 +47,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 import grpc
 
 from ledger.codec import UnsupportedEntry, decode_entry
 from ledger.results_codec import encode_results
 from ledger.state import LedgerHalted, StateMachine
-from node.archive import ArchiveCorrupt, ArchiveRecord, EventArchive, record_hash
+from node.archive.event_archive import ArchiveCorrupt, ArchiveRecord, EventArchive, record_hash
+from node.config import ClusterConfig
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
-
-if TYPE_CHECKING:
-    from node.host import NodeHost
-    from node.replica import PartitionReplica
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +101,7 @@ class ArchiveUnavailable(Exception):
 
 
 class SeedTarget(Protocol):
-    """What the seeder needs of a replica (`node.replica.PartitionReplica` has it)."""
+    """What the seeder needs of a replica (`node.raft.replica.PartitionReplica` has it)."""
 
     partition: int
     archive: EventArchive
@@ -113,6 +110,35 @@ class SeedTarget(Protocol):
     archive_lagging: bool
 
     def call_on_tick(self, call: Callable[[], None]) -> None: ...
+
+
+class _ArchiveSetting(Protocol):
+    @property
+    def archive(self) -> bool: ...
+
+
+class HostedReplica(SeedTarget, Protocol):
+    """What the node's seeder also reads of a hosted replica (`PartitionReplica` has it)."""
+
+    @property
+    def settings(self) -> _ArchiveSetting: ...
+
+    def leader_address(self) -> str | None: ...
+
+
+class SeedingHost(Protocol):
+    """What the node's seeder needs of the node (`node.host.NodeHost` has it)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def config(self) -> ClusterConfig: ...
+
+    @property
+    def replicas(self) -> Mapping[int, HostedReplica]: ...
+
+    def channel(self, address: str) -> grpc.aio.Channel: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -470,7 +496,7 @@ def append_on_tick(target: SeedTarget, batch: Sequence[_Checked],
 class ArchiveSeeder:
     """Finds this node's lagging archives and seeds them from peers, in the background."""
 
-    def __init__(self, host: NodeHost, peer_metadata: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, host: SeedingHost, peer_metadata: tuple[tuple[str, str], ...]) -> None:
         self.host = host
         self._metadata = peer_metadata
         self._seeders: dict[int, PartitionSeeder] = {}
@@ -539,7 +565,7 @@ class ArchiveSeeder:
                 self._back_off(partition)
         return busy
 
-    def sources(self, replica: PartitionReplica) -> list[PeerArchiveSource]:
+    def sources(self, replica: HostedReplica) -> list[PeerArchiveSource]:
         """The partition's other replicas, its current leader first."""
         config = self.host.config
         peers = [n for n in config.replicas_of(replica.partition) if n != self.host.node_id]

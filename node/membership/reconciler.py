@@ -13,7 +13,7 @@ repeat after a crash:
 - a slot of this node without a local replica: start it (a `joining` slot holds
   its elections until it hears a leader, see `replica.hold_elections`); a
   `joining` partition slot without local data is first pre-seeded from a peer's
-  snapshot (node/preseed.py);
+  snapshot (node/membership/preseed.py);
 - a `joining` slot of this node whose replica has loaded its snapshot (the
   metadata group: once started): mark it `seeded` in the map;
 - a local replica without a slot (it was removed from its group): stop it and
@@ -39,10 +39,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
-from pysyncobj import FAIL_REASON
 
 from client.auth import NO_CREDENTIALS, Credentials, open_channel
-from node import snapshot_file
 from node.api import ApiError
 from node.cluster_map import (
     ADDING,
@@ -57,8 +55,9 @@ from node.cluster_map import (
     group_name,
 )
 from node.config import ClusterConfig
-from node.metadata_group import MapResult, MetadataGroup
-from node.preseed import NoPeerAnswered, Preseeder
+from node.membership.preseed import NoPeerAnswered, Preseeder
+from node.raft import outcomes, snapshot_file
+from node.raft.metadata_group import MapResult, MetadataGroup
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -357,7 +356,7 @@ class Membership:
                 future, timeout=max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             return None
-        if error != FAIL_REASON.SUCCESS or result is None:
+        if not outcomes.succeeded(error) or result is None:
             return None
         current = meta.current()
         if current is not None:

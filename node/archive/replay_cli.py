@@ -12,7 +12,7 @@ from position 1 (`ledger.codec.parse_entry`, `StateMachine.apply_wire_entry`
 with the archived log index: the same state, bit for bit, as `decode_entry`
 and `apply_entry`, without building one object per command), in order,
 checking the archive's checksums and hash chain as it reads
-(`node.archive.read_archive`), that every entry lands at its archived
+(`node.archive.event_archive.read_archive`), that every entry lands at its archived
 position, and that the replayed results equal the archived ones (a
 difference is reported on stderr and counted in the JSON). It stops after
 position N (`--until-position`), or before the first entry stamped later than
@@ -56,7 +56,7 @@ from ledger.money import format_amount
 from ledger.results import EntryResult, Result
 from ledger.results_codec import ResultsDecodeError, decode_results
 from ledger.state import Balance, LedgerHalted, StateMachine
-from node.archive import GENESIS_HASH, ArchiveCorrupt, ArchiveRecord, read_archive
+from node.archive.event_archive import GENESIS_HASH, ArchiveCorrupt, ArchiveRecord, read_archive
 
 PROG: Final = "walletctl replay"
 EXIT_OK: Final = 0

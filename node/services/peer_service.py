@@ -3,7 +3,7 @@
 Credits sent by another partition's saga driver (`ApplyCredits`), cluster map
 changes for this node's metadata leader (`ProposeMapChange`), and the archive
 records and snapshot files that seed a new replica (`FetchArchive`,
-`FetchSnapshot`). Every call must show the peer token (node.auth).
+`FetchSnapshot`). Every call must show the peer token (node.security.auth).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator
 import grpc
 
 from ledger import commands as c
-from node import archive_seed, preseed
-from node.archive import ArchiveCorrupt
-from node.auth import PEER_TOKEN_METADATA_KEY, peer_token
+from node.archive import seeding
+from node.archive.event_archive import ArchiveCorrupt
 from node.host import NodeHost
-from node.membership import status_of_refusal
-from node.replica import PartitionReplica
-from node.saga_driver import STEP_TIMEOUT_S, credit_outcomes
+from node.membership import preseed
+from node.membership.reconciler import status_of_refusal
+from node.raft.replica import PartitionReplica
+from node.saga.driver import STEP_TIMEOUT_S, credit_outcomes
+from node.security.auth import PEER_TOKEN_METADATA_KEY, peer_token
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 
@@ -87,16 +88,16 @@ class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
 
     async def FetchArchive(self, request: pb.FetchArchiveRequest,
                            context: grpc.aio.ServicerContext) -> pb.FetchArchiveResponse:
-        """Raw records of this node's archive, for seeding another replica's (archive_seed)."""
+        """Raw records of this node's archive, for seeding another replica's (archive.seeding)."""
         replica = await self._local_replica(request.partition, context)
         if request.from_position < 1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "from_position: archive positions start at 1")
         try:
             return await asyncio.to_thread(
-                archive_seed.fetch_archive_response, replica.archive,
+                seeding.fetch_archive_response, replica.archive,
                 replica.archive_lagging, request.from_position, request.max_records)
-        except archive_seed.ArchiveUnavailable as exc:
+        except seeding.ArchiveUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except ArchiveCorrupt as exc:
             await context.abort(grpc.StatusCode.DATA_LOSS, str(exc))
@@ -105,7 +106,8 @@ class PeerService(wallet_pb2_grpc.PeerServiceServicer):  # type: ignore[misc]
     async def FetchSnapshot(self, request: pb.FetchSnapshotRequest,
                             context: grpc.aio.ServicerContext,
                             ) -> AsyncIterator[pb.SnapshotChunk]:
-        """This node's latest snapshot file of a partition, for pre-seeding (node/preseed.py).
+        """This node's latest snapshot file of a partition, for pre-seeding
+        (node/membership/preseed.py).
 
         The file is opened once: writers rename a complete file over it, so the open
         inode stays one whole snapshot however long the transfer takes.

@@ -9,7 +9,8 @@ Raft message leaves, like the partitions'). That avoids pysyncobj's dump
 loader altogether; 10,000 map changes would still replay in well under a second.
 
 Nodes that do not vote on the map, and voters while this group has no leader,
-route from their cached copy (`node.map_cache`): transfers never wait for it.
+route from their cached copy (`MapCache`, node/membership/reconciler.py): transfers never
+wait for it.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from typing import Any
 
 from pysyncobj import SyncObjConsumer, replicated
 
-from node import replica_guard
 from node.cluster_map import META, ClusterMap, MapChangeRefused, apply_command, decode_map
 from node.fail_stop import halt
-from node.journal import DurableJournal
-from node.log_matching import LogMatchingSyncObj, LogMatchingViolated
-from node.prevote import PreVoteSyncObj
-from node.replica import RaftSettings, _SyncingTransport, hold_elections, raft_conf
+from node.raft import replica_guard
+from node.raft.journal import DurableJournal
+from node.raft.log_matching import LogMatchingSyncObj, LogMatchingViolated
+from node.raft.prevote import PreVoteSyncObj
+from node.raft.replica import RaftSettings, _SyncingTransport, hold_elections, raft_conf
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ MapCallback = Callable[[MapResult | None, int], None]
 
 
 class _MetadataSyncObj(PreVoteSyncObj, LogMatchingSyncObj):
-    """Followers truncate only from a conflict (node.log_matching); every election is
-    preceded by a pre-vote (node.prevote)."""
+    """Followers truncate only from a conflict (node.raft.log_matching); every election is
+    preceded by a pre-vote (node.raft.prevote)."""
 
 
 class _MapConsumer(SyncObjConsumer):  # type: ignore[misc]
@@ -84,7 +85,7 @@ class MetadataGroup:
                                         transportClass=_SyncingTransport)
         journal = self.syncobj._SyncObj__raftLog
         if not isinstance(journal, DurableJournal):
-            raise RuntimeError("node.journal.install() must run before the metadata group")
+            raise RuntimeError("node.raft.journal.install() must run before the metadata group")
         self.journal: DurableJournal = journal
         try:  # never compacted: the journal must still start at index 1
             replica_guard.check_log_covers(data_dir, META, int(journal[0][1]),

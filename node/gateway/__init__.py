@@ -1,0 +1,1 @@
+"""The HTTP/JSON gateway: a client of the cluster through the SDK (client/)."""

@@ -1,0 +1,1 @@
+"""Cross-partition transfers: the saga driver that moves debited money to its destination."""

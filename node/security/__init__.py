@@ -1,0 +1,1 @@
+"""Access control: the token checks, TLS and the node's own credentials."""
