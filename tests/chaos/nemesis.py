@@ -114,6 +114,10 @@ class ScheduleShape:
     replaces_max: int = 2
     """Replacements per run, at most: each is slow, and a `--join` needs a node of the
     original cluster file alive (of 3, two replacements leave at least one)."""
+    runbook_last: bool = False
+    """Within each round, the runbook faults come after every other kind: a runbook slower
+    than `replace_runbook_s` (a loaded machine) then delays no other kind past the run's
+    end (a short run that must see every kind once)."""
 
 
 def plan(seed: int, duration_s: float, kinds: Sequence[FaultKind],
@@ -132,6 +136,8 @@ def plan(seed: int, duration_s: float, kinds: Sequence[FaultKind],
             if not round_kinds:
                 return faults
             rng.shuffle(round_kinds)
+            if shape.runbook_last:  # popped from the end: runbook kinds go to the front
+                round_kinds.sort(key=lambda k: k not in RUNBOOK_FAULTS)
         kind = round_kinds.pop()
         if kind in RUNBOOK_FAULTS and replaces >= shape.replaces_max:
             continue

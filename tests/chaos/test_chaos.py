@@ -48,9 +48,11 @@ def test_a_short_seeded_chaos_run_with_network_faults_passes_the_checker(
 
 
 PROCESS_AND_STORAGE = ScheduleShape(gap_s=(1.0, 3.0), fault_s=(2.0, 4.0), first_s=2.0,
-                                    tail_s=4.0, replace_runbook_s=20.0, replaces_max=1)
+                                    tail_s=4.0, replace_runbook_s=20.0, replaces_max=1,
+                                    runbook_last=True)
 """Six kinds, one of them (damage) with its runbook, fit in 68 s: 2 + 6 x 4 + 20 + 5 x 3 +
-4 = 65 (a slower runbook runs to its end after the run's duration)."""
+4 = 65. The damage comes last: a slower runbook (a loaded machine: 60 s seen) runs to its
+end after the run's duration without pushing another kind out of the run."""
 
 
 def test_a_short_seeded_chaos_run_with_process_and_storage_faults_passes_the_checker(

@@ -229,6 +229,19 @@ def test_damage_and_replace_share_the_replacement_budget() -> None:
     assert sum(f.kind in (FaultKind.DAMAGE, FaultKind.REPLACE) for f in schedule) == 2
 
 
+def test_with_runbook_last_every_other_kind_of_a_round_comes_before_the_runbook() -> None:
+    kinds = [FaultKind.DAMAGE, FaultKind.KILL, FaultKind.PAUSE, FaultKind.KILL_ALL,
+             FaultKind.DISK_FULL, FaultKind.HOSTILE]
+    for seed in range(20):
+        schedule = plan(seed, 68.0, kinds, ScheduleShape(
+            gap_s=(1.0, 3.0), fault_s=(2.0, 4.0), first_s=2.0, tail_s=4.0,
+            replace_runbook_s=20.0, replaces_max=1, runbook_last=True))
+        order = [f.kind for f in schedule]
+        assert set(order) == set(kinds), seed
+        assert all(order.index(kind) < order.index(FaultKind.DAMAGE) for kind in kinds
+                   if kind != FaultKind.DAMAGE), (seed, order)
+
+
 def test_hostile_bytes_last_as_long_as_the_fault(tmp_path: Path) -> None:
     target = FakeTarget()
     fault = PlannedFault(FaultKind.HOSTILE, 0.0, 0.02, prefer_leader=True, pick=0.0)
