@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pysyncobj import SyncObj, SyncObjConf
-from pysyncobj.encryptor import getEncryptor
 
 from client.auth import Credentials, TlsOptions, bearer, open_channel
 from client.errors import PermissionDenied, Unauthenticated
 from client.sdk import TransferStatus, WalletClient
 from ledger.routing import partition_of
+from node import raft_cipher
 from node.auth import PEER_TOKEN_METADATA_KEY, AccessPolicy, check_call
 from node.config import (
     ClusterConfig,
@@ -377,7 +377,7 @@ def wait_for_close(raw: socket.socket) -> None:
 def test_a_raft_port_drops_a_handshake_encrypted_with_a_wrong_password(
     cluster: LocalCluster,
 ) -> None:
-    wrong = getEncryptor("not-the-cluster-secret-at-all")
+    wrong = raft_cipher.cipher_for_secret("not-the-cluster-secret-at-all")
     random_key = zlib.compress(pickle.dumps(os.urandom(32)), 3)  # the first message of a peer
     data = wrong.encrypt_at_time(random_key, int(time.monotonic()))
     host, _, port = cluster.config.node("n1").raft_address(0).rpartition(":")

@@ -19,14 +19,13 @@ import pysyncobj.transport
 import pysyncobj.version
 import pytest
 from pysyncobj import SyncObjConf, pickle
-from pysyncobj.encryptor import getEncryptor
 from pysyncobj.node import TCPNode
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from ledger import commands as c
 from ledger.codec import encode_entry
-from node import raft_wire
+from node import raft_cipher, raft_wire
 from node.host import REQUEST_BYTES_MAX
 from node.raft_wire import (
     APPEND_ENTRIES_BATCH_BYTES,
@@ -70,7 +69,7 @@ class Wire:
             poller=self.poller, socket=self.ours, timeout=60.0,
             sendBufferSize=RECV_BYTES, recvBufferSize=RECV_BYTES,
             onMessageReceived=self.messages.append, onDisconnected=self.closed.set)
-        self.encryptor = getEncryptor(SECRET) if encrypted else None
+        self.encryptor = raft_cipher.cipher_for_secret(SECRET) if encrypted else None
         self.conn.encryptor = self.encryptor
         self.max_buffered = 0
 
@@ -366,7 +365,7 @@ def test_the_largest_legitimate_entry_is_under_the_entry_limit() -> None:
 
 def test_the_largest_legitimate_frame_is_under_the_frame_bound() -> None:
     """An AppendEntries as big as the batch size allows, of incompressible entries,
-    encoded the way pysyncobj sends it (pickle, zlib, Fernet)."""
+    encoded the way pysyncobj sends it (pickle, zlib, node.raft_cipher)."""
     command = b"\x00" + pickle.dumps((0, (os.urandom(ENTRY_BLOB_BYTES_MAX),), {}))
     entries = [(command, 10**9 + n, 10**6) for n in range(
         APPEND_ENTRIES_BATCH_BYTES // len(command) + 1)]
@@ -374,7 +373,8 @@ def test_the_largest_legitimate_frame_is_under_the_frame_bound() -> None:
     message = (os.urandom(32), {"type": "append_entries", "term": 10**6,
                                 "commit_index": 10**9, "entries": entries,
                                 "prevLogIdx": 10**9, "prevLogTerm": 10**6})
-    data = getEncryptor(SECRET).encrypt_at_time(zlib.compress(pickle.dumps(message), 3), 1)
+    cipher = raft_cipher.cipher_for_secret(SECRET)
+    data = cipher.encrypt_at_time(zlib.compress(pickle.dumps(message), 3), 1)
     assert len(data) <= FRAME_BYTES_MAX
 
 

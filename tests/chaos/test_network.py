@@ -26,11 +26,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pysyncobj.encryptor import getEncryptor
 
 from client.auth import open_channel
 from node.auth import node_client_credentials
 from node.config import ClusterConfig, NodeConfig, dump_cluster_config
+from node.raft_cipher import cipher_for_secret
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.chaos.network import (
@@ -85,7 +85,7 @@ class EchoCluster:
         self.net = net
         self.config = config
         self.processes: dict[str, subprocess.Popen[str]] = {}
-        self._secret_encryptor = getEncryptor(config.secret) if config.secret else None
+        self._secret_encryptor = cipher_for_secret(config.secret) if config.secret else None
 
     def start(self) -> None:
         for node in self.config.nodes:
@@ -121,7 +121,7 @@ class EchoCluster:
     def _frame(self, message: object) -> bytes:
         data = zlib.compress(pickle.dumps(message), 3)
         if self._secret_encryptor is not None:
-            data = self._secret_encryptor.encrypt(data)
+            data = self._secret_encryptor.encrypt_at_time(data, int(time.monotonic()))
         return struct.pack("i", len(data)) + data
 
     def round_trip_s(self, from_node: str, to_node: str, timeout_s: float) -> float | None:
