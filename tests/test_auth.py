@@ -12,11 +12,9 @@ import dataclasses
 import datetime
 import ipaddress
 import os
-import pickle
 import socket
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from client.auth import Credentials, TlsOptions, bearer, open_channel
 from client.errors import PermissionDenied, Unauthenticated
 from client.sdk import TransferStatus, WalletClient
 from ledger.routing import partition_of
-from node import raft_cipher
+from node import raft_cipher, raft_wire
 from node.auth import PEER_TOKEN_METADATA_KEY, AccessPolicy, check_call
 from node.config import (
     ClusterConfig,
@@ -324,8 +322,8 @@ def test_walletctl_takes_the_admin_token_from_the_cluster_file(
 
 
 def raft_frame(message: object) -> bytes:
-    """A message framed as pysyncobj frames an unencrypted one: length, zlib(pickle)."""
-    data = zlib.compress(pickle.dumps(message), 3)
+    """A message framed as a node frames it without a secret: length, pickle."""
+    data = raft_wire.encode_payload(message, None, 0)
     return struct.pack("i", len(data)) + data
 
 
@@ -378,8 +376,8 @@ def test_a_raft_port_drops_a_handshake_encrypted_with_a_wrong_password(
     cluster: LocalCluster,
 ) -> None:
     wrong = raft_cipher.cipher_for_secret("not-the-cluster-secret-at-all")
-    random_key = zlib.compress(pickle.dumps(os.urandom(32)), 3)  # the first message of a peer
-    data = wrong.encrypt_at_time(random_key, int(time.monotonic()))
+    # The first message of a peer: its random key.
+    data = raft_wire.encode_payload(os.urandom(32), wrong, int(time.monotonic()))
     host, _, port = cluster.config.node("n1").raft_address(0).rpartition(":")
     with socket.create_connection((host, int(port)), timeout=CALL_TIMEOUT_S) as raw:
         raw.sendall(struct.pack("i", len(data)) + data)

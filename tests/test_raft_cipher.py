@@ -117,5 +117,5 @@ def test_install_makes_syncobj_encrypt_with_the_cipher() -> None:
 
 def test_install_refuses_an_unchecked_pysyncobj_version(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pysyncobj.version, "VERSION", "0.3.18")
-    with pytest.raises(RuntimeError, match="supports pysyncobj 0.3.17 only"):
+    with pytest.raises(RuntimeError, match=r"supports pysyncobj 0\.3\.17 only"):
         raft_cipher.install()

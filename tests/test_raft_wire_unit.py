@@ -9,7 +9,6 @@ import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,9 +76,7 @@ class Wire:
         """A frame as a pysyncobj peer sends it."""
         if rand_key is not None:
             message = (rand_key, message)
-        data = zlib.compress(pickle.dumps(message), 3)
-        if self.encryptor is not None:
-            data = self.encryptor.encrypt_at_time(data, int(time.monotonic()))
+        data = raft_wire.encode_payload(message, self.encryptor, int(time.monotonic()))
         return struct.pack("i", len(data)) + data
 
     def feed(self, data: bytes) -> None:
@@ -365,7 +362,7 @@ def test_the_largest_legitimate_entry_is_under_the_entry_limit() -> None:
 
 def test_the_largest_legitimate_frame_is_under_the_frame_bound() -> None:
     """An AppendEntries as big as the batch size allows, of incompressible entries,
-    encoded the way pysyncobj sends it (pickle, zlib, node.raft_cipher)."""
+    encoded the way a node sends it (`raft_wire.encode_payload`)."""
     command = b"\x00" + pickle.dumps((0, (os.urandom(ENTRY_BLOB_BYTES_MAX),), {}))
     entries = [(command, 10**9 + n, 10**6) for n in range(
         APPEND_ENTRIES_BATCH_BYTES // len(command) + 1)]
@@ -373,8 +370,7 @@ def test_the_largest_legitimate_frame_is_under_the_frame_bound() -> None:
     message = (os.urandom(32), {"type": "append_entries", "term": 10**6,
                                 "commit_index": 10**9, "entries": entries,
                                 "prevLogIdx": 10**9, "prevLogTerm": 10**6})
-    cipher = raft_cipher.cipher_for_secret(SECRET)
-    data = cipher.encrypt_at_time(zlib.compress(pickle.dumps(message), 3), 1)
+    data = raft_wire.encode_payload(message, raft_cipher.cipher_for_secret(SECRET), 1)
     assert len(data) <= FRAME_BYTES_MAX
 
 

@@ -41,7 +41,6 @@ import socket
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -190,8 +189,8 @@ class Initiators:
         announces, or None when it announces none of them (e.g. the random key)."""
         try:
             data = self._cipher.decrypt(frame) if self._cipher is not None else frame
-            message = _HandshakeUnpickler(io.BytesIO(zlib.decompress(data))).load()
-        except (InvalidMessage, zlib.error, pickle.UnpicklingError, EOFError, ValueError,
+            message = _HandshakeUnpickler(io.BytesIO(data)).load()
+        except (InvalidMessage, pickle.UnpicklingError, EOFError, ValueError,
                 TypeError, AttributeError, IndexError, KeyError):
             return None
         if isinstance(message, tuple) and len(message) == 2:  # (their random key, address)

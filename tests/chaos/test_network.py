@@ -13,14 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from client.auth import open_channel
 from node.auth import node_client_credentials
 from node.config import ClusterConfig, NodeConfig, dump_cluster_config
 from node.raft_cipher import cipher_for_secret
+from node.raft_wire import encode_payload
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
 from tests.chaos.network import (
@@ -119,9 +118,7 @@ class EchoCluster:
                     stream.close()
 
     def _frame(self, message: object) -> bytes:
-        data = zlib.compress(pickle.dumps(message), 3)
-        if self._secret_encryptor is not None:
-            data = self._secret_encryptor.encrypt_at_time(data, int(time.monotonic()))
+        data = encode_payload(message, self._secret_encryptor, int(time.monotonic()))
         return struct.pack("i", len(data)) + data
 
     def round_trip_s(self, from_node: str, to_node: str, timeout_s: float) -> float | None:
