@@ -191,6 +191,8 @@ _warn_transmission = _RateLimitedWarning()
 class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
     """pysyncobj's TcpConnection with bounded frames and linear buffering (module docstring)."""
 
+    recvLastTimestamp: int  # the library's: the last message's timestamp on this connection
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._inbox = bytearray()
         self._inbox_start = 0
@@ -355,8 +357,7 @@ class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
             token = bytes(payload)
             timestamp: int = self.encryptor.extract_timestamp(token)
             data = self.encryptor.decrypt(token)
-            last_timestamp: int = self.recvLastTimestamp
-            if timestamp < last_timestamp:
+            if timestamp < self.recvLastTimestamp:
                 raise ValueError("the message's timestamp is older than the previous one")
             self.recvLastTimestamp = timestamp
         message = pickle.loads(data)
