@@ -12,11 +12,9 @@ import dataclasses
 import datetime
 import ipaddress
 import os
-import pickle
 import socket
 import struct
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pysyncobj import SyncObj, SyncObjConf
-from pysyncobj.encryptor import getEncryptor
 
 from client.auth import Credentials, TlsOptions, bearer, open_channel
 from client.errors import PermissionDenied, Unauthenticated
@@ -44,6 +41,8 @@ from node.config import (
     local_cluster_config,
     parse_cluster_config,
 )
+from node.raft import cipher as raft_cipher
+from node.raft import wire as raft_wire
 from node.security.auth import PEER_TOKEN_METADATA_KEY, AccessPolicy, check_call
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -324,8 +323,8 @@ def test_walletctl_takes_the_admin_token_from_the_cluster_file(
 
 
 def raft_frame(message: object) -> bytes:
-    """A message framed as pysyncobj frames an unencrypted one: length, zlib(pickle)."""
-    data = zlib.compress(pickle.dumps(message), 3)
+    """A message framed as a node frames it without a secret: length, pickle."""
+    data = raft_wire.encode_payload(message, None, 0)
     return struct.pack("i", len(data)) + data
 
 
@@ -377,9 +376,9 @@ def wait_for_close(raw: socket.socket) -> None:
 def test_a_raft_port_drops_a_handshake_encrypted_with_a_wrong_password(
     cluster: LocalCluster,
 ) -> None:
-    wrong = getEncryptor("not-the-cluster-secret-at-all")
-    random_key = zlib.compress(pickle.dumps(os.urandom(32)), 3)  # the first message of a peer
-    data = wrong.encrypt_at_time(random_key, int(time.monotonic()))
+    wrong = raft_cipher.cipher_for_secret("not-the-cluster-secret-at-all")
+    # The first message of a peer: its random key.
+    data = raft_wire.encode_payload(os.urandom(32), wrong, int(time.monotonic()))
     host, _, port = cluster.config.node("n1").raft_address(0).rpartition(":")
     with socket.create_connection((host, int(port)), timeout=CALL_TIMEOUT_S) as raw:
         raw.sendall(struct.pack("i", len(data)) + data)

@@ -9,7 +9,6 @@ import struct
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,6 @@ import pysyncobj.transport
 import pysyncobj.version
 import pytest
 from pysyncobj import SyncObjConf, pickle
-from pysyncobj.encryptor import getEncryptor
 from pysyncobj.node import TCPNode
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE
@@ -27,6 +25,7 @@ from pysyncobj.tcp_connection import CONNECTION_STATE
 from ledger import commands as c
 from ledger.codec import encode_entry
 from node.host import REQUEST_BYTES_MAX
+from node.raft import cipher as raft_cipher
 from node.raft import wire as raft_wire
 from node.raft.replica import RaftSettings, raft_conf
 from node.raft.wire import (
@@ -70,7 +69,7 @@ class Wire:
             poller=self.poller, socket=self.ours, timeout=60.0,
             sendBufferSize=RECV_BYTES, recvBufferSize=RECV_BYTES,
             onMessageReceived=self.messages.append, onDisconnected=self.closed.set)
-        self.encryptor = getEncryptor(SECRET) if encrypted else None
+        self.encryptor = raft_cipher.cipher_for_secret(SECRET) if encrypted else None
         self.conn.encryptor = self.encryptor
         self.max_buffered = 0
 
@@ -78,9 +77,7 @@ class Wire:
         """A frame as a pysyncobj peer sends it."""
         if rand_key is not None:
             message = (rand_key, message)
-        data = zlib.compress(pickle.dumps(message), 3)
-        if self.encryptor is not None:
-            data = self.encryptor.encrypt_at_time(data, int(time.monotonic()))
+        data = raft_wire.encode_payload(message, self.encryptor, int(time.monotonic()))
         return struct.pack("i", len(data)) + data
 
     def feed(self, data: bytes) -> None:
@@ -365,7 +362,7 @@ def test_the_largest_legitimate_entry_is_under_the_entry_limit() -> None:
 
 def test_the_largest_legitimate_frame_is_under_the_frame_bound() -> None:
     """An AppendEntries as big as the batch size allows, of incompressible entries,
-    encoded the way pysyncobj sends it (pickle, zlib, Fernet)."""
+    encoded the way a node sends it (`raft_wire.encode_payload`)."""
     command = b"\x00" + pickle.dumps((0, (os.urandom(ENTRY_BLOB_BYTES_MAX),), {}))
     entries = [(command, 10**9 + n, 10**6) for n in range(
         APPEND_ENTRIES_BATCH_BYTES // len(command) + 1)]
@@ -373,7 +370,7 @@ def test_the_largest_legitimate_frame_is_under_the_frame_bound() -> None:
     message = (os.urandom(32), {"type": "append_entries", "term": 10**6,
                                 "commit_index": 10**9, "entries": entries,
                                 "prevLogIdx": 10**9, "prevLogTerm": 10**6})
-    data = getEncryptor(SECRET).encrypt_at_time(zlib.compress(pickle.dumps(message), 3), 1)
+    data = raft_wire.encode_payload(message, raft_cipher.cipher_for_secret(SECRET), 1)
     assert len(data) <= FRAME_BYTES_MAX
 
 

@@ -23,12 +23,17 @@ writes for 40 s and caused elections elsewhere) without knowing the secret.
   per byte). A read never asks for more than the rest of the frame being
   received, and reading stops once a frame is complete, so the buffer holds
   at most one frame plus one receive (`recvBufferSize`) of the next.
-- **Sending** is the library's, except that a frame the socket could not take at
-  once keeps the connection polled for writability (the library waited for the
-  next message to send the rest: about 200 KiB per heartbeat).
-- **Decoding stays the library's.** The complete frame is handed to
-  pysyncobj's own `__processParseMessage` (decrypt, timestamp and random key
-  checks, decompress, unpickle), which then sees exactly one frame.
+- **Encoding** (`encode_payload`): the pickled message, encrypted with
+  node.raft.cipher (AES-256-GCM) when the cluster has a secret; pysyncobj also
+  zlib-compressed each one, which cost more CPU than anything else about a
+  small message. Decoding (`_decode`) checks what the library checked: the
+  timestamp never goes back on a connection and each message carries the
+  connection's random key; any failure closes the connection (warning,
+  rate-limited). Only an authenticated (decrypted) frame is unpickled.
+- **Sending** puts the frame in the library's write buffer, and a frame the
+  socket could not take at once keeps the connection polled for writability
+  (the library waited for the next message to send the rest: about 200 KiB per
+  heartbeat).
 
 Multi-part AppendEntries ('transmission' start/process/finish): the leader
 splits an entry whose command is at least `appendEntriesBatchSizeBytes` into
@@ -56,6 +61,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import pickle
 import socket
 import struct
 import threading
@@ -69,6 +75,8 @@ import pysyncobj.version
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
+
+from node.raft import cipher as raft_cipher
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +108,10 @@ this size, so one AppendEntries carries less than twice it in commands."""
 FRAME_BYTES_MAX: Final = 64 * MIB
 """Largest frame accepted from an authenticated peer. The largest legitimate one is an
 AppendEntries carrying under APPEND_ENTRIES_BATCH_BYTES + RAFT_COMMAND_BYTES_MAX (16 MiB)
-of commands, pickled again (protocol 2: at most twice, plus a few dozen bytes per entry),
-zlib-compressed (at most 0.1 % larger) and Fernet-encrypted (base64: 4/3): about 43 MiB in
-the worst case. Measured: 15 MiB for two 4 MiB entries of random bytes, 4.5 MiB for 8 MiB
+of commands, pickled again (at most twice, plus a few dozen bytes per entry)
+and encrypted (node.raft.cipher: 37 bytes more;
+Fernet's base64 made it 4/3): about 33 MiB in the worst case. Measured: 15 MiB for two
+4 MiB entries of random bytes, 4.5 MiB for 8 MiB
 of 118,207 tiny entries (tests/test_raft_wire_unit.py encodes such a frame)."""
 
 READ_COMPACT_BYTES_MIN: Final = 64 * KIB
@@ -182,6 +191,8 @@ _warn_transmission = _RateLimitedWarning()
 class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
     """pysyncobj's TcpConnection with bounded frames and linear buffering (module docstring)."""
 
+    recvLastTimestamp: int  # the library's: the last message's timestamp on this connection
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._inbox = bytearray()
         self._inbox_start = 0
@@ -234,7 +245,8 @@ class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
     # -- sending -----------------------------------------------------------------------------
 
     def send(self, message: Any) -> None:
-        """The library's send, then keep polling for writability while bytes are left.
+        """Frame the message (`encode_payload`), then keep polling for writability while
+        bytes are left.
 
         pysyncobj asks the poller for WRITE events only from a WRITE event: what one
         `send()` could not hand to the socket at once waited for the next message
@@ -242,7 +254,11 @@ class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
         the library's default election timeout a 3 MB one kept being cut off by
         elections (tests/test_raft_wire_unit.py shows the library waiting).
         """
-        super().send(message)
+        if self.sendRandKey:
+            message = (self.sendRandKey, message)
+        payload = encode_payload(message, self.encryptor, int(time.monotonic()))
+        self._TcpConnection__writeBuffer += _LENGTH_PREFIX.pack(len(payload)) + payload
+        self._TcpConnection__trySendBuffer()
         fileno = self.fileno()
         if (fileno is not None and self.getSendBufferSize() > 0
                 and self.state != CONNECTION_STATE.DISCONNECTED):
@@ -320,18 +336,48 @@ class BoundedTcpConnection(TcpConnection):  # type: ignore[misc]
         if frame is None:
             return None
         keyed = self.encryptor is not None and self.recvRandKey is not None
-        peer = self.peer()
-        # The library decodes exactly this one frame and leaves its buffer empty.
-        self._TcpConnection__readBuffer = frame
-        message = super()._TcpConnection__processParseMessage()
-        if self.state == CONNECTION_STATE.DISCONNECTED:
+        try:
+            message = self._decode(memoryview(frame)[_LENGTH_PREFIX.size:])
+        except Exception as exc:  # anything a hostile frame can raise: close, never crash
             _warn_undecodable("Raft connection closed: a frame failed decryption or decoding",
-                              peer=peer, frame_bytes=len(frame) - _LENGTH_PREFIX.size,
-                              authenticated=self._authenticated)
+                              peer=self.peer(), frame_bytes=len(frame) - _LENGTH_PREFIX.size,
+                              authenticated=self._authenticated, error=type(exc).__name__)
+            self.disconnect()
             return None
         if keyed:
             self._authenticated = True
         return message
+
+    def _decode(self, payload: memoryview) -> Any:
+        """The message of one frame's payload (the inverse of `encode_payload`), checked as
+        the library checks it: a timestamp that never goes back on this connection, and
+        this connection's random key (the guard against replayed frames)."""
+        data: bytes | memoryview = payload
+        if self.encryptor is not None:
+            token = bytes(payload)
+            timestamp: int = self.encryptor.extract_timestamp(token)
+            data = self.encryptor.decrypt(token)
+            if timestamp < self.recvLastTimestamp:
+                raise ValueError("the message's timestamp is older than the previous one")
+            self.recvLastTimestamp = timestamp
+        message = pickle.loads(data)
+        if self.recvRandKey:
+            rand_key, message = message
+            if rand_key != self.recvRandKey:
+                raise ValueError("the message does not carry this connection's random key")
+        return message
+
+
+def encode_payload(message: Any, encryptor: Any | None, now_s: int) -> bytes:
+    """A frame's payload: the pickled message, encrypted when the cluster has a secret.
+
+    pysyncobj also zlib-compressed every message (level 3) before encrypting it: a
+    deflate state set up per message, the largest CPU cost of a small one (bench/RESULTS.md).
+    Raft traffic between a cluster's nodes is not short of bandwidth, so it is not
+    compressed.
+    """
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return encryptor.encrypt_at_time(data, now_s) if encryptor is not None else data
 
 
 def is_transmission_part(message: Any) -> bool:
@@ -372,7 +418,8 @@ def pysyncobj_version_supported() -> bool:
 
 
 def install() -> None:
-    """Make pysyncobj create `BoundedTcpConnection`s (server side and client side).
+    """Make pysyncobj create `BoundedTcpConnection`s (server side and client side),
+    encrypting with node.raft.cipher's AES-256-GCM.
 
     Patches the `TcpConnection` name in `pysyncobj.tcp_server` (accepted connections)
     and `pysyncobj.transport` (connections to peers). Call before creating any
@@ -394,4 +441,5 @@ def install() -> None:
                                "cannot bound its frames")
     pysyncobj.tcp_server.TcpConnection = BoundedTcpConnection
     pysyncobj.transport.TcpConnection = BoundedTcpConnection
+    raft_cipher.install()  # AES-256-GCM instead of Fernet, on the same connections
     _installed = True

@@ -35,7 +35,7 @@ Two kinds, one interface (`ChaosNetwork`), chosen by `open_network`:
     address string, and the proxy in front of X sees only connections initiated
     towards X. Source addresses are all 127.0.0.1, so the proxy identifies the
     initiator from the handshake instead: with a cluster secret, the initiator's
-    second frame is Fernet-encrypted ``(random key, own Raft address)``; the proxy
+    second frame is encrypted (node.raft.cipher) ``(random key, own Raft address)``; the proxy
     derives the key from the secret the test generated, decrypts that frame and
     looks up the node (nothing the initiator sends after its random key reaches
     the target before that). A connection whose initiator cannot be identified

@@ -41,12 +41,10 @@ import socket
 import struct
 import threading
 import time
-import zlib
 from collections.abc import Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
-from cryptography.fernet import Fernet, InvalidToken
-from pysyncobj.encryptor import getEncryptor
+from node.raft.cipher import InvalidMessage, RaftCipher, cipher_for_secret
 
 __all__ = ["FaultPolicy", "FaultProxy", "Initiators", "SlowLink", "socket_in_netns"]
 
@@ -166,7 +164,7 @@ class Initiators:
                  secret: str | None = None) -> None:
         self._by_source_host = dict(by_source_host or {})
         self._by_raft_address = dict(by_raft_address or {})
-        self._fernet: Fernet | None = getEncryptor(secret) if secret else None
+        self._cipher: RaftCipher | None = cipher_for_secret(secret) if secret else None
 
     @property
     def reads_handshake(self) -> bool:
@@ -190,9 +188,9 @@ class Initiators:
         """The node whose Raft address this pysyncobj frame (length prefix removed)
         announces, or None when it announces none of them (e.g. the random key)."""
         try:
-            data = self._fernet.decrypt(frame) if self._fernet is not None else frame
-            message = _HandshakeUnpickler(io.BytesIO(zlib.decompress(data))).load()
-        except (InvalidToken, zlib.error, pickle.UnpicklingError, EOFError, ValueError,
+            data = self._cipher.decrypt(frame) if self._cipher is not None else frame
+            message = _HandshakeUnpickler(io.BytesIO(data)).load()
+        except (InvalidMessage, pickle.UnpicklingError, EOFError, ValueError,
                 TypeError, AttributeError, IndexError, KeyError):
             return None
         if isinstance(message, tuple) and len(message) == 2:  # (their random key, address)

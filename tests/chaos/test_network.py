@@ -13,23 +13,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from pysyncobj.encryptor import getEncryptor
 
 from client.auth import open_channel
 from node.config import ClusterConfig, NodeConfig, dump_cluster_config
+from node.raft.cipher import cipher_for_secret
+from node.raft.wire import encode_payload
 from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from proto.wallet.v1 import wallet_pb2_grpc
@@ -85,7 +84,7 @@ class EchoCluster:
         self.net = net
         self.config = config
         self.processes: dict[str, subprocess.Popen[str]] = {}
-        self._secret_encryptor = getEncryptor(config.secret) if config.secret else None
+        self._secret_encryptor = cipher_for_secret(config.secret) if config.secret else None
 
     def start(self) -> None:
         for node in self.config.nodes:
@@ -119,9 +118,7 @@ class EchoCluster:
                     stream.close()
 
     def _frame(self, message: object) -> bytes:
-        data = zlib.compress(pickle.dumps(message), 3)
-        if self._secret_encryptor is not None:
-            data = self._secret_encryptor.encrypt(data)
+        data = encode_payload(message, self._secret_encryptor, int(time.monotonic()))
         return struct.pack("i", len(data)) + data
 
     def round_trip_s(self, from_node: str, to_node: str, timeout_s: float) -> float | None:
