@@ -596,4 +596,5 @@ TestLedgerModel = LedgerModel.TestCase
 TestLedgerModel.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    report_multiple_bugs=False,
 )
