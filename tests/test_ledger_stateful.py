@@ -21,6 +21,7 @@ import itertools
 from collections import Counter
 from dataclasses import dataclass, replace
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -40,6 +41,9 @@ from ledger.money import AMOUNT_MAX_MINOR, BALANCE_MAX_MINOR
 from ledger.replay import replay
 from ledger.results import Code, Result, result
 from ledger.state import AccountStatus, StateMachine
+
+pytestmark = pytest.mark.timeout(900)
+"""A passing run takes seconds; shrinking a failure to a short example may take minutes."""
 
 PARTITION = 0
 KNOWN_IDS = ("alice", "bob", "carol", "dave")

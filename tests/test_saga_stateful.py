@@ -27,6 +27,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,6 +49,9 @@ from ledger.saga import credits_for, resolutions
 from ledger.state import StateMachine
 from node.proposer import Applied
 from node.saga.driver import credit_outcomes
+
+pytestmark = pytest.mark.timeout(900)
+"""A passing run takes seconds; shrinking a failure to a short example may take minutes."""
 
 PARTITIONS = 3
 PAIRS = [(p, q) for p in range(PARTITIONS) for q in range(PARTITIONS) if p != q]
@@ -391,7 +395,8 @@ class SagaModel(RuleBasedStateMachine):
         """For a (source, destination) it has learnt outcomes from, the driver settles each
         open transfer whose credit it learnt was OK and compensates each it learnt was
         refused for good; it resolves nothing else. They arrive at once as one entry, or
-        stay in the network."""
+        stay in the network. (`resolutions` itself ignores any other answer: STALE_CREDIT,
+        PENDING, a refusal of the command, whatever the driver may pass it.)"""
         learnt_pairs = sorted({(p, q) for p, q, _ in self.learnt})
         pair = learnt_pairs[which % len(learnt_pairs)]
         p, q = pair
@@ -401,6 +406,10 @@ class SagaModel(RuleBasedStateMachine):
         assert [(r.from_account, r.transaction_id, r.credited, r.reason) for r in steps] == [
             (s.from_account, s.transaction_id, learnt[s.sequence] is Code.OK,
              0 if learnt[s.sequence] is Code.OK else learnt[s.sequence]) for s in expected]
+        others = [Code.STALE_CREDIT, Code.PENDING, Code.INVALID_COMMAND, Code.INVALID_PARTITION]
+        noise = {s.sequence: others[s.sequence % len(others)] for s in self.open_sagas(p, q)
+                 if s.sequence not in learnt}
+        assert resolutions(self.states[p], q, noise | learnt) == steps
         self.send(p, steps, network)
 
     def send(self, partition: int, steps: list[c.CreditForTransfer] | list[c.ResolveTransfer],
