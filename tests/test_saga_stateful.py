@@ -96,10 +96,7 @@ class Saga:
     at_destination: Code | None = None
     """The outcome the destination recorded for the credit (or a force-fail), once it has."""
     ended: str | None = None
-
-    @property
-    def key(self) -> tuple[str, bytes]:
-        return (self.from_account, self.transaction_id)
+    """SETTLED or COMPENSATED, once the source has resolved it."""
 
 
 @dataclass
@@ -461,9 +458,10 @@ class SagaModel(RuleBasedStateMachine):
 
     @rule(key=sagas_bundle)
     def operator_force_fails(self, key: tuple[str, bytes]) -> None:
-        """Force-fail, as `walletctl` does it: if the transfer is still in the source's outbox,
-        `AbortCredit` at the destination decides ABORTED unless the credit was decided first
-        (then that outcome stands). The driver learns it by sending the credit again."""
+        """Force-fail, as the admin API's ForceFailTransfer does it: if the transfer is still
+        in the source's outbox, `AbortCredit` at the destination decides ABORTED unless the
+        credit was decided first (then that outcome stands). The driver learns it by sending
+        the credit again."""
         saga = self.sagas[key]
         entry = self.states[saga.source].outbox.get(key)
         assert (entry is None) == (saga.ended is not None)
