@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import uuid
 
+from hypothesis import HealthCheck, settings
+
 from ledger import commands as c
 from ledger.results import Code, Result
 from ledger.state import StateMachine
@@ -50,3 +52,17 @@ class Ledger:
         found = self.state.balance(account_id)
         assert found is not None
         return found.balance_minor
+
+
+def stateful_settings(max_examples: int, stateful_step_count: int) -> settings:
+    """Settings of a hypothesis state-machine model (tests/test_*_stateful.py).
+
+    Derived from the profile tests/conftest.py loads (derandomized under CI). No
+    deadline: a step's time depends on the machine's load. Only the first bug found
+    is reported: shrinking a second one as well could take minutes.
+    """
+    return settings(
+        max_examples=max_examples, stateful_step_count=stateful_step_count, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        report_multiple_bugs=False,
+    )

@@ -22,7 +22,6 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -41,6 +40,7 @@ from ledger.money import AMOUNT_MAX_MINOR, BALANCE_MAX_MINOR
 from ledger.replay import replay
 from ledger.results import Code, Result, result
 from ledger.state import AccountStatus, StateMachine
+from tests.support import stateful_settings
 
 pytestmark = pytest.mark.timeout(900)
 """A passing run takes seconds; shrinking a failure to a short example may take minutes."""
@@ -597,8 +597,4 @@ def _replace(command: MoneyCommand, **changes: object) -> MoneyCommand:
 
 
 TestLedgerModel = LedgerModel.TestCase
-TestLedgerModel.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    report_multiple_bugs=False,
-)
+TestLedgerModel.settings = stateful_settings(max_examples=250, stateful_step_count=50)

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -49,6 +48,7 @@ from ledger.saga import credits_for, resolutions
 from ledger.state import StateMachine
 from node.proposer import Applied
 from node.saga.driver import credit_outcomes
+from tests.support import stateful_settings
 
 pytestmark = pytest.mark.timeout(900)
 """A passing run takes seconds; shrinking a failure to a short example may take minutes."""
@@ -209,7 +209,7 @@ class SagaModel(RuleBasedStateMachine):
             return result(Code.ACCOUNT_NOT_FOUND)
         if account.closed:
             return result(Code.OK, replayed=True)
-        if account.balance_minor:  # (closed accounts here never send: none has a transfer out)
+        if account.balance_minor:  # (late accounts never send: TRANSFER_IN_FLIGHT cannot occur)
             return result(Code.ACCOUNT_NOT_EMPTY)
         account.closed = True
         return result(Code.OK)
@@ -577,8 +577,4 @@ class SagaModel(RuleBasedStateMachine):
 
 
 TestSagaModel = SagaModel.TestCase
-TestSagaModel.settings = settings(
-    max_examples=300, stateful_step_count=50, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-    report_multiple_bugs=False,
-)
+TestSagaModel.settings = stateful_settings(max_examples=300, stateful_step_count=50)
