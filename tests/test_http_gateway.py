@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,8 +27,6 @@ import grpc
 import httpx
 import pytest
 import schemathesis
-import uvicorn
-from fastapi import FastAPI
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import (
@@ -57,6 +52,7 @@ from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
 from tests.fake_wallet_server import FakeWalletServer, running_fake
+from tests.gateway_support import post, serving
 
 pytestmark = pytest.mark.cluster
 """Starts real node processes or Raft groups: `make test-fast` leaves these out."""
@@ -82,31 +78,6 @@ def accounts_on(partition: int, count: int, prefix: str) -> list[str]:
             found.append(name)
         i += 1
     return found
-
-
-# --- serving the app --------------------------------------------------------------------
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """uvicorn serving `app` on a free 127.0.0.1 port in a thread; stopped on exit."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, loop="asyncio", lifespan="on",
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]},
-                              name=f"gateway-{port}", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), "the gateway to serve")
-        assert server.started, "the gateway thread ended before serving"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=WAIT_S)
-        listener.close()
-        assert not thread.is_alive(), "the gateway did not stop"
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -144,12 +115,6 @@ def gateway(cluster: LocalCluster) -> Iterator[str]:
 def http(gateway: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=gateway, timeout=WAIT_S) as client:
         yield client
-
-
-def post(http: httpx.Client, path: str, body: object) -> httpx.Response:
-    """POST `body` as JSON text (ASCII escapes, so lone surrogates and NaN can be sent)."""
-    return http.post(path, content=json.dumps(body).encode(),
-                     headers={"content-type": "application/json"})
 
 
 def create(http: httpx.Client, account: str, currency: str) -> None:
