@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -30,8 +27,6 @@ import grpc
 import httpx
 import pytest
 import schemathesis
-import uvicorn
-from fastapi import FastAPI
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import (
@@ -42,7 +37,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from client.errors import OutcomeUnknown, WalletError
 from ledger.money import MoneyError, parse_amount
 from ledger.routing import partition_of
 from ledger.state import ACCOUNT_ID_RE
@@ -50,13 +44,13 @@ from node.gateway.app import (
     MAX_BODY_BYTES,
     create_app,
     duplicate_key_of,
-    http_error_of,
     parse_listen,
 )
 from node.security.auth import node_client_credentials
 from proto.wallet.v1 import wallet_pb2 as pb
 from tests.cluster_harness import WAIT_S, LocalCluster, allocate_ports, running_cluster, wait_until
 from tests.fake_wallet_server import FakeWalletServer, running_fake
+from tests.gateway_support import assert_documented, assert_problem, post, serving
 
 pytestmark = pytest.mark.cluster
 """Starts real node processes or Raft groups: `make test-fast` leaves these out."""
@@ -82,31 +76,6 @@ def accounts_on(partition: int, count: int, prefix: str) -> list[str]:
             found.append(name)
         i += 1
     return found
-
-
-# --- serving the app --------------------------------------------------------------------
-
-
-@contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """uvicorn serving `app` on a free 127.0.0.1 port in a thread; stopped on exit."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, loop="asyncio", lifespan="on",
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]},
-                              name=f"gateway-{port}", daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started or not thread.is_alive(), "the gateway to serve")
-        assert server.started, "the gateway thread ended before serving"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=WAIT_S)
-        listener.close()
-        assert not thread.is_alive(), "the gateway did not stop"
 
 
 # --- fixtures ---------------------------------------------------------------------------
@@ -146,12 +115,6 @@ def http(gateway: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def post(http: httpx.Client, path: str, body: object) -> httpx.Response:
-    """POST `body` as JSON text (ASCII escapes, so lone surrogates and NaN can be sent)."""
-    return http.post(path, content=json.dumps(body).encode(),
-                     headers={"content-type": "application/json"})
-
-
 def create(http: httpx.Client, account: str, currency: str) -> None:
     response = post(http, "/v1/wallet/accounts",
                     {"account_id": account, "currency": currency, "request_id": new_id()})
@@ -186,16 +149,6 @@ def transfer_body(from_account: str, to_account: str, amount: str = "1.00",
                   currency: str = "USD", transaction_id: str | None = None) -> dict[str, Any]:
     return {"from_account": from_account, "to_account": to_account, "amount": amount,
             "currency": currency, "transaction_id": transaction_id or new_id()}
-
-
-def assert_error(response: httpx.Response, status: int, code: str, *words: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == code, response.text
-    for word in words:
-        assert word in error["message"], response.text
-    assert "Traceback" not in response.text
 
 
 # --- the balance transfer ---------------------------------------------------------------
@@ -235,7 +188,7 @@ def test_a_retried_refusal_returns_the_same_answer_even_after_funds_arrive(
     deposit(http, poor, "1.00")
     body = transfer_body(poor, accounts.bob, "5.00")
     first = post(http, TRANSFER, body)
-    assert_error(first, 422, "INSUFFICIENT_FUNDS", "from_account")
+    assert_problem(first, 422, "INSUFFICIENT_FUNDS", "from_account")
     assert first.json()["transaction_id"] == body["transaction_id"]
     deposit(http, poor, "10.00")
     again = post(http, TRANSFER, body)
@@ -269,7 +222,7 @@ def test_invalid_input_is_400_with_a_code_and_a_message_naming_the_field(
     before = [balance(http, a) for a in watched]
     body = transfer_body(accounts.alice, accounts.bob) | changes
     response = post(http, TRANSFER, body)
-    assert_error(response, 400, code, field)
+    assert_problem(response, 400, code, field)
     if isinstance(body["transaction_id"], str):
         assert response.json()["transaction_id"] == body["transaction_id"]
     assert [balance(http, a) for a in watched] == before
@@ -279,19 +232,19 @@ def test_a_number_amount_is_refused_because_money_is_never_a_float(
     http: httpx.Client, accounts: Accounts,
 ) -> None:
     response = post(http, TRANSFER, transfer_body(accounts.alice, accounts.bob) | {"amount": 12.34})
-    assert_error(response, 400, "INVALID_ARGUMENT", "amount", "string", "12.34", "float")
+    assert_problem(response, 400, "INVALID_ARGUMENT", "amount", "string", "12.34", "float")
 
 
 @pytest.mark.parametrize("content", [b"{", b"", b"[1]", b"\"x\"", b"null", b"\xff\xfe"])
 def test_malformed_or_non_object_bodies_are_400(http: httpx.Client, content: bytes) -> None:
     response = http.post(TRANSFER, content=content, headers={"content-type": "application/json"})
-    assert_error(response, 400, "INVALID_ARGUMENT", "body")
+    assert_problem(response, 400, "INVALID_ARGUMENT", "body")
 
 
 def test_a_missing_field_is_400_naming_it(http: httpx.Client, accounts: Accounts) -> None:
     body = transfer_body(accounts.alice, accounts.bob)
     del body["currency"]
-    assert_error(post(http, TRANSFER, body), 400, "INVALID_ARGUMENT", "currency", "required")
+    assert_problem(post(http, TRANSFER, body), 400, "INVALID_ARGUMENT", "currency", "required")
 
 
 def test_a_transfer_to_an_unknown_account_is_404(http: httpx.Client, accounts: Accounts) -> None:
@@ -299,7 +252,7 @@ def test_a_transfer_to_an_unknown_account_is_404(http: httpx.Client, accounts: A
     before = balance(http, accounts.alice)
     body = transfer_body(accounts.alice, ghost)
     response = post(http, TRANSFER, body)
-    assert_error(response, 404, "ACCOUNT_NOT_FOUND", "to_account")
+    assert_problem(response, 404, "ACCOUNT_NOT_FOUND", "to_account")
     assert response.json()["transaction_id"] == body["transaction_id"]
     assert balance(http, accounts.alice) == before
 
@@ -310,13 +263,13 @@ def test_a_transfer_to_an_unknown_account_on_another_partition_is_404_and_compen
     (ghost,) = accounts_on(1, 1, "http-far-ghost")
     before = balance(http, accounts.alice)
     response = post(http, TRANSFER, transfer_body(accounts.alice, ghost, "3.00"))
-    assert_error(response, 404, "ACCOUNT_NOT_FOUND", "to_account", "compensated")
+    assert_problem(response, 404, "ACCOUNT_NOT_FOUND", "to_account", "compensated")
     assert balance(http, accounts.alice) == before
 
 
 def test_a_transfer_from_an_unknown_account_is_404(http: httpx.Client, accounts: Accounts) -> None:
     (ghost,) = accounts_on(0, 1, "http-nobody")
-    assert_error(post(http, TRANSFER, transfer_body(ghost, accounts.bob)), 404,
+    assert_problem(post(http, TRANSFER, transfer_body(ghost, accounts.bob)), 404,
                  "ACCOUNT_NOT_FOUND", "from_account")
 
 
@@ -330,7 +283,7 @@ def test_reusing_a_transaction_id_with_other_content_is_409(
     before = balance(http, accounts.bob)
     other = post(http, TRANSFER, transfer_body(accounts.alice, accounts.bob, "0.02",
                                                transaction_id=transaction_id))
-    assert_error(other, 409, "ID_CONFLICT", "transaction_id")
+    assert_problem(other, 409, "ID_CONFLICT", "transaction_id")
     assert other.json()["transaction_id"] == transaction_id
     assert balance(http, accounts.bob) == before
 
@@ -351,7 +304,7 @@ def test_refusals_of_the_ledger_are_422(
     watched = [accounts.alice, accounts.bob, accounts.yen]
     before = [balance(http, a) for a in watched]
     response = post(http, TRANSFER, body)
-    assert_error(response, 422, code, field)
+    assert_problem(response, 422, code, field)
     assert response.json()["transaction_id"] == body["transaction_id"]
     assert [balance(http, a) for a in watched] == before
 
@@ -385,9 +338,9 @@ def test_a_transfer_across_partitions_succeeds_and_its_status_shows_the_steps(
 
 def test_the_status_of_an_unknown_transfer_is_404(http: httpx.Client, accounts: Accounts) -> None:
     response = http.get(f"/v1/wallet/transfers/{accounts.alice}/{new_id()}")
-    assert_error(response, 404, "TRANSFER_NOT_FOUND")
+    assert_problem(response, 404, "TRANSFER_NOT_FOUND")
     response = http.get(f"/v1/wallet/transfers/{accounts.alice}/not-a-uuid")
-    assert_error(response, 400, "INVALID_TRANSACTION_ID", "transaction_id")
+    assert_problem(response, 400, "INVALID_TRANSACTION_ID", "transaction_id")
 
 
 # --- accounts, deposits, withdrawals, balances ------------------------------------------
@@ -402,8 +355,8 @@ def test_creating_an_account_is_idempotent_by_request_id_and_409_otherwise(
     assert (first.status_code, again.status_code) == (201, 201), again.text
     assert first.json() == again.json() == body
     other = post(http, "/v1/wallet/accounts", body | {"request_id": new_id()})
-    assert_error(other, 409, "ACCOUNT_EXISTS", "account_id")
-    assert_error(post(http, "/v1/wallet/accounts", {"account_id": account, "currency": "usd"}),
+    assert_problem(other, 409, "ACCOUNT_EXISTS", "account_id")
+    assert_problem(post(http, "/v1/wallet/accounts", {"account_id": account, "currency": "usd"}),
                  400, "INVALID_CURRENCY", "currency")
 
 
@@ -424,17 +377,17 @@ def test_deposit_and_withdraw_report_the_balance_and_refuse_what_they_cannot_do(
     withdrawn = post(http, "/v1/wallet/withdraw", body | {"amount": "200",
                                                           "transaction_id": new_id()})
     assert (withdrawn.status_code, withdrawn.json()["balance"]) == (200, "300")
-    assert_error(post(http, "/v1/wallet/withdraw", body | {"amount": "301",
+    assert_problem(post(http, "/v1/wallet/withdraw", body | {"amount": "301",
                                                            "transaction_id": new_id()}),
                  422, "INSUFFICIENT_FUNDS", "account_id")
-    assert_error(post(http, "/v1/wallet/deposit", body | {"currency": "USD", "amount": "1.00",
+    assert_problem(post(http, "/v1/wallet/deposit", body | {"currency": "USD", "amount": "1.00",
                                                           "transaction_id": new_id()}),
                  422, "CURRENCY_MISMATCH", "currency")
-    assert_error(post(http, "/v1/wallet/deposit", body | {"amount": "1.5",
+    assert_problem(post(http, "/v1/wallet/deposit", body | {"amount": "1.5",
                                                           "transaction_id": new_id()}),
                  400, "INVALID_AMOUNT", "amount")
     (ghost,) = accounts_on(1, 1, "http-no-account")
-    assert_error(post(http, "/v1/wallet/deposit", body | {"account_id": ghost,
+    assert_problem(post(http, "/v1/wallet/deposit", body | {"account_id": ghost,
                                                           "transaction_id": new_id()}),
                  404, "ACCOUNT_NOT_FOUND", "account_id")
     assert balance(http, account) == Decimal("300")
@@ -447,12 +400,12 @@ def test_balance_reads_linearizable_and_stale(http: httpx.Client, accounts: Acco
     assert (strong.status_code, stale.status_code) == (200, 200)
     assert (strong.json()["stale"], stale.json()["stale"]) == (False, True)
     assert strong.json()["currency"] == "USD"
-    assert_error(http.get(f"/v1/wallet/accounts/{accounts.alice}/balance",
+    assert_problem(http.get(f"/v1/wallet/accounts/{accounts.alice}/balance",
                           params={"consistency": "eventual"}), 400, "INVALID_ARGUMENT",
                  "consistency")
     (ghost,) = accounts_on(0, 1, "http-balance-ghost")
-    assert_error(http.get(f"/v1/wallet/accounts/{ghost}/balance"), 404, "ACCOUNT_NOT_FOUND")
-    assert_error(http.get(f"/v1/wallet/accounts/{'a' * 65}/balance"), 400, "INVALID_ARGUMENT",
+    assert_problem(http.get(f"/v1/wallet/accounts/{ghost}/balance"), 404, "ACCOUNT_NOT_FOUND")
+    assert_problem(http.get(f"/v1/wallet/accounts/{'a' * 65}/balance"), 400, "INVALID_ARGUMENT",
                  "account_id")
 
 
@@ -475,8 +428,8 @@ def test_the_history_pages_an_accounts_transfers(http: httpx.Client, accounts: A
     newest = seen[0]
     assert (newest["transaction_id"], newest["to_account"], newest["amount"],
             newest["status"]) == (body["transaction_id"], accounts.bob, "0.07", "success")
-    assert_error(http.get(url, params={"limit": 0}), 400, "INVALID_ARGUMENT", "limit")
-    assert_error(http.get(url, params={"page_token": "next"}), 400, "INVALID_ARGUMENT",
+    assert_problem(http.get(url, params={"limit": 0}), 400, "INVALID_ARGUMENT", "limit")
+    assert_problem(http.get(url, params={"page_token": "next"}), 400, "INVALID_ARGUMENT",
                  "page_token")
 
 
@@ -489,7 +442,7 @@ def test_a_transfer_from_an_unknown_account_to_one_on_another_partition_names_on
     (ghost,) = accounts_on(0, 1, "http-nobody-cross")
     before = balance(http, accounts.far)
     response = post(http, TRANSFER, transfer_body(ghost, accounts.far))
-    assert_error(response, 404, "ACCOUNT_NOT_FOUND")
+    assert_problem(response, 404, "ACCOUNT_NOT_FOUND")
     assert response.json()["error"]["message"] == f"from_account {ghost!r} does not exist"
     assert balance(http, accounts.far) == before
 
@@ -503,11 +456,11 @@ def test_a_body_with_a_duplicate_key_is_refused_and_moves_nothing(
                f'"amount": "1.00", "currency": "USD", "transaction_id": "{transaction_id}", '
                '"amount": "99.00"}').encode()
     response = http.post(TRANSFER, content=content, headers={"content-type": "application/json"})
-    assert_error(response, 400, "INVALID_ARGUMENT", "amount", "more than once")
+    assert_problem(response, 400, "INVALID_ARGUMENT", "amount", "more than once")
     assert response.json()["transaction_id"] == transaction_id
     assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
     status = http.get(f"/v1/wallet/transfers/{accounts.alice}/{transaction_id}")
-    assert_error(status, 404, "TRANSFER_NOT_FOUND")
+    assert_problem(status, 404, "TRANSFER_NOT_FOUND")
 
 
 def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
@@ -517,15 +470,65 @@ def test_the_nil_uuid_is_refused_as_an_id_and_moves_nothing(
     before = balance(http, accounts.alice), balance(http, accounts.bob)
     response = post(http, TRANSFER, transfer_body(accounts.alice, accounts.bob,
                                                   transaction_id=nil))
-    assert_error(response, 400, "INVALID_TRANSACTION_ID", "transaction_id", "nil UUID")
+    assert_problem(response, 400, "INVALID_TRANSACTION_ID", "transaction_id", "nil UUID")
     assert response.json()["transaction_id"] == nil
-    assert_error(post(http, "/v1/wallet/deposit", {
+    assert_problem(post(http, "/v1/wallet/deposit", {
         "account_id": accounts.alice, "amount": "1.00", "currency": "USD",
         "transaction_id": nil}), 400, "INVALID_TRANSACTION_ID", "nil UUID")
-    assert_error(post(http, "/v1/wallet/accounts", {
+    assert_problem(post(http, "/v1/wallet/accounts", {
         "account_id": "http-nil-request", "currency": "USD", "request_id": nil}),
         400, "INVALID_TRANSACTION_ID", "request_id", "nil UUID")
     assert (balance(http, accounts.alice), balance(http, accounts.bob)) == before
+
+
+# --- issue #14: one error contract ----------------------------------------------------
+
+
+def test_a_refused_transfer_is_a_problem_naming_the_ledger_reason_and_the_transfer(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    (poor,) = accounts_on(0, 1, "http-problem-poor")
+    create(http, poor, "USD")
+    body = transfer_body(poor, accounts.bob, "5.00")
+    response = post(http, TRANSFER, body)
+    problem = assert_problem(response, 422, "INSUFFICIENT_FUNDS", "insufficient funds")
+    assert problem["transaction_id"] == body["transaction_id"]
+    assert problem["instance"] == f"/v1/wallet/transfers/{poor}/{body['transaction_id']}"
+    recorded = http.get(problem["instance"])  # the refusal is recorded under the id
+    assert (recorded.status_code, recorded.json()["status"], recorded.json()["reason"]) == (
+        200, "failed", "INSUFFICIENT_FUNDS")
+    assert_documented("refused-transfer", response, {
+        poor: "alice", accounts.bob: "bob",
+        body["transaction_id"]: "7c9e2b14-5a3d-4f6e-9b1a-2d3c4e5f6004"})
+
+
+def test_a_validation_error_is_a_problem_naming_the_field(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    body = transfer_body(accounts.alice, accounts.bob) | {"amount": 12.34}
+    response = post(http, TRANSFER, body)
+    problem = assert_problem(response, 400, "INVALID_ARGUMENT", "amount", "never a float")
+    assert problem["transaction_id"] == body["transaction_id"]
+    assert "instance" not in problem  # nothing reached the ledger
+    assert_documented("validation-error", response, {
+        body["transaction_id"]: "7c9e2b14-5a3d-4f6e-9b1a-2d3c4e5f6006"})
+
+
+def test_a_transfer_keyed_by_the_idempotency_key_header_moves_the_money_once(
+    http: httpx.Client, accounts: Accounts,
+) -> None:
+    before = balance(http, accounts.bob)
+    key = new_id()
+    body = transfer_body(accounts.alice, accounts.bob, "0.05")
+    del body["transaction_id"]
+    answers = [post(http, TRANSFER, body, {"Idempotency-Key": key}) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200], answers[-1].text
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].json()["transaction_id"] == key
+    assert balance(http, accounts.bob) == before + Decimal("0.05")
+    assert http.get(f"/v1/wallet/transfers/{accounts.alice}/{key}").json()["status"] == "success"
+    other = post(http, TRANSFER, body | {"amount": "0.06"}, {"Idempotency-Key": key})
+    assert_problem(other, 409, "ID_CONFLICT", "transaction_id")
 
 
 def test_the_balance_at_a_time_is_the_balance_then(http: httpx.Client) -> None:
@@ -544,11 +547,11 @@ def test_the_balance_at_a_time_is_the_balance_then(http: httpx.Client) -> None:
     assert (past.json()["balance"], past.json()["stale"]) == ("5.00", False)
     assert past.json()["position"] <= then["position"]
     assert http.get(url).json()["balance"] == "12.00"
-    assert_error(http.get(url, params={"at": "2000-01-01T00:00:00Z"}), 404, "ACCOUNT_NOT_FOUND")
-    assert_error(http.get(url, params={"at": "2026-11-25T18:00:00"}), 400, "INVALID_ARGUMENT",
+    assert_problem(http.get(url, params={"at": "2000-01-01T00:00:00Z"}), 404, "ACCOUNT_NOT_FOUND")
+    assert_problem(http.get(url, params={"at": "2026-11-25T18:00:00"}), 400, "INVALID_ARGUMENT",
                  "at", "time zone")
-    assert_error(http.get(url, params={"at": "yesterday"}), 400, "INVALID_ARGUMENT", "at")
-    assert_error(http.get(url, params={"at": at, "consistency": "stale"}), 400,
+    assert_problem(http.get(url, params={"at": "yesterday"}), 400, "INVALID_ARGUMENT", "at")
+    assert_problem(http.get(url, params={"at": at, "consistency": "stale"}), 400,
                  "INVALID_ARGUMENT", "consistency")
 
 
@@ -566,7 +569,7 @@ def test_unknown_or_repeated_query_parameters_of_the_balance_are_400(
     http: httpx.Client, accounts: Accounts, query: str,
 ) -> None:
     response = http.get(f"/v1/wallet/accounts/{accounts.alice}/balance{query}")
-    assert_error(response, 400, "INVALID_ARGUMENT")
+    assert_problem(response, 400, "INVALID_ARGUMENT")
     assert response.json()["error"]["message"].split(":")[0] in query
 
 
@@ -601,14 +604,30 @@ def test_the_openapi_document_declares_every_route_and_its_errors(http: httpx.Cl
     spec = http.get("/openapi.json").json()
     transfer = spec["paths"][TRANSFER]["post"]
     assert set(transfer["responses"]) == {"200", "202", "400", "404", "409", "413", "422",
-                                          "500", "503"}
+                                          "429", "500", "503", "504"}
+    for status in ("400", "404", "409", "413", "422", "429", "500", "503", "504"):
+        content = transfer["responses"][status]["content"]
+        assert set(content) == {"application/problem+json"}, status
+        assert content["application/problem+json"]["schema"]["$ref"].endswith("/Problem")
+        example = content["application/problem+json"]["example"]
+        assert example["status"] == int(status) and example["type"].startswith("/problems/")
+    for status in ("429", "503", "504"):
+        assert "Retry-After" in transfer["responses"][status]["headers"]
+    problem = spec["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail", "error",
+                                        "transaction_id"}
+    assert "instance" in problem["properties"]
+    (key,) = [p for p in transfer["parameters"] if p["in"] == "header"]
+    assert (key["name"], key["required"], key["schema"]["format"]) == (
+        "Idempotency-Key", False, "uuid")
+    assert "transaction_id" not in spec["components"]["schemas"]["TransferRequest"].get(
+        "required", [])
     assert transfer["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/TransferRequest")
     request_schema = spec["components"]["schemas"]["TransferRequest"]
     assert request_schema["additionalProperties"] is False
     assert request_schema["properties"]["amount"]["type"] == "string"
     assert request_schema["examples"]
-    assert "Retry-After" in transfer["responses"]["503"]["headers"]
     assert set(spec["paths"]) == {
         TRANSFER, "/v1/wallet/accounts", "/v1/wallet/deposit", "/v1/wallet/withdraw",
         "/v1/wallet/accounts/{account_id}/balance",
@@ -623,7 +642,7 @@ def test_the_openapi_document_declares_every_route_and_its_errors(http: httpx.Cl
 
 def test_oversized_bodies_are_413(http: httpx.Client, accounts: Accounts) -> None:
     body = transfer_body(accounts.alice, accounts.bob) | {"memo": "x" * MAX_BODY_BYTES}
-    assert_error(post(http, TRANSFER, body), 413, "PAYLOAD_TOO_LARGE")
+    assert_problem(post(http, TRANSFER, body), 413, "PAYLOAD_TOO_LARGE")
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
         yield b'{"memo": "'
@@ -632,46 +651,18 @@ def test_oversized_bodies_are_413(http: httpx.Client, accounts: Accounts) -> Non
         yield b'"}'
 
     response = http.post(TRANSFER, content=chunks(), headers={"content-type": "application/json"})
-    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert_problem(response, 413, "PAYLOAD_TOO_LARGE")
     assert http.get("/healthz").status_code == 200
 
 
 def test_unknown_routes_and_methods_answer_json_errors(http: httpx.Client) -> None:
-    assert_error(http.get("/v1/wallet/nothing"), 404, "NOT_FOUND")
+    assert_problem(http.get("/v1/wallet/nothing"), 404, "NOT_FOUND")
     response = http.get(TRANSFER)
-    assert_error(response, 405, "METHOD_NOT_ALLOWED")
+    assert_problem(response, 405, "METHOD_NOT_ALLOWED")
     assert response.headers["allow"] == "POST"
 
 
-# --- the status mapping -----------------------------------------------------------------
-
-_EXPECTED_HTTP = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.FAILED_PRECONDITION: 422,
-    grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 503,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 503, grpc.StatusCode.CANCELLED: 503,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-}
-
-
-@pytest.mark.parametrize("status", [s for s in grpc.StatusCode if s is not grpc.StatusCode.OK],
-                         ids=lambda s: str(s.name))
-def test_every_grpc_status_has_one_http_status(status: grpc.StatusCode) -> None:
-    mapped = http_error_of(WalletError(status, "node detail /var/lib/secret", "SOME_REASON"))
-    assert mapped.status == _EXPECTED_HTTP.get(status, 500)
-    if mapped.status == 500:
-        assert mapped.code == status.name and "secret" not in mapped.message
-    else:
-        assert mapped.code == "SOME_REASON"
-
-
-def test_an_unknown_outcome_is_503_and_says_to_retry_with_the_same_id() -> None:
-    transaction_id = new_id()
-    mapped = http_error_of(OutcomeUnknown(grpc.StatusCode.DEADLINE_EXCEEDED, "late",
-                                          transaction_id))
-    assert (mapped.status, mapped.code) == (503, "OUTCOME_UNKNOWN")
-    assert transaction_id in mapped.message and "same id" in mapped.message
-
+# --- parsing --listen -------------------------------------------------------------------
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("[::1]:80", ("::1", 80)),
@@ -700,11 +691,11 @@ def test_an_unreachable_cluster_is_503_with_retry_after() -> None:
         assert ready.headers["retry-after"] == "1"
         body = transfer_body("alice", "bob")
         response = post(client, TRANSFER, body)
-        assert_error(response, 503, "OUTCOME_UNKNOWN", body["transaction_id"], "same")
+        assert_problem(response, 503, "OUTCOME_UNKNOWN", body["transaction_id"], "same")
         assert response.json()["transaction_id"] == body["transaction_id"]
         assert response.headers["retry-after"] == "1"
         read = client.get("/v1/wallet/accounts/alice/balance")
-        assert_error(read, 503, "UNAVAILABLE", "unavailable")
+        assert_problem(read, 503, "UNAVAILABLE", "unavailable")
         assert "127.0.0.1" not in read.text
         assert client.get("/healthz").status_code == 200
 
@@ -741,7 +732,7 @@ def test_a_cluster_without_the_history_answers_501(fake: FakeWalletServer) -> No
     with serving(create_app([fake.address])) as url, \
             httpx.Client(base_url=url, timeout=WAIT_S) as client:
         response = client.get("/v1/wallet/accounts/alice/transfers")
-        assert_error(response, 501, "UNIMPLEMENTED", "not implemented by the cluster yet",
+        assert_problem(response, 501, "UNIMPLEMENTED", "not implemented by the cluster yet",
                      "ListTransfers")
 
 
@@ -763,11 +754,11 @@ def test_a_cluster_failure_is_500_without_its_internals(fake: FakeWalletServer) 
     with serving(create_app([fake.address])) as url, \
             httpx.Client(base_url=url, timeout=WAIT_S) as client:
         read = client.get("/v1/wallet/accounts/alice/balance")
-        assert_error(read, 500, "INTERNAL")
+        assert_problem(read, 500, "INTERNAL")
         written = post(client, "/v1/wallet/deposit", {"account_id": "alice", "amount": "1.00",
                                                       "currency": "USD",
                                                       "transaction_id": new_id()})
-        assert_error(written, 500, "PERMISSION_DENIED")
+        assert_problem(written, 500, "PERMISSION_DENIED")
         assert "secret" not in read.text + written.text
 
 

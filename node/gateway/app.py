@@ -8,10 +8,11 @@ are routed to the partition leader and transient failures are retried with the
 same transaction id; the ledger deduplicates by that id, so a retried HTTP
 request gets the first answer again.
 
-Every failure is one JSON shape, `{"error": {"code", "message"}, "transaction_id"}`,
-and every gRPC status becomes an HTTP status in one place, `http_error_of`.
-Request bodies are strict (node.gateway.models) and limited to 64 KiB. The OpenAPI
-document is served at /openapi.json and its interactive page at /docs;
+Every failure is an RFC 9457 problem (`application/problem+json`, node.gateway.problems),
+and every gRPC status becomes an HTTP status through one table there, `HTTP_OF_GRPC`.
+Request bodies are strict (node.gateway.models) and limited to 64 KiB. A write's
+idempotency key may come as the `Idempotency-Key` header instead of the body's field.
+The OpenAPI document is served at /openapi.json and its interactive page at /docs;
 /healthz and /readyz are for load balancers. docs/http-api.md is the reference.
 """
 
@@ -25,7 +26,6 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -33,11 +33,12 @@ from urllib.parse import quote
 
 import grpc
 import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from pydantic import WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,17 +65,18 @@ from node.gateway.models import (
     ACCOUNT_ID_PATTERN,
     EXAMPLE_TRANSACTION_ID,
     ID_MAX_CHARS,
+    IDEMPOTENCY_KEY_HEADER,
+    IDEMPOTENCY_KEY_MAX_CHARS,
     PAGE_TOKEN_MAX_CHARS,
     AccountCreated,
     BalanceAnswer,
     CreateAccountRequest,
-    ErrorAnswer,
-    ErrorDetail,
     HealthAnswer,
     MovementDone,
     MovementRequest,
     OutcomeStatus,
     PartitionLeader,
+    Problem,
     ReadinessAnswer,
     TransferDone,
     TransferPageAnswer,
@@ -83,18 +85,27 @@ from node.gateway.models import (
     TransferStatusAnswer,
     TransferStepAnswer,
 )
+from node.gateway.problems import (
+    HTTP_OF_GRPC,
+    PROBLEM_MEDIA_TYPE,
+    RETRY_AFTER_S,
+    GatewayError,
+    HttpError,
+    http_error_of,
+    problem_of,
+    problem_response,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpError", "create_app", "http_error_of", "parse_listen", "run_gateway"]
+__all__ = ["GatewayError", "HttpError", "create_app", "http_error_of", "idempotency_key",
+           "parse_listen", "run_gateway"]
 
 MAX_BODY_BYTES = 64 * 1024
 """Largest request body accepted; more is 413 PAYLOAD_TOO_LARGE."""
 DRAIN_MAX_BYTES = 1024 * 1024
 """An oversized body up to this size is read (and dropped) before the 413 goes out, so the
 client receives the answer instead of a connection reset; beyond it the gateway just closes."""
-RETRY_AFTER_S = 1
-"""Retry-After of every 503."""
 DEFAULT_TIMEOUT_S = 3.0
 """Deadline of one attempt of one cluster call at one node (a cross-partition transfer not
 final by then is answered 202 pending); a node that holds an attempt longer (paused, cut
@@ -117,60 +128,6 @@ EXIT_USAGE = 2
 
 T = TypeVar("T")
 
-# --- the one mapping from cluster answers to HTTP -------------------------------------
-
-_HTTP_STATUS_OF_GRPC: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 422,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 503,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
-    grpc.StatusCode.CANCELLED: 503,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class HttpError:
-    """An HTTP error answer: status, machine-readable code, message for people."""
-
-    status: int
-    code: str
-    message: str
-
-
-def http_error_of(error: WalletError) -> HttpError:
-    """THE mapping of a cluster failure (an SDK error, i.e. a gRPC status) to HTTP.
-
-    INVALID_ARGUMENT 400, NOT_FOUND 404, ALREADY_EXISTS 409, FAILED_PRECONDITION 422,
-    UNIMPLEMENTED 501, UNAVAILABLE / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED / CANCELLED
-    and an unknown outcome 503, anything else 500 without the cluster's details. The
-    code is the ledger reason the node sent (INSUFFICIENT_FUNDS...) or the status name.
-    """
-    if isinstance(error, OutcomeUnknown):
-        return HttpError(
-            503,
-            "OUTCOME_UNKNOWN",
-            f"the cluster did not answer in time ({error.status_name}): the request may or may "
-            "not have been applied. Retry the same request with the same id "
-            f"({error.transaction_id}); it is applied at most once",
-        )
-    status = _HTTP_STATUS_OF_GRPC.get(error.status, 500)
-    code = error.reason or error.status_name
-    if status == 503:
-        return HttpError(503, code, f"the cluster is unavailable ({error.status_name}): no "
-                         "partition leader answered in time; retry later")
-    if status == 501:
-        return HttpError(501, code, "not implemented by the cluster yet: "
-                         f"{error.message or error.status_name}")
-    if status == 500:
-        log.error("cluster call failed: %s", error)
-        return HttpError(500, error.status_name, "the cluster failed to process the request; "
-                         "the gateway's log has the details")
-    return HttpError(status, code, error.message or code)
-
 
 def _outcome_error(status: TransferStatus, reason: str) -> WalletError:
     """A FAILED (or status-less) outcome answered without an error status, as an SDK error."""
@@ -181,15 +138,6 @@ def _outcome_error(status: TransferStatus, reason: str) -> WalletError:
             grpc_status = grpc.StatusCode.FAILED_PRECONDITION
         return WalletError(grpc_status, f"the ledger refused it ({reason or 'no reason'})", reason)
     return WalletError(grpc.StatusCode.INTERNAL, "the cluster answered without a status")
-
-
-class GatewayError(Exception):
-    """Raised by a route; rendered as the error JSON by the app's handler."""
-
-    def __init__(self, error: HttpError, transaction_id: str | None = None) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.transaction_id = transaction_id
 
 
 def _safe_text(text: str, limit: int = 200) -> str:
@@ -205,23 +153,91 @@ def _echo_id(value: object) -> str | None:
     return None
 
 
-def error_response(error: HttpError, transaction_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
-    body = ErrorAnswer(error=ErrorDetail(code=error.code, message=error.message),
-                       transaction_id=transaction_id)
-    all_headers = dict(headers or {})
-    if error.status == 503:
-        all_headers["Retry-After"] = str(RETRY_AFTER_S)
-    return JSONResponse(body.model_dump(mode="json"), status_code=error.status,
-                        headers=all_headers or None)
+def _unquote(value: str) -> str:
+    """An Idempotency-Key as a structured-field string (`"..."`, as the IETF draft writes
+    it) or bare (as most clients send it): the key itself."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
 
 
-async def _call(call: Awaitable[T], transaction_id: str | None = None) -> T:
-    """Await one SDK call; its failure becomes a GatewayError (never a stack trace)."""
+def _echo_request_id(request: Request, body: object) -> str | None:
+    """The request's idempotency key for an error answer: the body's transaction_id or
+    request_id, else the Idempotency-Key header (when it is given once)."""
+    if isinstance(body, dict):
+        for field in ("transaction_id", "request_id"):
+            if isinstance(body.get(field), str):
+                return _echo_id(body[field])
+    keys = request.headers.getlist(IDEMPOTENCY_KEY_HEADER)
+    return _echo_id(_unquote(keys[0])) if len(keys) == 1 else None
+
+
+async def _idempotency_keys(
+    request: Request,
+    idempotency_key: Annotated[str | None, WithJsonSchema({
+        "type": "string", "format": "uuid", "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+        "examples": [EXAMPLE_TRANSACTION_ID]}), Header(
+        alias=IDEMPOTENCY_KEY_HEADER, max_length=IDEMPOTENCY_KEY_MAX_CHARS,
+        description="The write's idempotency key, instead of (or equal to) the body's "
+        "`transaction_id` / `request_id`: a UUID in canonical form, bare or in double quotes "
+        "(a structured-field string). Given with the body's field, the two must be equal "
+        "(else 400 IDEMPOTENCY_KEY_MISMATCH).")] = None,
+) -> tuple[str, ...]:
+    """Every Idempotency-Key header of the request (declared here for the OpenAPI document)."""
+    if idempotency_key is None:
+        return ()
+    return tuple(request.headers.getlist(IDEMPOTENCY_KEY_HEADER))
+
+
+IdempotencyKeys = Annotated[tuple[str, ...], Depends(_idempotency_keys)]
+
+
+def idempotency_key(headers: Sequence[str], body_value: str | None, field: str, *,
+                    required: bool = True) -> str | None:
+    """A write's idempotency key: the body's `field`, or the Idempotency-Key header.
+
+    The header follows the rules of the field (a UUID in canonical form, not the nil
+    UUID: node.api.parse_uuid, as the node checks the field). Each of these is a 400
+    GatewayError naming the header: a header given twice, one that is not such a UUID
+    (INVALID_TRANSACTION_ID), one that differs from the body's field
+    (IDEMPOTENCY_KEY_MISMATCH); and neither given when the key is `required`.
+    """
+    echo = _echo_id(body_value)
+    if not headers:
+        if body_value is None and required:
+            raise GatewayError(HttpError(
+                400, "INVALID_ARGUMENT", f"{field}: is required (in the body, or as the "
+                f"{IDEMPOTENCY_KEY_HEADER} header)"))
+        return body_value
+    if len(headers) > 1:
+        raise GatewayError(HttpError(400, "INVALID_ARGUMENT", f"{IDEMPOTENCY_KEY_HEADER}: is "
+                                     "given more than once"), echo)
+    key = _unquote(headers[0])
+    try:
+        node_api.parse_uuid(key, IDEMPOTENCY_KEY_HEADER)
+    except node_api.ApiError as error:
+        raise GatewayError(HttpError(400, error.reason, error.message),
+                           echo or _echo_id(key)) from None
+    if body_value is None:
+        return key
+    if body_value.lower() != key.lower():  # the same UUID, whatever the case of its digits
+        raise GatewayError(HttpError(
+            400, "IDEMPOTENCY_KEY_MISMATCH", f"{IDEMPOTENCY_KEY_HEADER}: {key!r} differs from "
+            f"the body's {field} {_safe_text(repr(body_value), 80)}; send the key once, or "
+            "the same in both"), echo)
+    return body_value
+
+
+async def _call(call: Awaitable[T], transaction_id: str | None = None,
+                instance: str | None = None) -> T:
+    """Await one SDK call; its failure becomes a GatewayError (never a stack trace).
+    `instance`, the status URL of a write, is shown unless the request was invalid."""
     try:
         return await call
     except WalletError as error:
-        raise GatewayError(http_error_of(error), transaction_id) from None
+        mapped = http_error_of(error)
+        raise GatewayError(mapped, transaction_id,
+                           instance if mapped.status != 400 else None) from None
     except Exception:
         log.exception("gateway call failed")
         raise GatewayError(HttpError(500, "INTERNAL", "the gateway failed to process the "
@@ -269,10 +285,8 @@ def describe_validation_error(error: dict[str, Any]) -> str:
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     messages = list(dict.fromkeys(describe_validation_error(dict(e)) for e in exc.errors()))
-    body = exc.body
-    transaction_id = _echo_id(body.get("transaction_id")) if isinstance(body, dict) else None
-    return error_response(HttpError(400, "INVALID_ARGUMENT", "; ".join(messages)),
-                          transaction_id)
+    return problem_response(HttpError(400, "INVALID_ARGUMENT", "; ".join(messages)),
+                            _echo_request_id(request, exc.body))
 
 
 _CODE_OF_HTTP = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
@@ -290,19 +304,19 @@ async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
         message = "body: could not be read; send a JSON object with Content-Type: application/json"
     else:
         message = str(exc.detail)
-    return error_response(HttpError(exc.status_code, code, message), None,
-                          dict(exc.headers or {}))
+    return problem_response(HttpError(exc.status_code, code, message), None,
+                            dict(exc.headers or {}))
 
 
 async def _on_gateway_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, GatewayError)
-    return error_response(exc.error, exc.transaction_id)
+    return problem_response(exc.error, exc.transaction_id, instance=exc.instance)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unexpected gateway failure", exc_info=exc)
-    return error_response(HttpError(500, "INTERNAL", "the gateway failed to process the "
-                                    "request; its log has the details"))
+    return problem_response(HttpError(500, "INTERNAL", "the gateway failed to process the "
+                                      "request; its log has the details"))
 
 
 # --- the body size limit ----------------------------------------------------------------
@@ -346,8 +360,8 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
     def _too_large(self) -> JSONResponse:
-        return error_response(HttpError(413, "PAYLOAD_TOO_LARGE", "the request body is larger "
-                                        f"than {self.max_bytes} bytes"))
+        return problem_response(HttpError(413, "PAYLOAD_TOO_LARGE", "the request body is "
+                                          f"larger than {self.max_bytes} bytes"))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -409,16 +423,20 @@ class _Pairs(list[tuple[str, Any]]):
     """A JSON object as its list of (key, value) pairs, duplicates kept."""
 
 
-def _echo_top_level_id(body: bytes) -> str | None:
-    """The body's transaction_id when it appears once at the top level, for the error."""
+def _echo_top_level_id(request: Request, body: bytes) -> str | None:
+    """The idempotency key for the error: the body's transaction_id or request_id when
+    it appears once at the top level, else the Idempotency-Key header."""
     try:
         document = json.loads(body, object_pairs_hook=_Pairs)
     except (ValueError, RecursionError):
-        return None
-    if not isinstance(document, _Pairs):
-        return None
-    values = [value for key, value in document if key == "transaction_id"]
-    return _echo_id(values[0]) if len(values) == 1 else None
+        document = None
+    ids: dict[str, object] = {}
+    if isinstance(document, _Pairs):
+        for field in ("transaction_id", "request_id"):
+            values = [value for key, value in document if key == field]
+            if len(values) == 1:
+                ids[field] = values[0]
+    return _echo_request_id(request, ids)
 
 
 class StrictRoute(APIRoute):
@@ -436,23 +454,23 @@ class StrictRoute(APIRoute):
             for name, _ in request.query_params.multi_items():
                 if name not in declared:
                     known = ", ".join(declared) if declared else "none"
-                    return error_response(HttpError(
+                    return problem_response(HttpError(
                         400, "INVALID_ARGUMENT",
                         f"{_safe_text(name, 80)}: is not a query parameter of this route "
                         f"(unknown parameters are refused; it has: {known})"))
                 if name in given:
-                    return error_response(HttpError(
+                    return problem_response(HttpError(
                         400, "INVALID_ARGUMENT", f"{name}: is given more than once"))
                 given.add(name)
             if self.body_field is not None:
                 body = await request.body()
                 duplicate = duplicate_key_of(body)
                 if duplicate is not None:
-                    return error_response(HttpError(
+                    return problem_response(HttpError(
                         400, "INVALID_ARGUMENT",
                         f"{_safe_text(duplicate, 80)}: the key appears more than once in the "
                         "JSON object (duplicate keys are refused: which value counts would be "
-                        "ambiguous)"), _echo_top_level_id(body))
+                        "ambiguous)"), _echo_top_level_id(request, body))
             return await handler(request)
 
         return strict_handler
@@ -460,69 +478,100 @@ class StrictRoute(APIRoute):
 
 # --- OpenAPI: the error answers of each route -------------------------------------------
 
-_ERROR_DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
+_EXAMPLE_INSTANCE = f"/v1/wallet/transfers/alice/{EXAMPLE_TRANSACTION_ID}"
+_RETRY_AFTER_HEADER = {"Retry-After": {
+    "description": "Seconds to wait before retrying the same request.",
+    "schema": {"type": "integer"}}}
+
+_ERROR_DESCRIPTIONS: dict[int, tuple[str, HttpError, str | None]] = {
     400: ("Invalid input: malformed JSON or a missing, unknown or mistyped field "
-          "(INVALID_ARGUMENT), or a value the ledger refuses (INVALID_AMOUNT, INVALID_CURRENCY, "
-          "INVALID_ACCOUNT_ID, INVALID_TRANSACTION_ID).",
-          "INVALID_ARGUMENT", "amount: must be a JSON string holding a decimal such as "
-          "\"12.34\", not the JSON number 12.34: money is never a float"),
+          "(INVALID_ARGUMENT), an Idempotency-Key that differs from the body's id "
+          "(IDEMPOTENCY_KEY_MISMATCH), or a value the ledger refuses (INVALID_AMOUNT, "
+          "INVALID_CURRENCY, INVALID_ACCOUNT_ID, INVALID_TRANSACTION_ID).",
+          HttpError(400, "INVALID_ARGUMENT", "amount: must be a JSON string holding a decimal "
+                    "such as \"12.34\", not the JSON number 12.34: money is never a float"),
+          None),
     404: ("Unknown account (ACCOUNT_NOT_FOUND) or transfer (TRANSFER_NOT_FOUND).",
-          "ACCOUNT_NOT_FOUND", "to_account 'bob' does not exist"),
+          HttpError(404, "ACCOUNT_NOT_FOUND", "to_account 'bob' does not exist"),
+          _EXAMPLE_INSTANCE),
     409: ("The id was used before with other content (ID_CONFLICT), or the account already "
           "exists (ACCOUNT_EXISTS).",
-          "ID_CONFLICT", "transaction_id was already used by from_account with other content "
-          "(to_account, amount or currency)"),
+          HttpError(409, "ID_CONFLICT", "transaction_id was already used by from_account with "
+                    "other content (to_account, amount or currency)"), _EXAMPLE_INSTANCE),
     413: (f"The request body is larger than {MAX_BODY_BYTES} bytes (PAYLOAD_TOO_LARGE).",
-          "PAYLOAD_TOO_LARGE", f"the request body is larger than {MAX_BODY_BYTES} bytes"),
+          HttpError(413, "PAYLOAD_TOO_LARGE",
+                    f"the request body is larger than {MAX_BODY_BYTES} bytes"), None),
     422: ("The ledger refuses it as things stand: INSUFFICIENT_FUNDS, CURRENCY_MISMATCH, "
           "SAME_ACCOUNT, ACCOUNT_CLOSED, BALANCE_LIMIT, ABORTED, TRANSACTION_ID_EXPIRED. "
           "INSUFFICIENT_FUNDS and BALANCE_LIMIT are recorded for the transaction_id: a retry "
           "answers the same.",
-          "INSUFFICIENT_FUNDS", "from_account 'alice' has insufficient funds (this outcome is "
-          "recorded for the transaction_id)"),
+          HttpError(422, "INSUFFICIENT_FUNDS", "from_account 'alice' has insufficient funds "
+                    "(this outcome is recorded for the transaction_id)"), _EXAMPLE_INSTANCE),
+    429: ("The cluster is overloaded (RESOURCE_EXHAUSTED; OVERLOADED), or a write's outcome "
+          "is unknown after it (OUTCOME_UNKNOWN). Retry the same request after Retry-After.",
+          http_error_of(WalletError(grpc.StatusCode.RESOURCE_EXHAUSTED, "", "OVERLOADED")),
+          None),
     500: ("The cluster or the gateway failed unexpectedly; no internals are disclosed.",
-          "INTERNAL", "the cluster failed to process the request; the gateway's log has the "
-          "details"),
+          HttpError(500, "INTERNAL", HTTP_OF_GRPC[grpc.StatusCode.INTERNAL].detail.format(
+              status="INTERNAL")), None),
     501: ("The cluster does not implement this yet (UNIMPLEMENTED).",
-          "UNIMPLEMENTED", "not implemented by the cluster yet: ListTransfers arrives with the "
-          "event archive (history) feature"),
-    503: ("No leader or the cluster is unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, "
-          "RESOURCE_EXHAUSTED), or a write's outcome is unknown (OUTCOME_UNKNOWN: retry the "
-          "same request with the same transaction_id). Retry-After says when to retry.",
-          "OUTCOME_UNKNOWN", "the cluster did not answer in time (UNAVAILABLE): the request "
-          "may or may not have been applied. Retry the same request with the same id "
-          f"({EXAMPLE_TRANSACTION_ID}); it is applied at most once"),
+          HttpError(501, "UNIMPLEMENTED", "not implemented by the cluster yet: ListTransfers "
+                    "arrives with the event archive (history) feature"), None),
+    503: ("No leader or the cluster is unavailable (UNAVAILABLE, CANCELLED), or a write's "
+          "outcome is unknown (OUTCOME_UNKNOWN: retry the same request with the same "
+          "transaction_id). Retry-After says when to retry.",
+          http_error_of(OutcomeUnknown(grpc.StatusCode.UNAVAILABLE, "",
+                                       EXAMPLE_TRANSACTION_ID)), _EXAMPLE_INSTANCE),
+    504: ("The cluster did not answer in time (DEADLINE_EXCEEDED), or a write's outcome is "
+          "unknown after that (OUTCOME_UNKNOWN: retry the same request with the same "
+          "transaction_id). Retry-After says when to retry.",
+          http_error_of(OutcomeUnknown(grpc.StatusCode.DEADLINE_EXCEEDED, "",
+                                       EXAMPLE_TRANSACTION_ID)), _EXAMPLE_INSTANCE),
 }
+"""Per error status: its description in the OpenAPI document, an example error (built
+by the same code as the answers) and the example's `instance`."""
+
+CLUSTER_ERRORS = (429, 500, 503, 504)
+"""What any route that calls the cluster may answer besides its own errors."""
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route's error statuses: problem+json bodies (the openapi()
+    of the app files their schema under that media type)."""
     responses: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        description, code, message = _ERROR_DESCRIPTIONS[status]
-        example = {"error": {"code": code, "message": message},
-                   "transaction_id": EXAMPLE_TRANSACTION_ID}
+        description, error, instance = _ERROR_DESCRIPTIONS[status]
+        example = problem_of(error, EXAMPLE_TRANSACTION_ID, instance)
         response: dict[str, Any] = {
-            "model": ErrorAnswer,
+            "model": Problem,
             "description": description,
-            "content": {"application/json": {"example": example}},
+            "content": {PROBLEM_MEDIA_TYPE: {"example": example}},
         }
-        if status == 503:
-            response["headers"] = {"Retry-After": {
-                "description": "Seconds to wait before retrying.",
-                "schema": {"type": "integer"}}}
+        if error.retry_after_s is not None:
+            response["headers"] = _RETRY_AFTER_HEADER
         responses[status] = response
     return responses
 
 
 class _GatewayApp(FastAPI):
     def openapi(self) -> dict[str, Any]:
-        """FastAPI's document, without its default 422 answer: validation errors are 400."""
+        """FastAPI's document, without its default 422 answer (validation errors are 400),
+        and with every error answer's schema under application/problem+json only."""
+        if self.openapi_schema is not None:
+            return self.openapi_schema
         schema = super().openapi()
         for path_item in schema.get("paths", {}).values():
             for operation in path_item.values():
-                answer = operation.get("responses", {}).get("422")
+                responses = operation.get("responses", {})
+                answer = responses.get("422")
                 if answer is not None and "HTTPValidationError" in str(answer):
-                    del operation["responses"]["422"]
+                    del responses["422"]
+                for response in responses.values():
+                    content = response.get("content", {})
+                    plain = content.get("application/json", {})
+                    if plain.get("schema", {}).get("$ref", "").endswith("/Problem"):
+                        moved = content.pop("application/json")
+                        content.setdefault(PROBLEM_MEDIA_TYPE, {}).update(moved)
         components = schema.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             components.pop(name, None)
@@ -589,6 +638,12 @@ def _transfer_url(from_account: str, transaction_id: str) -> str:
             f"{quote(transaction_id, safe='')}")
 
 
+def _required(key: str | None) -> str:
+    """The idempotency key of a route that requires one (`idempotency_key` ensured it)."""
+    assert key is not None
+    return key
+
+
 def _transfer_answer(result: TransferResult, transaction_id: str) -> JSONResponse:
     if result.status is TransferStatus.SUCCEEDED:
         return _json(TransferDone(status="success", transaction_id=transaction_id,
@@ -598,13 +653,13 @@ def _transfer_answer(result: TransferResult, transaction_id: str) -> JSONRespons
                                      position=result.position), 202,
                      {"Location": _transfer_url(result.from_account, transaction_id)})
     raise GatewayError(http_error_of(_outcome_error(result.status, result.reason)),
-                       transaction_id)
+                       transaction_id, _transfer_url(result.from_account, transaction_id))
 
 
 def _movement_answer(result: MovementResult, transaction_id: str) -> JSONResponse:
     if result.status is not TransferStatus.SUCCEEDED:
         raise GatewayError(http_error_of(_outcome_error(result.status, result.reason)),
-                           transaction_id)
+                           transaction_id, _transfer_url(result.account_id, transaction_id))
     return _json(MovementDone(status="success", transaction_id=transaction_id,
                               account_id=result.account_id, amount=result.amount,
                               currency=result.currency, balance=result.balance,
@@ -638,8 +693,12 @@ withdrawals, balances and transfer status, in front of a Raft-replicated cluster
   a JSON number is refused. Currencies are ISO 4217 codes, upper case.
 * Every write carries an idempotency key (`transaction_id`, or `request_id` for an account):
   retrying the same request returns the same answer, and it is applied at most once.
-* Every error is `{"error": {"code", "message"}, "transaction_id"}`; `code` is
-  machine-readable. 503 answers carry `Retry-After`.
+* A write's idempotency key may be sent as the `Idempotency-Key` header instead of the
+  body's field (equal to it if both are given).
+* Every error is an RFC 9457 problem (`application/problem+json`): `type`
+  (`/problems/<reason>`), `title`, `status`, `detail`, `instance` for a write, and the
+  extension members `error` (`code`, `message`) and `transaction_id`. 429, 503 and 504
+  answers carry `Retry-After`.
 """
 
 
@@ -689,60 +748,70 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
         "when committed; 202 when accepted but not final by the deadline (a transfer across "
         "partitions whose credit is still in flight: follow `Location`). A retry with the "
         "same body returns the same answer; the same transaction_id with other content is "
-        "409 ID_CONFLICT.",
+        "409 ID_CONFLICT. The transaction_id may be sent as the `Idempotency-Key` header "
+        "instead. Errors are RFC 9457 problems (application/problem+json).",
         response_model=TransferDone,
         responses={202: {"model": TransferPending,
                          "description": "Accepted, not final yet: ask the transfer's status.",
                          "headers": {"Location": {
                              "description": "The transfer's status URL.",
                              "schema": {"type": "string"}}}},
-                   **_errors(400, 404, 409, 413, 422, 500, 503)},
+                   **_errors(400, 404, 409, 413, 422, *CLUSTER_ERRORS)},
     )
-    async def balance_transfer(body: TransferRequest) -> Response:
+    async def balance_transfer(body: TransferRequest, keys: IdempotencyKeys) -> Response:
+        transaction_id = _required(idempotency_key(keys, body.transaction_id, "transaction_id"))
         result = await _call(clients.wallet().transfer(
             body.from_account, body.to_account, body.amount, body.currency,
-            body.transaction_id), body.transaction_id)
-        return _transfer_answer(result, body.transaction_id)
+            transaction_id), transaction_id, _transfer_url(body.from_account, transaction_id))
+        return _transfer_answer(result, transaction_id)
 
     @app.post(
         "/v1/wallet/accounts", tags=["accounts"], operation_id="createAccount",
         summary="Open an account holding one currency", status_code=201,
         description="A retry with the same request_id returns the same answer; another "
-        "request for an existing account is 409 ACCOUNT_EXISTS.",
-        response_model=AccountCreated, responses=_errors(400, 409, 413, 500, 503),
+        "request for an existing account is 409 ACCOUNT_EXISTS. The request_id may be sent "
+        "as the `Idempotency-Key` header instead.",
+        response_model=AccountCreated, responses=_errors(400, 409, 413, *CLUSTER_ERRORS),
     )
-    async def create_account(body: CreateAccountRequest) -> Response:
+    async def create_account(body: CreateAccountRequest, keys: IdempotencyKeys) -> Response:
+        request_id = idempotency_key(keys, body.request_id, "request_id", required=False)
         account = await _call(clients.wallet().create_account(
-            body.account_id, body.currency, body.request_id))
+            body.account_id, body.currency, request_id), request_id)
         return _json(AccountCreated(account_id=account.account_id, currency=account.currency,
                                     request_id=account.request_id), 201)
 
     @app.post(
         "/v1/wallet/deposit", tags=["accounts"], operation_id="deposit",
         summary="Money in from the outside world, exactly once per transaction_id",
-        response_model=MovementDone, responses=_errors(400, 404, 409, 413, 422, 500, 503),
+        description="The transaction_id may be sent as the `Idempotency-Key` header instead.",
+        response_model=MovementDone,
+        responses=_errors(400, 404, 409, 413, 422, *CLUSTER_ERRORS),
     )
-    async def deposit(body: MovementRequest) -> Response:
+    async def deposit(body: MovementRequest, keys: IdempotencyKeys) -> Response:
+        transaction_id = _required(idempotency_key(keys, body.transaction_id, "transaction_id"))
         result = await _call(clients.wallet().deposit(
-            body.account_id, body.amount, body.currency, body.transaction_id),
-            body.transaction_id)
-        return _movement_answer(result, body.transaction_id)
+            body.account_id, body.amount, body.currency, transaction_id),
+            transaction_id, _transfer_url(body.account_id, transaction_id))
+        return _movement_answer(result, transaction_id)
 
     @app.post(
         "/v1/wallet/withdraw", tags=["accounts"], operation_id="withdraw",
         summary="Money out to the outside world, exactly once per transaction_id",
-        response_model=MovementDone, responses=_errors(400, 404, 409, 413, 422, 500, 503),
+        description="The transaction_id may be sent as the `Idempotency-Key` header instead.",
+        response_model=MovementDone,
+        responses=_errors(400, 404, 409, 413, 422, *CLUSTER_ERRORS),
     )
-    async def withdraw(body: MovementRequest) -> Response:
+    async def withdraw(body: MovementRequest, keys: IdempotencyKeys) -> Response:
+        transaction_id = _required(idempotency_key(keys, body.transaction_id, "transaction_id"))
         result = await _call(clients.wallet().withdraw(
-            body.account_id, body.amount, body.currency, body.transaction_id),
-            body.transaction_id)
-        return _movement_answer(result, body.transaction_id)
+            body.account_id, body.amount, body.currency, transaction_id),
+            transaction_id, _transfer_url(body.account_id, transaction_id))
+        return _movement_answer(result, transaction_id)
 
     @app.get(
         "/v1/wallet/accounts/{account_id}/balance", tags=["accounts"],
         operation_id="getBalance", summary="An account's balance",
-        response_model=BalanceAnswer, responses=_errors(400, 404, 500, 503),
+        response_model=BalanceAnswer, responses=_errors(400, 404, *CLUSTER_ERRORS),
     )
     async def get_balance(
         account_id: AccountPath,
@@ -774,7 +843,7 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
         description="Transfers (and deposits and withdrawals) are keyed by the debited "
         "account and the transaction id. 404 TRANSFER_NOT_FOUND is not final while the "
         "request may still be in flight: retry the request itself to settle it.",
-        response_model=TransferStatusAnswer, responses=_errors(400, 404, 500, 503),
+        response_model=TransferStatusAnswer, responses=_errors(400, 404, *CLUSTER_ERRORS),
     )
     async def get_transfer(
         from_account: AccountPath,
@@ -794,7 +863,7 @@ def create_app(targets: Sequence[str], *, timeout_s: float = DEFAULT_TIMEOUT_S,
         "too), rebuilt from the cluster's event archive, including in-flight and compensated "
         "ones. Pass `next_page_token` back as `page_token` for the next page; \"\" means "
         "the last page. A cluster without the history answers 501 UNIMPLEMENTED.",
-        response_model=TransferPageAnswer, responses=_errors(400, 404, 500, 501, 503),
+        response_model=TransferPageAnswer, responses=_errors(400, 404, 501, *CLUSTER_ERRORS),
     )
     async def list_transfers(
         account_id: AccountPath,

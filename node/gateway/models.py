@@ -87,6 +87,20 @@ TransactionId = Annotated[
 ]
 
 
+BodyTransactionId = Annotated[
+    TransactionId | None,
+    Field(
+        description="The idempotency key: a UUID in canonical 8-4-4-4-12 form (UUIDv7 "
+        "recommended), here or as the `Idempotency-Key` header (one of the two is required; "
+        "given both, they must be equal). Retrying with the same id and the same content "
+        "returns the first answer; other content under the same id is refused (409)."
+    ),
+]
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX_CHARS = ID_MAX_CHARS + 2
+"""A UUID, bare or as a structured-field string (in double quotes)."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -115,7 +129,7 @@ class TransferRequest(_Strict):
     to_account: AccountId
     amount: Amount
     currency: CurrencyCode
-    transaction_id: TransactionId
+    transaction_id: BodyTransactionId = None
 
 
 class CreateAccountRequest(_Strict):
@@ -132,8 +146,9 @@ class CreateAccountRequest(_Strict):
     request_id: Annotated[
         TransactionId | None,
         Field(
-            description="Idempotency key (UUID). Send one to retry safely: without it a "
-            "retry of a creation that did happen answers 409 ACCOUNT_EXISTS."
+            description="Idempotency key (UUID), or send it as the `Idempotency-Key` header. "
+            "Send one to retry safely: without it a retry of a creation that did happen "
+            "answers 409 ACCOUNT_EXISTS."
         ),
     ] = None
 
@@ -157,7 +172,7 @@ class MovementRequest(_Strict):
     account_id: AccountId
     amount: Amount
     currency: CurrencyCode
-    transaction_id: TransactionId
+    transaction_id: BodyTransactionId = None
 
 
 # --- answers --------------------------------------------------------------------------
@@ -324,11 +339,22 @@ class ErrorDetail(BaseModel):
     message: str = Field(description="For people; names the offending field.")
 
 
-class ErrorAnswer(BaseModel):
+class Problem(BaseModel):
+    """Every error answer: RFC 9457 problem details (`application/problem+json`).
+
+    `error` and `transaction_id` are extension members: the gateway's error answer from
+    before problem details, kept so that clients reading them work unchanged."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
+                    "type": "/problems/insufficient-funds",
+                    "title": "Insufficient funds",
+                    "status": 422,
+                    "detail": "from_account 'alice' has insufficient funds (this outcome is "
+                    "recorded for the transaction_id)",
+                    "instance": f"/v1/wallet/transfers/alice/{EXAMPLE_TRANSACTION_ID}",
                     "error": {
                         "code": "INSUFFICIENT_FUNDS",
                         "message": "from_account 'alice' has insufficient funds (this outcome "
@@ -340,10 +366,24 @@ class ErrorAnswer(BaseModel):
         }
     )
 
-    error: ErrorDetail
+    type: str = Field(description="The problem type: `/problems/` and the reason in lower "
+                      "case with `-` for `_` (a URI reference relative to the gateway; an "
+                      "identifier, not a page), e.g. `/problems/insufficient-funds`.")
+    title: str = Field(description="The problem type's summary, the same for every "
+                       "occurrence of that type.")
+    status: int = Field(description="The HTTP status of this answer.")
+    detail: str = Field(description="This occurrence, for people; names the offending field.")
+    instance: str | None = Field(
+        default=None, description="Only for a write that the cluster refused or left "
+        "undecided: its status URL (`/v1/wallet/transfers/{account}/{transaction_id}`), "
+        "where GET tells what the ledger recorded under the id (404 TRANSFER_NOT_FOUND if "
+        "nothing). Absent otherwise.")
+    error: ErrorDetail = Field(description="Extension member: `code` is the reason (as in "
+                               "`type`), `message` equals `detail`.")
     transaction_id: str | None = Field(
-        default=None, description="The request's transaction id, when it had one."
-    )
+        description="Extension member: the request's idempotency key (its transaction_id, "
+        "or an account's request_id; from the body or the Idempotency-Key header), null "
+        "when it had none.")
 
 
 class HealthAnswer(BaseModel):
