@@ -22,10 +22,10 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/python -m node.cli.demo
 
-## test: the whole test suite on TEST_WORKERS processes (pytest-xdist, a module per worker at a time); the property tests run again under a second hash seed
+## test: the whole test suite on TEST_WORKERS processes (pytest-xdist, each module's tests on one process, in order); the property tests run again under a second hash seed
 TEST_WORKERS ?= 2
 test: setup
-	PYTHONHASHSEED=0 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	PYTHONHASHSEED=0 $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 	PYTHONHASHSEED=4242 $(BIN)/python -m pytest -q tests/test_ledger_properties.py tests/test_saga_properties.py
 
 ## test-fast: the inner loop: unit and property tests only, no node process (~30 s)
